@@ -1,0 +1,76 @@
+"""The one vocabulary of dimension names and variable labels, used everywhere in gradcomp.
+
+Every Dataset gradcomp writes uses these dimension names, and every variable carries a
+``long_name`` and ``units`` attribute so that xarray labels plots by itself. Modules that add
+variables pass their own labels to :func:`annotate` next to the shared ones defined here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import xarray as xr
+
+STEP = "step"  # optimiser step at which a statistic was recorded
+TASK = "task"  # task (or head) name
+TASK_J = "task_j"  # second task axis of pairwise (T x T) matrices
+LAYER = "layer"  # group of shared parameters; always includes ALL
+UNIT = "unit"  # hidden neuron (output row of a shared Linear layer)
+SEED = "seed"  # independent training run
+ALICE = "alice"  # Alice's setting, 1 or 2
+BOB = "bob"  # Bob's setting, 1 or 2
+WIDTH = "width"  # hidden width (NCnet capacity)
+RANK = "rank"  # LoRA rank (transformer capacity)
+
+ALL = "all"  # the LAYER entry for every shared parameter as one vector
+SETTINGS = (1, 2)  # the values of ALICE and BOB
+
+#: (long_name, units) of the variables that several modules produce.
+LABELS: dict[str, tuple[str, str]] = {
+    "loss": ("task loss", "1"),
+    "gram": ("inner product of per-task gradients", "loss² / param²"),
+    "grad_norm": ("per-task gradient norm", "loss / param"),
+    "cosine": ("cosine between per-task gradients", "1"),
+    "unit_gram": ("per-unit inner product of per-task gradients", "loss² / param²"),
+    "grad": ("per-task gradient", "loss / param"),
+    STEP: ("training step", "step"),
+    SEED: ("seed", "1"),
+    WIDTH: ("hidden width", "units"),
+    RANK: ("LoRA rank", "1"),
+    ALICE: ("Alice's setting", "1"),
+    BOB: ("Bob's setting", "1"),
+    UNIT: ("hidden unit", "1"),
+}
+
+
+def annotate(ds: xr.Dataset, labels: Mapping[str, tuple[str, str]] | None = None) -> xr.Dataset:
+    """Set ``long_name`` and ``units`` on every variable and coordinate with a known label.
+
+    Args:
+        ds: the Dataset to label (modified in place and returned).
+        labels: extra ``name -> (long_name, units)`` pairs, taking precedence over :data:`LABELS`.
+
+    Returns:
+        ``ds``, for chaining.
+    """
+    table = {**LABELS, **(labels or {})}
+    for name in list(ds.variables):
+        if name in table:
+            long_name, units = table[str(name)]
+            ds[name].attrs.setdefault("long_name", long_name)
+            ds[name].attrs.setdefault("units", units)
+    return ds
+
+
+def require(ds: xr.Dataset, names: list[str] | tuple[str, ...], hint: str = "") -> None:
+    """Raise a ``ValueError`` naming every variable of ``names`` that ``ds`` lacks.
+
+    Args:
+        ds: the Dataset an analysis was given.
+        names: variables (or coordinates) it needs.
+        hint: how to produce them, e.g. ``"record(..., units=True)"``.
+    """
+    missing = [n for n in names if n not in ds.variables]
+    if missing:
+        how = f" Produce them with {hint}." if hint else ""
+        raise ValueError(f"the Dataset lacks {', '.join(map(repr, missing))}.{how}")

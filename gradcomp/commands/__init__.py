@@ -1,0 +1,1 @@
+"""Sub-commands of the ``gradcomp`` command line (see ``gradcomp.cli``)."""

@@ -1,0 +1,44 @@
+"""Shared test settings.
+
+Device and dtype come from the environment (``GRADCOMP_TEST_DEVICE``, default ``cpu``;
+``GRADCOMP_TEST_DTYPE``, default ``float64``): comparisons against references run in float64.
+``--runslow`` runs tests marked ``slow``; tests marked ``gpu`` run only where CUDA is available.
+"""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+import pytest
+import torch
+
+matplotlib.use("Agg")
+torch.set_num_threads(int(os.environ.get("GRADCOMP_TEST_THREADS", "1")))
+
+DEVICE = torch.device(os.environ.get("GRADCOMP_TEST_DEVICE", "cpu"))
+DTYPE = getattr(torch, os.environ.get("GRADCOMP_TEST_DTYPE", "float64"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--runslow", action="store_true", default=False, help="run slow tests")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip_slow = pytest.mark.skip(reason="slow: run with --runslow")
+    skip_gpu = pytest.mark.skip(reason="gpu: no CUDA device")
+    for item in items:
+        if "slow" in item.keywords and not config.getoption("--runslow"):
+            item.add_marker(skip_slow)
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def device() -> torch.device:
+    return DEVICE
+
+
+@pytest.fixture
+def dtype() -> torch.dtype:
+    return DTYPE
