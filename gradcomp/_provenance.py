@@ -44,7 +44,7 @@ def provenance(config: Mapping[str, Any] | None = None) -> dict[str, str]:
     """
     return {
         "gradcomp_version": __version__,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "python_version": platform.python_version(),
         "git_state": _git_state(),
         "config": json.dumps(dict(config or {}), sort_keys=True, default=str),

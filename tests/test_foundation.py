@@ -38,18 +38,20 @@ def test_as_schedule_rejects_bad_input() -> None:
 
 
 def test_annotate_and_require() -> None:
-    ds = xr.Dataset({"loss": ("step", [1.0, 2.0]), "mine": ("step", [0, 1])}, coords={"step": [0, 1]})
+    ds = xr.Dataset(
+        {"loss": ("step", [1.0, 2.0]), "mine": ("step", [0, 1])}, coords={"step": [0, 1]}
+    )
     _dims.annotate(ds, {"mine": ("my quantity", "m")})
     assert ds["loss"].attrs["long_name"] == "task loss"
     assert ds["mine"].attrs["units"] == "m"
     assert ds["step"].attrs["units"] == "step"
-    with pytest.raises(ValueError, match="'gram'.*units=True"):
+    with pytest.raises(ValueError, match=r"'gram'.*units=True"):
         _dims.require(ds, ["loss", "gram"], hint="units=True")
 
 
 def test_provenance_is_netcdf_safe() -> None:
     attrs = provenance({"lr": 0.5, "widths": [1, 2]})
-    assert all(isinstance(v, str) for v in attrs.values())
+    assert all(type(v) is str for v in attrs.values())  # not str subclasses such as TorchVersion
     assert json.loads(attrs["config"]) == {"lr": 0.5, "widths": [1, 2]}
     assert attrs["gradcomp_version"] == gradcomp.__version__
 

@@ -1,0 +1,258 @@
+"""Overhead of ``gradcomp.record`` against a plain training step and two baselines.
+
+For each configuration and T tasks, prints the median step time relative to a plain step
+(forward + backward of the summed loss) measured in the same run (every method runs on its own copy
+of the model, round-robin, and the ratio is taken within each round; on the CPU times are the
+thread's CPU time, so other processes on a shared machine disturb them little), for:
+
+- ``baseline loop``: one ``torch.autograd.grad`` per task, then ``.grad`` = the weighted sum and the
+  Gram of the flattened per-task gradients (LibMTL / Recon style);
+- ``baseline batched``: one ``is_grads_batched`` VJP over all parameters (TorchJD style);
+- every strategy of ``gradcomp.record`` recording every 1, 4, 16, 64 steps. For every k > 1 the cost
+  is amortised: ``(recorded + (k − 1) · unrecorded) / k``, with both medians measured with the
+  recorder active (so hook costs on unrecorded steps are included).
+
+Configurations: a small BERT-style encoder on the CPU (transformers ``BertModel``, random init, no
+download), and, when CUDA is available, a BERT-base-sized encoder (12 layers, d=768,
+batch 32 × 128 tokens, bf16 autocast). Tasks own disjoint rows of the batch (so ``"rows"`` applies);
+every task has its own linear head on the [CLS] vector; the shared parameters are the encoder's.
+Peak memory: ``torch.cuda.max_memory_allocated`` on the GPU; not measurable on the CPU (torch's
+CPU allocator is invisible to ``tracemalloc``).
+
+Run: ``python benchmarks/record_overhead.py [--reps 15] [--tasks 2 4 8] [--cpu-only]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+import gradcomp
+
+EVERY = (1, 4, 16, 64)
+STRATEGIES = ("auto", "loop", "batched", "features", "rows")
+
+
+def build(device: str, big: bool, n_tasks: int) -> dict[str, Any]:
+    import transformers
+
+    torch.manual_seed(0)
+    if big:
+        cfg = transformers.BertConfig(attn_implementation="eager")
+        batch, seq = 32, 128
+    else:
+        cfg = transformers.BertConfig(
+            vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=128, max_position_embeddings=64, attn_implementation="eager",
+        )  # fmt: skip
+        batch, seq = 16, 32
+    cfg.hidden_dropout_prob = cfg.attention_probs_dropout_prob = 0.0
+    bert = transformers.BertModel(cfg, add_pooling_layer=False).to(device)
+    tasks = [f"t{i}" for i in range(n_tasks)]
+    heads = nn.ModuleDict({t: nn.Linear(cfg.hidden_size, 1) for t in tasks}).to(device)
+    model = nn.ModuleDict({"bert": bert, "heads": heads})
+    ids = torch.randint(0, cfg.vocab_size, (batch, seq), device=device)
+    y = torch.randn(batch, device=device)
+    per = batch // n_tasks
+    rows = {t: slice(per * i, per * (i + 1)) for i, t in enumerate(tasks)}
+
+    def amp() -> contextlib.AbstractContextManager[Any]:
+        return torch.autocast("cuda", dtype=torch.bfloat16) if big else contextlib.nullcontext()
+
+    def forward() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        with amp():
+            h = bert(input_ids=ids).last_hidden_state
+            cls = h[:, 0]
+            losses = {
+                t: (heads[t](cls[r]).squeeze(-1).float() - y[r]).pow(2).mean()
+                for t, r in rows.items()
+            }
+        return losses, h
+
+    # shared = the encoder layers (embeddings train but are not recorded: BERT's position
+    # embeddings are broadcast over the batch, which "rows" cannot split)
+    shared = [p for p in bert.encoder.parameters() if p.requires_grad]
+    return {
+        "model": model, "tasks": tasks, "forward": forward, "rows": rows, "shared": shared,
+        "trunk": bert.encoder,
+    }  # fmt: skip
+
+
+def peak(fn: Callable[[], Any], device: str) -> float:
+    if device != "cuda":
+        return float("nan")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**30
+
+
+def make_plain(b: dict[str, Any]) -> Callable[[], None]:
+    model, fwd = b["model"], b["forward"]
+
+    def plain() -> None:
+        model.zero_grad(set_to_none=True)
+        losses, _ = fwd()
+        sum(losses.values()).backward()
+
+    return plain
+
+
+def _where(b: dict[str, Any]) -> tuple[list[torch.Tensor], list[int]]:
+    params = [p for p in b["model"].parameters() if p.requires_grad]
+    ids = {id(p) for p in b["shared"]}
+    return params, [k for k, p in enumerate(params) if id(p) in ids]
+
+
+def make_base_loop(b: dict[str, Any]) -> Callable[[], None]:
+    """LibMTL / Recon style: one autograd.grad per task, sum into .grad, Gram of the flat grads."""
+    model, fwd = b["model"], b["forward"]
+    params, where = _where(b)
+
+    def base_loop() -> None:
+        model.zero_grad(set_to_none=True)
+        losses, _ = fwd()
+        ls = list(losses.values())
+        per = [
+            torch.autograd.grad(loss, params, retain_graph=i < len(ls) - 1, allow_unused=True)
+            for i, loss in enumerate(ls)
+        ]
+        for k, p in enumerate(params):
+            p.grad = torch.stack([g[k] for g in per if g[k] is not None]).sum(0)
+        flat = torch.stack([torch.cat([g[k].float().reshape(-1) for k in where]) for g in per])
+        (flat @ flat.T).cpu()
+
+    return base_loop
+
+
+def make_base_batched(b: dict[str, Any]) -> Callable[[], None]:
+    """TorchJD style: one is_grads_batched VJP over all parameters."""
+    model, fwd = b["model"], b["forward"]
+    params, where = _where(b)
+
+    def base_batched() -> None:
+        model.zero_grad(set_to_none=True)
+        losses, _ = fwd()
+        stacked = torch.stack(list(losses.values()))
+        eye = torch.eye(len(losses), device=stacked.device)
+        jac = torch.autograd.grad(
+            stacked, params, grad_outputs=eye, is_grads_batched=True, allow_unused=True
+        )
+        for p, j in zip(params, jac, strict=True):
+            if j is not None:
+                p.grad = j.sum(0)
+        flat = torch.cat([jac[k].float().reshape(len(losses), -1) for k in where], 1)
+        (flat @ flat.T).cpu()
+
+    return base_batched
+
+
+def make_recorded(
+    b: dict[str, Any], strategy: str, every: int, stack: contextlib.ExitStack
+) -> Callable[[], None]:
+    model, fwd = b["model"], b["forward"]
+    kw = {"strategy": strategy, "every": every, "shared": b["trunk"]}
+    rec = stack.enter_context(gradcomp.record(model, b["tasks"], **kw))
+    counter = [0]
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        losses, h = fwd()
+        counter[0] += 1  # steps from 1: every=10**9 never records, every=1 always does
+        rec.backward(losses, step=counter[0], features=h, rows=b["rows"])
+
+    return step
+
+
+def run_config(device: str, big: bool, n_tasks: int, reps: int) -> list[tuple[str, float, float]]:
+    """Every method on its own copy of the model (same weights), timed round-robin so that load
+    changes hit all methods alike; ratios are taken within each round, then the median."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    # CPU: the CPU time of this thread (one intra-op thread; the autograd engine runs CPU work on
+    # the calling thread), robust to other processes on a shared machine. GPU: wall clock.
+    clock = time.perf_counter if device == "cuda" else time.thread_time
+    with contextlib.ExitStack() as stack:
+        methods = {
+            "plain": make_plain(build(device, big, n_tasks)),
+            "baseline loop": make_base_loop(build(device, big, n_tasks)),
+            "baseline batched": make_base_batched(build(device, big, n_tasks)),
+        }
+        for strategy in STRATEGIES:
+            for every, tag in ((1, "rec"), (10**9, "skip")):
+                b = build(device, big, n_tasks)
+                methods[f"{strategy}/{tag}"] = make_recorded(b, strategy, every, stack)
+        ratios: dict[str, list[float]] = {m: [] for m in methods}
+        plain_s = []
+        for r in range(reps + 2):
+            times = {}
+            for name, fn in methods.items():
+                sync()
+                t0 = clock()
+                fn()
+                sync()
+                times[name] = clock() - t0
+            if r >= 2:  # warm-up rounds
+                plain_s.append(times["plain"])
+                for name in methods:
+                    ratios[name].append(times[name] / times["plain"])
+        med = {m: statistics.median(v) for m, v in ratios.items()}
+        mem = {m: peak(fn, device) for m, fn in methods.items()}
+    out = [("plain", statistics.median(plain_s), mem["plain"])]
+    out += [(m, med[m], mem[m]) for m in ("baseline loop", "baseline batched")]
+    for strategy in STRATEGIES:
+        rec, skip = med[f"{strategy}/rec"], med[f"{strategy}/skip"]
+        for every in EVERY:
+            ratio = (rec + (every - 1) * skip) / every
+            out.append(
+                (
+                    f"{strategy} every {every}",
+                    ratio,
+                    mem[f"{strategy}/rec"] if every == 1 else float("nan"),
+                )
+            )
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--tasks", type=int, nargs="+", default=[2, 4, 8])
+    ap.add_argument("--cpu-only", action="store_true")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    configs = [("cpu", False)]
+    if torch.cuda.is_available() and not args.cpu_only:
+        configs.append(("cuda", True))
+    for device, big in configs:
+        name = "BERT-base, bf16 autocast" if big else "small BERT-style encoder, fp32"
+        card = torch.cuda.get_device_name() if device == "cuda" else "CPU"
+        threads = torch.get_num_threads()
+        print(f"\n## {name} on {card} ({threads} thread(s), median of {args.reps})\n")
+        results = {t: run_config(device, big, t, args.reps) for t in args.tasks}
+        labels = [r[0] for r in results[args.tasks[0]]]
+        head = " | ".join(f"T={t} ×plain (peak GiB)" for t in args.tasks)
+        print(f"| method | {head} |")
+        print("|---|" + "---|" * len(args.tasks))
+        for i, label in enumerate(labels):
+            cells = []
+            for t in args.tasks:
+                _, value, mem = results[t][i]
+                extra = "" if mem != mem else f" ({mem:.2f})"
+                if i == 0:
+                    cells.append(f"1.00× [{value * 1e3:.1f} ms]{extra}")
+                else:
+                    cells.append(f"{value:.2f}×{extra}")
+            print(f"| {label} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,10 @@
+"""Per-task gradient recorder: ``gradcomp.record(model, tasks)`` (see ``docs/record.md``).
+
+Strategies live one per module (:mod:`.loop`, :mod:`.batched`, :mod:`.features`, :mod:`.rows`);
+:mod:`.shared` finds and groups the shared parameters, :mod:`.stats` reduces per-task gradients to
+Gram statistics, :mod:`.dataset` builds the Dataset and :mod:`.io` writes it.
+"""
+
+from gradcomp.recorder.core import NonfiniteLossWarning, Recorder, record
+
+__all__ = ["NonfiniteLossWarning", "Recorder", "record"]

@@ -1,0 +1,428 @@
+"""``gradcomp.record``: the per-task gradient recorder (a context manager around training steps).
+
+Paper: the NCnet mechanism (Zhao, Wu, Hou 2026, arXiv 2603.04451) is *gradient competition* for
+shared weights; what this records is the Gram matrix ``gram[t, s] = ⟨∂L_t/∂θ, ∂L_s/∂θ⟩`` of the
+per-task gradients of the unweighted task losses on each group θ of shared parameters, with
+``grad_norm`` and ``cosine`` derived from it, while the training gradient left in ``.grad`` is
+that of ``Σ_t w_t L_t``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from os import PathLike
+from types import TracebackType
+from typing import Any
+
+import torch
+import xarray as xr
+from torch import Tensor, nn
+
+from gradcomp.recorder import rows as rows_mod
+from gradcomp.recorder._graph import reachable_leaves
+from gradcomp.recorder._inputs import task_weights, weighted_total
+from gradcomp.recorder.batched import batched
+from gradcomp.recorder.dataset import Steps
+from gradcomp.recorder.features import FeaturesNotApplicable, as_features, features
+from gradcomp.recorder.io import write_netcdf
+from gradcomp.recorder.loop import loop
+from gradcomp.recorder.rows_step import hookable, rows_stats
+from gradcomp.recorder.shared import (
+    Layout,
+    SharedSpec,
+    discover_shared,
+    make_layout,
+    resolve_shared,
+)
+from gradcomp.recorder.stats import ParamStats, layer_stats, to_layers
+from gradcomp.schedule import Schedule, as_schedule
+
+__all__ = ["NonfiniteLossWarning", "Recorder", "record"]
+
+STRATEGIES = ("auto", "loop", "batched", "features", "rows")
+Reduce = Callable[[Tensor], Tensor]
+
+
+class NonfiniteLossWarning(RuntimeWarning):
+    """A task loss was NaN or infinite; its statistics at that step are NaN."""
+
+
+def record(
+    model: nn.Module,
+    tasks: Sequence[str] | Mapping[str, float],
+    *,
+    shared: SharedSpec = None,
+    layers: str | Mapping[str, Sequence[str]] = "module",
+    every: int | Schedule = 1,
+    strategy: str = "auto",
+    units: bool = False,
+    store: str = "stats",
+    path: str | PathLike[str] | None = None,
+    flush_every: int | None = None,
+    on_nonfinite: str = "warn",
+    reduce: Reduce | None = None,
+) -> Recorder:
+    """Record per-task gradient statistics of the shared parameters during training.
+
+    Use as ``with gradcomp.record(model, ["a", "b"]) as rec: ... rec.backward({"a": la, "b": lb})``.
+
+    Args:
+        model: the model whose parameters are recorded.
+        tasks: task names, or a mapping name -> loss weight w_t (training loss Σ_t w_t L_t;
+            default weight 1).
+        shared: ``None`` (parameters reached by two or more task losses, found on the first
+            ``backward``), a module, a parameter name, or a sequence of them.
+        layers: ``"module"`` (one layer per module owning shared parameters), ``"param"`` (one
+            per tensor) or a mapping layer -> parameter names. ``"all"`` is always added.
+        every: an int k (every k steps) or a ``step -> bool`` schedule
+            (:func:`gradcomp.linear`, :func:`gradcomp.logarithmic`). Unscheduled steps are a plain
+            backward of the weighted sum.
+        strategy: ``"auto"``, ``"loop"``, ``"batched"``, ``"features"`` or ``"rows"`` (see
+            ``docs/record.md``). ``"auto"`` takes ``"rows"`` when ``backward`` gets ``rows=``
+            and T >= 3 (from the step after the first such call, when its hooks are in
+            place); on CUDA with T >= 4 ``"features"`` (if ``features=`` is given) or
+            ``"batched"``; otherwise ``"loop"``. ``"rows"`` never materialises whole per-task
+            gradients, so with ``reduce`` or ``store="full"`` it is replaced by
+            ``"features"`` (when ``features=`` is given) or ``"batched"``.
+        units: also record ``unit_gram`` for shared ``nn.Linear`` layers (per output neuron).
+        store: ``"stats"`` or ``"full"`` (also the per-task gradients, variable ``grad``).
+        path: netCDF file the recording is flushed to (on exit, and every ``flush_every``
+            recorded steps).
+        flush_every: flush to ``path`` after this many recorded steps.
+        on_nonfinite: ``"warn"`` (record the task's statistics as NaN and warn) or ``"raise"``.
+        reduce: applied to every stacked per-task gradient ``[T, *param.shape]`` before any
+            reduction (e.g. an all-reduce across data-parallel ranks). It changes only the
+            statistics, never ``.grad``.
+
+    Returns:
+        A :class:`Recorder` (a context manager).
+    """
+    return Recorder(
+        model, tasks, shared=shared, layers=layers, every=every, strategy=strategy, units=units,
+        store=store, path=path, flush_every=flush_every, on_nonfinite=on_nonfinite, reduce=reduce,
+    )  # fmt: skip
+
+
+class Recorder:
+    """Context manager returned by :func:`record`; see there for the arguments."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tasks: Sequence[str] | Mapping[str, float],
+        *,
+        shared: SharedSpec = None,
+        layers: str | Mapping[str, Sequence[str]] = "module",
+        every: int | Schedule = 1,
+        strategy: str = "auto",
+        units: bool = False,
+        store: str = "stats",
+        path: str | PathLike[str] | None = None,
+        flush_every: int | None = None,
+        on_nonfinite: str = "warn",
+        reduce: Reduce | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        if store not in ("stats", "full"):
+            raise ValueError(f"store must be 'stats' or 'full', got {store!r}")
+        if on_nonfinite not in ("warn", "raise"):
+            raise ValueError(f"on_nonfinite must be 'warn' or 'raise', got {on_nonfinite!r}")
+        if flush_every is not None and (flush_every < 1 or path is None):
+            raise ValueError("flush_every needs a positive int and a path= to flush to")
+        if reduce is not None and not callable(reduce):
+            raise TypeError("reduce must be a callable Tensor -> Tensor")
+        if not (layers in ("module", "param") or isinstance(layers, Mapping)):
+            raise ValueError(f"layers must be 'module', 'param' or a mapping, got {layers!r}")
+        self.model = model
+        self.weights = task_weights(tasks)
+        self.tasks = list(self.weights)
+        self._shared_spec = shared
+        self._layers = layers
+        self._schedule = as_schedule(every)
+        self.strategy = strategy
+        self.units = units
+        self.store = store
+        self.path = path
+        self.flush_every = flush_every
+        self.on_nonfinite = on_nonfinite
+        self.reduce = reduce
+        self.layout: Layout | None = None
+        self._steps = Steps()
+        self._used: list[str] = []
+        self._counter = 0
+        self._reach_checked = False
+        self._features_checked = False
+        self._extra_leaves: list[Tensor] | None = None
+        self._params: list[Tensor] | None = None
+        self._hookable: dict[int, str] | None = None
+        self._active = False
+        self._hooks: rows_mod.RowsHooks | None = None
+        # DistributedDataParallel syncs gradients in hooks that only ``backward()`` fires
+        self._ddp = any(isinstance(m, nn.parallel.DistributedDataParallel) for m in model.modules())
+        if shared is not None:
+            self.layout = make_layout(model, resolve_shared(model, shared), layers)
+
+    # -- context ------------------------------------------------------------------------------
+    def __enter__(self) -> Recorder:
+        if self._active:
+            raise RuntimeError("this Recorder is already active; use one `with` block at a time")
+        self._active = True
+        if self.strategy == "rows" and self._rows_allowed():
+            self._install_rows_hooks()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._active = False
+        if self._hooks is not None:
+            self._hooks.remove()
+            self._hooks = None
+        if self.path is not None and self.layout is not None:
+            try:  # also after an exception in the body: keep what was recorded
+                self.flush()
+            except Exception:
+                if exc_type is None:
+                    raise
+
+    # -- public -------------------------------------------------------------------------------
+    def backward(
+        self,
+        losses: Mapping[str, Tensor],
+        *,
+        step: int | None = None,
+        features: Tensor | Sequence[Tensor] | None = None,
+        rows: Mapping[str, rows_mod.RowSpec] | None = None,
+    ) -> None:
+        """Back-propagate ``Σ_t w_t L_t`` into ``.grad`` and, at scheduled steps, record.
+
+        Args:
+            losses: one scalar loss per task (every task, no other).
+            step: the step number; default: one more than the previous call (0 first).
+            features: the shared trunk's output tensor(s) for strategy ``"features"``.
+            rows: task -> its batch rows (dimension 0) for strategy ``"rows"``.
+        """
+        if not self._active:
+            raise RuntimeError(
+                "Recorder.backward() called outside its `with gradcomp.record(...)` block"
+            )
+        ordered = self._check_losses(losses)
+        step = self._counter if step is None else int(step)
+        self._counter = step + 1
+        if self.layout is None:
+            names = discover_shared(self.model, losses)
+            self.layout = make_layout(self.model, names, self._layers)
+        if not self._reach_checked:
+            self._check_reach(ordered)
+            self._reach_checked = True
+            if self._hooks is not None:
+                self._hooks.only = set(self.layout.owners)
+        weights = [self.weights[t] for t in self.tasks]
+        if not self._schedule(step):
+            self._plain(ordered, weights)
+            self._arm()
+            return
+        self._record(step, ordered, weights, features, rows)
+        self._arm()
+        if self.flush_every and len(self._steps) % self.flush_every == 0:
+            self.flush()
+
+    def to_dataset(self) -> xr.Dataset:
+        """Every recorded step as a Dataset (variables as in ``docs/data-model.md``)."""
+        if self.layout is None:
+            raise ValueError("nothing recorded yet: call rec.backward(...) inside the with block")
+        return self._steps.to_dataset(self.tasks, self.layout, self._config())
+
+    def flush(self, path: str | PathLike[str] | None = None) -> None:
+        """Write everything recorded so far to ``path`` (default: ``record(path=...)``)."""
+        target = path if path is not None else self.path
+        if target is None:
+            raise ValueError("flush() needs a path: pass flush(path) or record(..., path=...)")
+        write_netcdf(self.to_dataset(), target)
+
+    # -- internals ----------------------------------------------------------------------------
+    def _config(self) -> dict[str, Any]:
+        return {
+            "tasks": self.weights,
+            "strategy": self.strategy,
+            "strategies_used": sorted(set(self._used)),
+            "schedule": getattr(self._schedule, "__name__", repr(self._schedule)),
+            "layers": self._layers if isinstance(self._layers, str) else dict(self._layers),
+            "units": int(self.units),
+            "store": self.store,
+            "on_nonfinite": self.on_nonfinite,
+            "reduce": "" if self.reduce is None else getattr(self.reduce, "__name__", "callable"),
+        }
+
+    def _check_losses(self, losses: Mapping[str, Tensor]) -> list[Tensor]:
+        if not isinstance(losses, Mapping):
+            raise TypeError("backward() takes a mapping task -> scalar loss tensor")
+        unknown = [t for t in losses if t not in self.weights]
+        missing = [t for t in self.tasks if t not in losses]
+        if unknown or missing:
+            raise ValueError(
+                f"backward() got losses for unknown task(s) {unknown} and none for {missing}; "
+                f"the recorded tasks are {self.tasks}"
+            )
+        for t in self.tasks:
+            loss = losses[t]
+            if not isinstance(loss, Tensor) or loss.numel() != 1 or loss.ndim > 1:
+                shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+                raise ValueError(f"the loss of task {t!r} must be a scalar tensor, got {shape}")
+            if not loss.requires_grad:
+                raise ValueError(f"the loss of task {t!r} does not require grad (no graph)")
+        return [losses[t] if losses[t].ndim == 0 else losses[t].reshape(()) for t in self.tasks]
+
+    def _check_reach(self, ordered: Sequence[Tensor]) -> None:
+        assert self.layout is not None
+        ids = {id(p) for p in self.layout.params}
+        for t, loss in zip(self.tasks, ordered, strict=True):
+            if not any(id(x) in ids for x in reachable_leaves([loss])):
+                raise ValueError(
+                    f"task {t!r} reaches no shared parameter; check shared= or the task's loss"
+                )
+
+    def _plain(self, ordered: Sequence[Tensor], weights: Sequence[float]) -> None:
+        weighted_total(ordered, weights).backward()
+
+    def _rows_allowed(self) -> bool:
+        return self.reduce is None and self.store == "stats" and all(self.weights.values())
+
+    def _install_rows_hooks(self) -> None:
+        if self.layout is not None:
+            mods = sorted({o for o in self.layout.owners})
+        else:
+            mods = [n for n, m in self.model.named_modules() if rows_mod.supported(m)]
+        mods = [m for m in mods if rows_mod.supported(self.model.get_submodule(m))]
+        self._hooks = rows_mod.RowsHooks(self.model, mods)
+        self._hooks.install()
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._hooks is not None:
+            self._hooks.armed = bool(self._schedule(self._counter))
+
+    def _auto(self, features: Any, rows: Any, device: torch.device) -> str:
+        """The fastest exact strategy that applies (see ``docs/record.md``, "auto").
+
+        Costs in reverse passes of the shared trunk: ``loop`` T, ``batched``/``features`` one
+        vmapped pass of T cotangents (on a GPU about 1.4x / 2.6x a plain step at T = 4 / 8 against
+        2.3x / 5.6x for the loop; on one CPU thread no faster than the loop), ``rows`` one
+        ordinary pass plus the Gram reduction (flat in T; about equal to the loop at T = 2).
+        So: ``rows`` from T = 3 when ``rows=`` is given; on CUDA from T = 4 the vmapped pass
+        (``features`` if given, else ``batched``); otherwise ``loop``.
+        """
+        n_tasks = len(self.tasks)
+        if rows is not None and self._rows_allowed() and n_tasks >= 3:
+            if self._hooks is not None:
+                return "rows"
+            self._install_rows_hooks()  # this step's forward ran without hooks: next step
+        if device.type == "cuda" and n_tasks >= 4:
+            return "features" if features is not None else "batched"
+        return "loop"
+
+    def _choose(self, features: Any, rows: Any, device: torch.device) -> str:
+        if self.strategy == "rows" and rows is None:
+            raise ValueError("strategy='rows' needs backward(losses, rows={task: batch rows})")
+        if self.strategy == "features" and features is None:
+            raise ValueError("strategy='features' needs backward(losses, features=trunk_output)")
+        wanted = self.strategy
+        if wanted == "auto":
+            return self._auto(features, rows, device)
+        if wanted == "rows" and not self._rows_allowed():
+            return "features" if features is not None else "batched"
+        return wanted
+
+    def _record(
+        self,
+        step: int,
+        ordered: list[Tensor],
+        weights: list[float],
+        feats: Any,
+        rows: Any,
+    ) -> None:
+        assert self.layout is not None
+        values = torch.stack([x.detach().to(torch.float64) for x in ordered]).cpu()
+        bad = ~torch.isfinite(values)
+        if bad.any():
+            names = [t for t, b in zip(self.tasks, bad.tolist(), strict=True) if b]
+            msg = f"non-finite loss for task(s) {names} at step {step}"
+            if self.on_nonfinite == "raise":
+                raise ValueError(msg + " (on_nonfinite='raise')")
+            warnings.warn(msg + "; their statistics are NaN", NonfiniteLossWarning, stacklevel=3)
+        strategy = self._choose(feats, rows, ordered[0].device)
+        full = None
+        if strategy == "rows":
+            stats = self._rows_step(ordered, weights, rows)
+        else:
+            strategy, stacks = self._stacks(strategy, ordered, weights, feats)
+            if self._ddp:  # DDP syncs .grad in its backward hooks: run a real backward
+                weighted_total(ordered, weights).backward()
+            if self.reduce is not None:
+                stacks = [self.reduce(s) for s in stacks]
+            gram, unit = layer_stats(stacks, self.layout, self.units)
+            if self.store == "full":
+                full = torch.cat([s.detach().reshape(len(ordered), -1).cpu() for s in stacks], 1)
+        if strategy == "rows":
+            gram, unit = to_layers(stats, self.layout)
+        if bad.any():
+            b = bad.to(gram.device)
+            gram[..., b, :] = float("nan")
+            gram[..., :, b] = float("nan")
+            if unit is not None:
+                unit[..., b, :] = float("nan")
+                unit[..., :, b] = float("nan")
+            if full is not None:
+                full[bad] = float("nan")
+            values = torch.where(bad, torch.nan, values)
+        self._steps.add(step, values, gram, unit, full)
+        self._used.append(strategy)
+
+    def _stacks(
+        self, strategy: str, ordered: list[Tensor], weights: list[float], feats: Any
+    ) -> tuple[str, list[Tensor]]:
+        assert self.layout is not None
+        train = not self._ddp
+        leaves = self._leaves(ordered)
+        if strategy == "features":
+            fs = as_features(feats)
+            check = not self._features_checked
+            try:
+                out = features(ordered, weights, self.layout, fs, leaves, train, check)
+            except FeaturesNotApplicable:
+                if self.strategy != "auto":
+                    raise
+                return "loop", loop(ordered, weights, self.layout, leaves, train)
+            self._features_checked = True
+            return strategy, out
+        if strategy == "batched":
+            return strategy, batched(ordered, weights, self.layout, leaves, train)
+        return "loop", loop(ordered, weights, self.layout, leaves, train)
+
+    def _leaves(self, ordered: list[Tensor]) -> list[Tensor]:
+        """Leaves that receive the training gradient: the model's trainable parameters, plus
+        leaves outside the model found by walking the graph on the first recorded step."""
+        if self._params is None:
+            self._params = list(self.model.parameters())
+        params = [p for p in self._params if p.requires_grad]
+        if self._extra_leaves is None:
+            ids = {id(p) for p in params}
+            self._extra_leaves = [x for x in reachable_leaves(ordered) if id(x) not in ids]
+        return params + [x for x in self._extra_leaves if x.requires_grad]
+
+    def _rows_step(
+        self, ordered: list[Tensor], weights: list[float], rows: Mapping[str, Any]
+    ) -> ParamStats:
+        assert self.layout is not None and self._hooks is not None
+        if self._hookable is None:
+            self._hookable = hookable(self.model, self.layout)
+        return rows_stats(
+            self._hooks, self.layout, self._hookable, self.tasks, ordered, weights, rows, self.units
+        )

@@ -1,0 +1,116 @@
+"""The ``"features"`` strategy: heads one task at a time, then one batched VJP through the trunk.
+
+The user says where the shared trunk ends by passing its output(s) ``h`` to
+``Recorder.backward(losses, features=h)``. For each task t, one reverse pass through its own head
+gives ``c_t = ∂L_t/∂h`` (and the gradients of the head's parameters); then one vmapped VJP of ``h``
+with the T cotangents ``(c_1, …, c_T)`` gives ``∂L_t/∂θ = c_t · ∂h/∂θ`` for every trunk leaf θ at
+once (TorchJD's ``mtl_backward`` does the same). Exact when every path from a loss to a trunk
+parameter passes through ``h``; a parameter used both above and below ``h`` (e.g. tied embeddings)
+is refused with a ``ValueError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from gradcomp.recorder._common import weighted_sum
+from gradcomp.recorder._graph import accumulate, reachable_leaves, reaches
+from gradcomp.recorder.batched import batched_vjp, stacks_from_jacobian
+from gradcomp.recorder.shared import Layout
+
+__all__ = ["FeaturesNotApplicable", "as_features", "features"]
+
+
+class FeaturesNotApplicable(ValueError):
+    """A loss reaches a trunk parameter without passing through the given features."""
+
+
+def as_features(features: Tensor | Sequence[Tensor]) -> list[Tensor]:
+    """Validate ``features=``: one tensor or a sequence of trunk outputs that require grad."""
+    feats = [features] if isinstance(features, Tensor) else list(features)
+    if not feats or not all(isinstance(f, Tensor) for f in feats):
+        raise ValueError("features= must be a tensor (the shared trunk's output) or a list of them")
+    for f in feats:
+        if f.grad_fn is None:
+            raise ValueError(
+                "features= must be computed by the shared trunk in this step's forward pass (a "
+                "tensor with a grad_fn); got a leaf or a tensor that does not require grad"
+            )
+    return feats
+
+
+def features(
+    losses: Sequence[Tensor],
+    weights: Sequence[float],
+    layout: Layout,
+    feats: Sequence[Tensor],
+    leaves: Sequence[Tensor],
+    train: bool = True,
+    check: bool = True,
+) -> list[Tensor]:
+    """Per-task gradients of the shared parameters via the trunk output ``feats``.
+
+    Args:
+        losses: the T scalar task losses.
+        weights: their loss weights.
+        layout: the shared parameters.
+        feats: the trunk output(s) every loss depends on the trunk through.
+        leaves: every leaf the losses may reach (trainable parameters and other leaves).
+        train: accumulate the training gradient into ``.grad``.
+        check: walk the whole graph to verify that the features cut it (the recorder does this
+            on the first ``features`` step; the walk costs as much Python time as the graph is
+            large).
+
+    Returns:
+        ``[T, *shape]`` per shared parameter; ``.grad`` has received the training gradient.
+    """
+    n_tasks = len(losses)
+    stop = {f.grad_fn for f in feats}
+    if check and len(feats) > 1 and reaches(feats, stop):
+        raise FeaturesNotApplicable(
+            "strategy 'features': one features= tensor is computed from another; pass only the "
+            "outermost trunk outputs the heads read (nested features would be counted twice)"
+        )
+    trunk_ids = {id(x) for x in reachable_leaves(feats)} if check else set()
+    heads: dict[int, Tensor] = {}
+    head_grads: list[dict[int, Tensor]] = []
+    cotangents: list[list[Tensor]] = []
+    for loss in losses:
+        above = reachable_leaves([loss], stop=stop)
+        both = [x for x in above if id(x) in trunk_ids]
+        if both:
+            names = [
+                layout.names[i] for i, p in enumerate(layout.params) if any(p is b for b in both)
+            ]
+            raise FeaturesNotApplicable(
+                f"strategy 'features': {len(both)} parameter(s) {names[:3]} are used both above "
+                "and below features= (e.g. tied weights or a skip around the features); pass every "
+                "tensor the heads read from the trunk, or use strategy='batched'"
+            )
+        grads = torch.autograd.grad(loss, [*feats, *above], retain_graph=True, allow_unused=True)
+        cotangents.append(
+            [torch.zeros_like(f) if g is None else g for f, g in zip(feats, grads, strict=False)]
+        )
+        head_grads.append(
+            {id(x): g for x, g in zip(above, grads[len(feats) :], strict=True) if g is not None}
+        )
+        heads.update({id(x): x for x in above})
+    head_leaves = list(heads.values())
+    per_head = [[hg.get(id(x)) for hg in head_grads] for x in head_leaves]
+    if train:
+        accumulate(head_leaves, [weighted_sum(weights, gs) for gs in per_head])
+    stacked = [torch.stack([c[k] for c in cotangents]) for k in range(len(feats))]
+    trunk = [x for x in leaves if id(x) not in heads]
+    jac = batched_vjp(feats, trunk, stacked, weights, train) if trunk else []
+    stacks = stacks_from_jacobian(layout, trunk, jac, n_tasks)
+    head_index = {id(x): k for k, x in enumerate(head_leaves)}
+    for i, p in enumerate(layout.params):
+        k = head_index.get(id(p))
+        if k is not None:  # a shared parameter above the features (e.g. a head two tasks share)
+            stacks[i] = torch.stack(
+                [torch.zeros_like(p) if g is None else g for g in per_head[k]]
+            ).to(stacks[i].dtype)
+    return stacks

@@ -1,0 +1,141 @@
+"""Reduce per-task gradients to Gram statistics (per parameter, per layer, per unit).
+
+For tasks t, s and a layer with parameters P, the Gram entry is
+``gram[t, s] = Σ_{p ∈ P} ⟨g_t^p, g_s^p⟩`` where ``g_t^p = ∂L_t/∂p`` (the per-task gradient of the
+unweighted loss). For a shared ``nn.Linear`` with weight ``W`` (out × in) and bias ``b``, unit ``o``
+keeps ``Σ_i g_t[W_oi] g_s[W_oi] + g_t[b_o] g_s[b_o]`` (the neuron's incoming weights and bias).
+Statistics are accumulated in float32 at least (float64 for float64 parameters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from gradcomp.recorder.shared import Layout
+
+__all__ = ["ParamStats", "acc_dtype", "from_stacks", "layer_stats", "param_stats", "to_layers"]
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype for gradients of ``dtype``: float64 stays, anything else is float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@dataclass
+class ParamStats:
+    """Per-parameter statistics of one recorded step.
+
+    Attributes:
+        gram: ``[P, T, T]`` Gram matrix of each shared parameter's per-task gradients.
+        units: for each parameter, ``[units, T, T]`` per-unit Grams, or ``None``
+            (no units, or units not asked for).
+    """
+
+    gram: Tensor
+    units: list[Tensor | None] | None
+
+
+def from_stacks(stacks: Sequence[Tensor], layout: Layout, units: bool) -> ParamStats:
+    """Gram statistics from stacked per-task gradients.
+
+    Args:
+        stacks: for each shared parameter (layout order), its per-task gradients ``[T, *shape]``.
+        layout: the shared parameters and their grouping.
+        units: also compute per-unit Grams of Linear-owned parameters.
+
+    Returns:
+        The :class:`ParamStats`.
+    """
+    grams, unit_grams = [], []
+    for p, stack in enumerate(stacks):
+        gram, unit = param_stats(stack, layout.units[p] if units else 0)
+        grams.append(gram)
+        unit_grams.append(unit)
+    return ParamStats(torch.stack(grams), unit_grams if units else None)
+
+
+def param_stats(stack: Tensor, n_units: int) -> tuple[Tensor, Tensor | None]:
+    """Gram ``[T, T]`` of one parameter's per-task gradients ``[T, *shape]``, and with
+    ``n_units > 0`` the per-unit Grams ``[n_units, T, T]`` (unit = index along ``shape[0]``)."""
+    g = stack.to(acc_dtype(stack.dtype))
+    flat = g.reshape(g.shape[0], -1)
+    if not n_units:
+        return flat @ flat.T, None
+    rows = g.reshape(g.shape[0], n_units, -1)  # [T, units, rest]
+    return flat @ flat.T, torch.einsum("tur,sur->uts", rows, rows)
+
+
+def layer_stats(
+    stacks: Sequence[Tensor], layout: Layout, units: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Layer Grams straight from stacked per-task gradients (one matmul per layer).
+
+    Same result as ``to_layers(from_stacks(stacks, layout, units), layout)``.
+
+    Args:
+        stacks: ``[T, *shape]`` per shared parameter (layout order).
+        layout: the grouping.
+        units: also compute ``unit_gram``.
+
+    Returns:
+        ``gram [L + 1, T, T]`` and ``unit_gram [L + 1, U, T, T]`` or ``None``.
+    """
+    n_tasks = stacks[0].shape[0]
+    dt = acc_dtype(stacks[0].dtype)
+    grams = []
+    for idx in layout.members:
+        flat = torch.cat([stacks[i].reshape(n_tasks, -1).to(dt) for i in idx], 1)
+        grams.append(flat @ flat.T)
+    gram = torch.stack([*grams, torch.stack(grams).sum(0)]) if grams else None
+    if gram is None:
+        raise ValueError("no layers to record")
+    if not units:
+        return gram, None
+    unit_grams: list[Tensor | None] = [
+        param_stats(s, layout.units[i])[1] if layout.units[i] else None
+        for i, s in enumerate(stacks)
+    ]
+    return to_layers(ParamStats(gram[:1], unit_grams), layout, gram=gram)
+
+
+def to_layers(
+    stats: ParamStats, layout: Layout, gram: Tensor | None = None
+) -> tuple[Tensor, Tensor | None]:
+    """Sum per-parameter statistics into layers, and add the ``"all"`` entry.
+
+    Args:
+        stats: per-parameter statistics.
+        layout: the grouping.
+        gram: the layer Grams if already known (then ``stats.gram`` is not used).
+
+    Returns:
+        ``gram`` ``[L + 1, T, T]`` and, with units, ``unit_gram`` ``[L + 1, U, T, T]``
+        where U is the largest unit count; entries without units are NaN.
+    """
+    if gram is None:  # one contraction with the [L + 1, P] membership matrix
+        rows = [k for k, idx in enumerate(layout.members) for _ in idx]
+        cols = [i for idx in layout.members for i in idx]
+        member = torch.zeros(len(layout.members) + 1, len(layout.names), dtype=stats.gram.dtype)
+        member[rows, cols] = 1.0
+        member[-1] = 1.0
+        gram = torch.einsum("lp,pts->lts", member.to(stats.gram.device), stats.gram)
+    if stats.units is None:
+        return gram, None
+    n_units = max(layout.layer_units, default=0)
+    t = gram.shape[-1]
+    unit = torch.full(
+        (len(layout.members) + 1, max(n_units, 1), t, t),
+        float("nan"),
+        dtype=gram.dtype,
+        device=gram.device,
+    )
+    for k, idx in enumerate(layout.members):
+        u = layout.layer_units[k]
+        parts = [stats.units[i] for i in idx]
+        if u and all(x is not None for x in parts):
+            unit[k, :u] = torch.stack([x for x in parts if x is not None]).sum(0)
+    return gram, unit
