@@ -27,6 +27,9 @@ _LAZY: dict[str, tuple[str, str | None]] = {
 
 __all__ = ["__version__", *_LAZY]
 
+# Registers the ``ds.gradcomp`` accessor; it imports only xarray, analyzers load on first use.
+import gradcomp.accessor  # noqa: E402, F401
+
 
 def __getattr__(name: str) -> Any:
     try:

@@ -21,6 +21,10 @@ ALICE = "alice"  # Alice's setting, 1 or 2
 BOB = "bob"  # Bob's setting, 1 or 2
 WIDTH = "width"  # hidden width (NCnet capacity)
 RANK = "rank"  # LoRA rank (transformer capacity)
+FREQUENCY = "frequency"  # spectral frequency of a trace, cycles per step
+LAG = "lag"  # lag of a cross-correlation, in traced steps
+OWN = "own"  # a head's own setting (sensing decodes the remote one)
+ANALYSIS = "analysis"  # rows of a correlation table
 
 ALL = "all"  # the LAYER entry for every shared parameter as one vector
 SETTINGS = (1, 2)  # the values of ALICE and BOB
@@ -43,6 +47,9 @@ LABELS: dict[str, tuple[str, str]] = {
     ALICE: ("Alice's setting", "1"),
     BOB: ("Bob's setting", "1"),
     UNIT: ("hidden unit", "1"),
+    FREQUENCY: ("frequency", "cycles / step"),
+    LAG: ("lag", "traced steps"),
+    OWN: ("own setting", "1"),
 }
 
 

@@ -1,0 +1,19 @@
+"""Mechanism analyzers: pure functions from a recording or ensemble Dataset to a Dataset.
+
+- :func:`conflict` -- cosine, gradient-magnitude similarity, conflict frequency / count /
+  energy, per-unit competition;
+- :func:`oscillation` -- each task's loss oscillation (swing amplitude, reversals, Welch spectrum);
+- :func:`sensing` -- how well a head's own trace decodes the other head's setting, over time;
+- :func:`correlate` and :func:`lagged` -- relate traces to S across training and capacity.
+
+Each is also reachable as ``ds.gradcomp.<name>(...)`` (see :mod:`gradcomp.accessor`).
+"""
+
+from __future__ import annotations
+
+from gradcomp.analyze.conflict import conflict
+from gradcomp.analyze.correlate import correlate, lagged
+from gradcomp.analyze.oscillation import oscillation
+from gradcomp.analyze.sensing import sensing
+
+__all__ = ["conflict", "correlate", "lagged", "oscillation", "sensing"]

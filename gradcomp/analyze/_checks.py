@@ -1,0 +1,82 @@
+"""Boundary checks shared by the analyzers: clear errors that say what to do."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import xarray as xr
+
+from gradcomp import _dims
+from gradcomp._provenance import provenance
+
+#: How to produce each variable an analyzer may need (the hint in the error message).
+HINTS: dict[str, str] = {
+    "loss": "gradcomp.record(...) (every recording has it) or gradcomp.ncnet.run(...)",
+    "gram": "gradcomp.record(...) or gradcomp.ncnet.run(...) with traces recorded",
+    "cosine": "gradcomp.record(...) or gradcomp.ncnet.run(...) with traces recorded",
+    "grad_norm": "gradcomp.record(...) or gradcomp.ncnet.run(...) with traces recorded",
+    "unit_gram": "gradcomp.record(..., units=True) or NCnetConfig(units=True)",
+    "a": "gradcomp.ncnet.run(...) (ensemble outcomes)",
+    "b": "gradcomp.ncnet.run(...) (ensemble outcomes)",
+}
+
+
+def need(ds: xr.Dataset, names: list[str] | tuple[str, ...]) -> None:
+    """Raise a ``ValueError`` naming the missing variables and the option that produces them."""
+    missing = [n for n in names if n not in ds.variables]
+    if missing:
+        hint = "; ".join(f"{n!r}: {HINTS.get(n, 'see docs/data-model.md')}" for n in missing)
+        _dims.require(ds, names, hint=hint)
+
+
+def need_dims(da: xr.DataArray, dims: tuple[str, ...], name: str) -> None:
+    """Raise a ``ValueError`` if ``da`` lacks one of ``dims``."""
+    missing = [d for d in dims if d not in da.dims]
+    if missing:
+        raise ValueError(
+            f"{name!r} has dims {tuple(da.dims)} but needs {missing}; see docs/data-model.md"
+        )
+
+
+def need_length(da: xr.DataArray, dim: str, minimum: int, what: str) -> None:
+    """Raise a ``ValueError`` if ``da`` has fewer than ``minimum`` entries along ``dim``."""
+    n = da.sizes.get(dim, 0)
+    if n < minimum:
+        raise ValueError(
+            f"the trace is too short for {what}: {n} entries along {dim!r}, need at least "
+            f"{minimum}. Record more often (a denser schedule / trace_every) or pass a smaller "
+            "window."
+        )
+
+
+def need_seeds(da: xr.DataArray, minimum: int, what: str) -> None:
+    """Raise a ``ValueError`` unless ``da`` is an ensemble with at least ``minimum`` seeds."""
+    n = da.sizes.get(_dims.SEED, 0)
+    if n < minimum:
+        raise ValueError(
+            f"{what} needs an ensemble of at least {minimum} seeds, got {n} (a single run "
+            "cannot show it): run gradcomp.ncnet.run(config, widths, seeds=range(N)) with more "
+            "seeds."
+        )
+
+
+@functools.lru_cache(maxsize=1)
+def _base_provenance() -> dict[str, str]:
+    """Versions and git state, looked up once per process (``git describe`` is slow).
+
+    Plain ``str``: ``torch.__version__`` is a str subclass that h5netcdf cannot write.
+    """
+    return {k: str(v) for k, v in provenance({}).items() if k != "config"}
+
+
+def finish(
+    ds: xr.Dataset, labels: Mapping[str, tuple[str, str]], name: str, config: Mapping[str, Any]
+) -> xr.Dataset:
+    """Label ``ds`` and set its provenance attrs (netCDF-safe)."""
+    _dims.annotate(ds, labels)
+    config_json = json.dumps({"analyzer": name, **config}, sort_keys=True, default=str)
+    ds.attrs = {**_base_provenance(), "config": config_json}
+    return ds
