@@ -1,0 +1,160 @@
+"""Contested hidden units vs S across NCnet width; the task–unit graph at the critical width.
+
+Trains NCnet ensembles with per-unit Grams (``NCnetConfig(units=True)``), counts contested
+units over training (:func:`gradcomp.graph.competition`), estimates S
+(:func:`gradcomp.chsh.estimate`) and relates the two with the correlator
+(:func:`gradcomp.analyze.correlate`) three ways:
+
+* ``across_width``: ensemble mean of contested units vs S, one point per width;
+* ``per_seed``: per seed, contested units (mean over the four setting pairs and the traced
+  steps) vs the seed's CHSH contribution ``s_k = Σ_{x,y} ± a_{kxy} b_{kxy}`` (minus at (2, 2);
+  common random numbers make it well defined and its seed mean is S), over (width, seed);
+* ``per_seed_within_width``: the same with width partialled out (``control=width``).
+
+The critical width is the width with the largest S (the project's reading). The graph drawn there
+is one slice: setting pair (2, 2), the seed with most contested units at the end of training, at
+the traced step where that seed has most contested units. Its ``unit_gram`` is saved so that the
+figure script rebuilds the graph from saved data only.
+
+Usage::
+
+    python analyses/ncnet_competition.py --tiny     # seconds (a test runs it)
+    python analyses/ncnet_competition.py            # widths 1-6, 50 seeds, 2000 steps
+
+Writes ``results/ncnet_competition.nc`` (``--out`` to change); draw it with
+``figures/ncnet_competition.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+
+from gradcomp import _dims, chsh, ncnet
+from gradcomp._dims import ALICE, BOB, SEED, STEP, WIDTH
+from gradcomp._provenance import provenance
+from gradcomp.analyze import correlate
+from gradcomp.graph import capacity_coord, competition
+
+LAYER = "hidden"
+LABELS = {
+    "contested_mean": ("contested units, mean over settings and traced steps", "units"),
+    "contested_end": ("contested units at the end of training, mean over settings", "units"),
+    "s_seed": ("per-seed CHSH contribution (seed mean = S)", "1"),
+    "critical_unit_gram": ("per-unit Gram at the critical width (drawn slice)", "loss² / param²"),
+}
+
+
+def per_seed_s(a: xr.DataArray, b: xr.DataArray) -> xr.DataArray:
+    """``s_k = a11 b11 + a12 b12 + a21 b21 − a22 b22`` per seed (dims without alice, bob)."""
+    sign = xr.DataArray([[1, 1], [1, -1]], dims=(ALICE, BOB), coords={ALICE: [1, 2], BOB: [1, 2]})
+    return (a.astype(np.float64) * b.astype(np.float64) * sign).sum((ALICE, BOB))
+
+
+def summarize(ds: xr.Dataset, n_boot: int = 999, min_share: float | None = None) -> xr.Dataset:
+    """Competition summary, S, correlations and the critical-width slice of an NCnet Dataset."""
+    comp = competition(ds, layer=LAYER, min_share=min_share)
+    a_end, b_end = ds["a"].isel({STEP: -1}), ds["b"].isel({STEP: -1})
+    est = chsh.estimate(a_end, b_end, n_boot=n_boot)
+    contested_mean = comp["n_contested"].mean((STEP, ALICE, BOB))  # (width, seed)
+    contested_end = comp["n_contested"].isel({STEP: -1}).mean((ALICE, BOB))
+    s_seed = per_seed_s(a_end, b_end)
+    width = ds[WIDTH].broadcast_like(contested_mean)
+    width.name = WIDTH
+    analyses = {
+        "across_width": correlate(contested_mean.mean(SEED), est["S"], WIDTH, n_boot=n_boot),
+        "per_seed": correlate(contested_mean, s_seed, (WIDTH, SEED), n_boot=n_boot),
+        "per_seed_within_width": correlate(
+            contested_mean, s_seed, (WIDTH, SEED), control=width, n_boot=n_boot
+        ),
+    }
+    corr = xr.concat(
+        [c.drop_attrs() for c in analyses.values()],
+        dim=xr.DataArray(list(analyses), dims="analysis"),
+    )
+    corr = corr.rename({k: f"corr_{k}" for k in corr.data_vars})
+    for k in corr.data_vars:
+        base = analyses["per_seed"][k.removeprefix("corr_")].attrs
+        corr[k].attrs.update(base)
+
+    critical = int(est[WIDTH].values[int(np.nanargmax(est["S"].values))])
+    end = comp["n_contested"].sel({WIDTH: critical, ALICE: 2, BOB: 2})
+    seed = int(end[SEED].values[int(end.isel({STEP: -1}).argmax(SEED))])
+    step = int(end[STEP].values[int(end.sel({SEED: seed}).argmax(STEP))])
+    slice_ = ds["unit_gram"].sel({WIDTH: critical, SEED: seed, ALICE: 2, BOB: 2, STEP: step})
+    slice_ = (
+        slice_.sel(layer=LAYER)
+        .drop_vars([c for c in slice_.coords if c not in slice_.dims])
+        .dropna(_dims.UNIT, how="all")
+    )
+
+    out = xr.Dataset(
+        {
+            "n_contested": comp["n_contested"],
+            "contested_share": comp["contested_share"],
+            "n_owned": comp["n_owned"],
+            "n_components": comp["n_components"],
+            "contested_mean": contested_mean,
+            "contested_end": contested_end,
+            "s_seed": s_seed,
+            "S": est["S"],
+            "S_lo": est["S_lo"],
+            "S_hi": est["S_hi"],
+            "critical_unit_gram": slice_.rename({_dims.UNIT: "critical_unit"}).astype(np.float64),
+            **corr.data_vars,
+        }
+    )
+    out = out.assign_coords(shared_capacity=capacity_coord(ds))
+    out.attrs.update({k: str(v) for k, v in provenance({"analysis": "ncnet_competition"}).items()})
+    out.attrs.update(
+        ncnet_config=str(ds.attrs.get("config", "")),
+        critical_width=critical,
+        critical_seed=seed,
+        critical_alice=2,
+        critical_bob=2,
+        critical_step=step,
+        critical_rule="width of max S; pair (2, 2); seed with most contested units at the end; "
+        "step with most contested units",
+        min_share="1/(2 n_units)" if min_share is None else float(min_share),
+    )
+    return _dims.annotate(out, {**comp_labels(comp), **LABELS})
+
+
+def comp_labels(comp: xr.Dataset) -> dict[str, tuple[str, str]]:
+    return {k: (v.attrs["long_name"], v.attrs["units"]) for k, v in comp.data_vars.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="results/ncnet_competition.nc")
+    parser.add_argument("--tiny", action="store_true", help="4 widths, 6 seeds, 60 steps")
+    parser.add_argument("--widths", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6])
+    parser.add_argument("--seeds", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--n-boot", type=int, default=999)
+    parser.add_argument("--min-share", type=float, default=None)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.tiny:
+        args.widths, args.seeds, args.steps, args.n_boot = [1, 2, 3, 4], 6, 60, 99
+    config = ncnet.NCnetConfig(steps=args.steps, units=True)
+    ds = ncnet.run(config, args.widths, args.seeds, device=args.device, progress=not args.tiny)
+    out = summarize(ds, n_boot=args.n_boot, min_share=args.min_share)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    out.to_netcdf(args.out, engine="h5netcdf")
+    row = out.sel(analysis="per_seed")
+    print(
+        f"wrote {args.out}: critical width {out.attrs['critical_width']}, "
+        f"per-seed Spearman(contested, s_k) = {float(row['corr_spearman']):.2f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Throughput of NCnet ensembles: the full default sweep against the per-seed loop.
+
+The full default sweep is widths 1–8 × 4 setting pairs × 2000 seeds × 2000 full-batch steps,
+with the default traces (~30 traced steps). The fast path (``--backend``, default ``auto``: the
+compiled kernel on the CPU) runs it in full (or ``--seeds``/``--steps`` of it). The torch backend
+of the fast path, the generic ``vmap(grad)`` trainer and the per-seed loop (``train_loop``: plain
+autograd, the test reference) run on subsets in the same process, tracing only their last step,
+and their times are scaled linearly to the full sweep. Prints one table; speed-ups are against
+the loop measured in this run.
+
+    python benchmarks/ensemble_throughput.py                 # full sweep
+    python benchmarks/ensemble_throughput.py --seeds 512 --steps 500 --threads 1
+    python benchmarks/ensemble_throughput.py --device cuda --seeds 4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+
+from gradcomp.ncnet import NCnetConfig, run
+
+
+def _timed(fn) -> tuple[float, float, object]:
+    """Wall-clock and CPU seconds (all threads of this process) of ``fn()``."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t, c = time.perf_counter(), time.process_time()
+    out = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t, time.process_time() - c, out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--seeds", type=int, default=2000)
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--widths", type=int, default=8, help="widths 1..N")
+    p.add_argument("--chunk", type=int, default=512, help="seeds per fast chunk")
+    p.add_argument("--backend", default="auto", choices=("auto", "c", "torch"))
+    p.add_argument("--torch-seeds", type=int, default=2000, help="subset for the torch backend")
+    p.add_argument("--torch-steps", type=int, default=100)
+    p.add_argument("--vmap-seeds", type=int, default=2000, help="subset for vmap(grad)")
+    p.add_argument("--vmap-steps", type=int, default=10)
+    p.add_argument("--loop-seeds", type=int, default=2, help="subset for the per-seed loop")
+    p.add_argument("--loop-steps", type=int, default=50)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    widths = list(range(1, args.widths + 1))
+    full = len(widths) * 4 * args.seeds * args.steps  # run-steps of the full sweep
+
+    def go(seeds: int, steps: int, traced: bool, **kw) -> tuple[float, float, float, str]:
+        cfg = NCnetConfig(steps=steps, dtype=args.dtype, trace_every=None if traced else (steps,))
+        t, c, ds = _timed(lambda: run(cfg, widths, seeds, device=args.device, progress=False, **kw))
+        scale = full / (len(widths) * 4 * seeds * steps)
+        return t, t * scale, c * scale, ds.attrs["backend"]
+
+    go(64, 5, False, backend=args.backend)  # warm-up: first calls, kernel build
+    rows = []
+    t, f, c, be = go(args.seeds, args.steps, True, chunk=args.chunk, backend=args.backend)
+    rows.append((f"fast, backend {be}", f"{args.seeds} x {args.steps} (traced)", t, f, c))
+    if be != "torch":
+        t, f, c, _ = go(
+            args.torch_seeds, args.torch_steps, False, chunk=args.chunk, backend="torch"
+        )
+        rows.append(("fast, backend torch", f"{args.torch_seeds} x {args.torch_steps}", t, f, c))
+    t, f, c, _ = go(args.vmap_seeds, args.vmap_steps, False, method="vmap")
+    rows.append(("vmap(grad), torch.func", f"{args.vmap_seeds} x {args.vmap_steps}", t, f, c))
+    t, f, c, _ = go(args.loop_seeds, args.loop_steps, False, method="loop")
+    rows.append(("per-seed loop (autograd)", f"{args.loop_seeds} x {args.loop_steps}", t, f, c))
+    loop_wall, loop_cpu = rows[-1][3], rows[-1][4]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"\nfull sweep = widths 1-{args.widths} x 4 setting pairs x {args.seeds} seeds x "
+        f"{args.steps} steps ({args.dtype}, {args.device}, {args.threads} torch threads, "
+        f"load average {load:.1f}); subsets scaled linearly"
+    )
+    print(
+        f"{'method':<26} {'measured (seeds x steps)':<26} {'wall s':>8} {'full sweep s':>13} "
+        f"{'vs loop':>8} {'full sweep CPU s':>17} {'vs loop':>8}"
+    )
+    for name, what, t, f, c in rows:
+        print(
+            f"{name:<26} {what:<26} {t:>8.2f} {f:>13.1f} {loop_wall / f:>7.0f}x "
+            f"{c:>17.1f} {loop_cpu / c:>7.0f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()

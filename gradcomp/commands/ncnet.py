@@ -1,0 +1,162 @@
+"""``gradcomp ncnet``: the NCnet capacity experiment (S across hidden width, with its control)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+NAME = "ncnet"
+HELP = (
+    "Train NCnet ensembles across hidden widths; print S (CHSH) with intervals, the signaling "
+    "measure and the CbD margin per width; write a netCDF dataset and the capacity figure."
+)
+
+DEFAULT_SEEDS = 500
+
+
+def parse_widths(text: str) -> list[int]:
+    """``"1-8"``, ``"1,2,4"`` or ``"1-4,8"`` -> sorted distinct widths."""
+    out: set[int] = set()
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if lo > hi:
+                    raise ValueError
+                out.update(range(lo, hi + 1))
+            elif part:
+                out.add(int(part))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"bad widths {text!r}: use a range '1-8', a list '1,2,4' or both '1-4,8'"
+        ) from None
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"widths must be positive integers, got {text!r}")
+    return sorted(out)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from gradcomp.ncnet import DEFAULT_ALICE, DEFAULT_BOB
+
+    p.add_argument(
+        "--widths",
+        type=parse_widths,
+        default=parse_widths("1-8"),
+        help="hidden widths: range and/or list, e.g. 1-8 or 1,2,4 (default 1-8)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=DEFAULT_SEEDS,
+        help=f"seeds per setting pair (default {DEFAULT_SEEDS})",
+    )
+    p.add_argument("--steps", type=int, default=2000, help="full-batch steps (default 2000)")
+    p.add_argument("--lr", type=float, default=0.5, help="learning rate (default 0.5)")
+    p.add_argument("--inputs", type=int, default=3, help="number of binary inputs k (default 3)")
+    p.add_argument(
+        "--alice",
+        nargs=2,
+        metavar="EXPR",
+        default=list(DEFAULT_ALICE),
+        help=f"Alice's tasks for settings 1 and 2 (default {' ; '.join(DEFAULT_ALICE)})",
+    )
+    p.add_argument(
+        "--bob",
+        nargs=2,
+        metavar="EXPR",
+        default=list(DEFAULT_BOB),
+        help=f"Bob's tasks for settings 1 and 2 (default {' ; '.join(DEFAULT_BOB)})",
+    )
+    p.add_argument("--activation", default="tanh", choices=("tanh", "relu", "sigmoid"))
+    p.add_argument("--init-scale", type=float, default=1.0, help="weight std x sqrt(fan_in)")
+    p.add_argument("--holdout", type=int, default=0, help="number of held-out input patterns")
+    p.add_argument(
+        "--unshared",
+        action="store_true",
+        help="main experiment with unshared hidden layers (each head its own n units)",
+    )
+    p.add_argument("--no-control", action="store_true", help="skip the unshared control run")
+    p.add_argument(
+        "--trace-every",
+        type=int,
+        default=None,
+        help="trace every N steps (default: ~30 log-spaced steps)",
+    )
+    p.add_argument("--units", action="store_true", help="also trace the per-unit Gram")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "c", "torch"),
+        help="fast-path backend: compiled C kernel (CPU), torch (any device), or "
+        "auto (c on the CPU when a C compiler is found; default)",
+    )
+    p.add_argument("--chunk", type=int, default=512, help="seeds per vectorised chunk")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap replicates")
+    p.add_argument("--confidence", type=float, default=0.95, help="interval level")
+    p.add_argument("--out", type=Path, default=Path("results/ncnet.nc"), help="netCDF output")
+    p.add_argument(
+        "--figure",
+        type=Path,
+        default=Path("results/ncnet_capacity.png"),
+        help="figure path (PNG/PDF by suffix); 'none' to skip",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from gradcomp.ncnet import NCnetConfig
+    from gradcomp.ncnet._experiment import capacity, table
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        config = NCnetConfig(
+            inputs=args.inputs,
+            alice=tuple(args.alice),
+            bob=tuple(args.bob),
+            activation=args.activation,
+            lr=args.lr,
+            steps=args.steps,
+            init_scale=args.init_scale,
+            unshared=args.unshared,
+            holdout=args.holdout,
+            trace_every=args.trace_every,
+            units=args.units,
+            dtype=args.dtype,
+        )
+    except ValueError as err:
+        raise SystemExit(f"gradcomp ncnet: {err}") from None
+    t0 = time.perf_counter()
+    ds = capacity(
+        config,
+        args.widths,
+        args.seeds,
+        control=not args.no_control,
+        n_boot=args.n_boot,
+        confidence=args.confidence,
+        device=args.device,
+        chunk=args.chunk,
+        progress=not args.no_progress,
+        backend=args.backend,
+    )
+    print(table(ds))
+    print(f"backend: {ds.attrs['backend']}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    ds.to_netcdf(args.out, engine="h5netcdf")
+    print(f"wrote {args.out}")
+    if str(args.figure).lower() != "none":
+        from gradcomp.plot.chsh import figure
+
+        fig = figure(ds)
+        args.figure.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(args.figure, dpi=150)
+        print(f"wrote {args.figure}")
+    print(f"done in {time.perf_counter() - t0:.1f} s")
+    return 0

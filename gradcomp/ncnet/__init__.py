@@ -1,0 +1,22 @@
+"""NCnet: k binary inputs → one shared hidden layer → two heads (Alice "A", Bob "B").
+
+Each head's *setting* picks which Boolean task it trains on; across seeds the ±1 training
+outcomes give the CHSH statistic (Zhao, Wu, Hou 2026, arXiv 2603.04451). :func:`run` trains
+every width × seed × setting pair at once and returns an ``xarray.Dataset``;
+:func:`gradcomp.chsh.estimate` turns its outcomes into S with intervals.
+
+Example:
+    >>> from gradcomp import ncnet, chsh
+    >>> ds = ncnet.run(ncnet.NCnetConfig(steps=50), widths=[2, 3], seeds=8, progress=False)
+    >>> est = chsh.estimate(ds.a.isel(step=-1), ds.b.isel(step=-1), n_boot=100)
+    >>> sorted(est.S.dims)
+    ['width']
+"""
+
+from __future__ import annotations
+
+from gradcomp.ncnet._config import DEFAULT_ALICE, DEFAULT_BOB, NCnetConfig
+from gradcomp.ncnet._expr import truth_table
+from gradcomp.ncnet._run import TASKS, run
+
+__all__ = ["DEFAULT_ALICE", "DEFAULT_BOB", "TASKS", "NCnetConfig", "run", "truth_table"]

@@ -1,0 +1,311 @@
+"""NCnet's fast path: every width, setting pair and seed in one hand-derived computation.
+
+Layout: hidden units of all widths are concatenated along one unit axis ``u`` (group ``g(u)`` is
+the width they belong to) and runs along a trailing batch axis ``r = setting · K + seed_index``
+(settings ordered (1,1), (1,2), (2,1), (2,2)). One step for all runs at once, with ``σ`` the
+logistic function and ``w_p`` the pattern weights:
+
+    Z[u,p,r] = Σ_i X[p,i] W[u,i,r] + b[u,r],      H = act(Z)
+    L[g,p,t,r] = Σ_{u∈g} H[u,p,r] V[u,t,r] + c[g,t,r]
+    G[g,p,t,r] = w_p (σ(L[g,p,t,r]) − y[p,t,r])              (∂ loss_t / ∂ L)
+    ∂c = Σ_p G,   ∂V[u,t] = M[u,t] Σ_p G[g(u),p,t] H[u,p]
+    ∂Z[u,p] = act'(Z[u,p]) Σ_t G[g(u),p,t] V[u,t],   ∂W = Xᵀ ∂Z,   ∂b = Σ_p ∂Z
+
+These are the gradients autograd computes for the model of :mod:`gradcomp.ncnet._model`; the
+tests check them against :func:`gradcomp.ensemble.train` and :func:`gradcomp.ensemble.train_loop`
+seed by seed in float64. In float32, tanh is evaluated as ``2σ(2z) − 1`` (≈3× faster on CPU).
+
+Determinism: a run's numbers must not depend on which other runs share the batch. Matrix
+products (whose blocking depends on the batch size) and fused multiply-adds are avoided, and the
+batch is padded to a multiple of :data:`PAD` seeds so that no element falls in the scalar tail
+of a vectorised kernel (where ``exp`` is computed by other code than in the vector body).
+
+``backend="c"`` runs the same step in the compiled kernel ``_kernel.c`` (SIMD lanes of 16 runs,
+OpenMP over width groups and lane blocks) between traced steps; the traces are computed here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from gradcomp.ncnet._config import NCnetConfig
+from gradcomp.ncnet._model import head_mask, init_params, run_data
+
+__all__ = ["PAD", "SETTING_PAIRS", "train_fast"]
+
+SETTING_PAIRS = ((1, 1), (1, 2), (2, 1), (2, 2))
+#: the seed axis is padded to a multiple of this (see the module docstring)
+PAD = 64
+
+
+def _act(z: torch.Tensor, name: str, fast_tanh: bool) -> torch.Tensor:
+    """In-place activation of ``z`` (with ``fast_tanh``, ``z`` holds 2z: tanh z = 2σ(2z) − 1)."""
+    if name == "tanh":
+        return z.sigmoid_().mul_(2).sub_(1) if fast_tanh else z.tanh_()
+    if name == "sigmoid":
+        return z.sigmoid_()
+    return z.relu_()
+
+
+def _preactivations(W: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
+    """``Z[u, p, r] = b[u, r] + Σ_i x_pi W[u, i, r]`` over all 2**k patterns, bit by bit.
+
+    Patterns are in binary counting order with x1 the most significant bit (as
+    :func:`gradcomp.ncnet._expr.input_patterns`), so ``Z ← [Z − W_i, Z + W_i]`` along a new
+    pattern axis for i = 1..k: about 2 passes over the output instead of 2k.
+    """
+    U, _, B = W.shape
+    sign = torch.tensor([-1.0, 1.0], dtype=W.dtype, device=W.device).view(1, 1, 2, 1)
+    Z = b  # (U, 1, B)
+    for i in range(k):
+        Z = (Z.unsqueeze(2) + W[:, i : i + 1].unsqueeze(2) * sign).reshape(U, -1, B)
+    return Z
+
+
+def _input_grads(dZ: torch.Tensor, k: int) -> torch.Tensor:
+    """``∂W[u, i, r] = Σ_p x_pi ∂Z[u, p, r]`` as (patterns with x_i = +1) − (x_i = −1)."""
+    U, P, B = dZ.shape
+    out = []
+    for i in range(k):
+        v = dZ.view(U, 2**i, 2, P // 2 ** (i + 1), B)
+        out.append((v[:, :, 1] - v[:, :, 0]).sum((1, 2)))
+    return torch.stack(out, 1)  # (U, k, B)
+
+
+def _group_sum(
+    x: torch.Tensor, gidx: torch.Tensor, bounds, G: int, slices: bool | None = None
+) -> torch.Tensor:
+    """Sum over the units of each width group (axis 0).
+
+    On the CPU ``index_add_`` adds unit slabs one after another (deterministic); on other devices
+    it uses atomics, whose order may vary, so each group's contiguous slice is summed instead.
+    """
+    if not (x.device.type != "cpu" if slices is None else slices):
+        return torch.zeros(G, *x.shape[1:], dtype=x.dtype, device=x.device).index_add_(0, gidx, x)
+    if bounds is None:
+        bounds = [0, *torch.bincount(gidx, minlength=G).cumsum(0).tolist()]
+    return torch.stack([x[bounds[g] : bounds[g + 1]].sum(0) for g in range(G)])
+
+
+def _act_grad(h: torch.Tensor, name: str) -> torch.Tensor:
+    """act'(z) written in terms of h = act(z)."""
+    if name == "tanh":
+        return 1 - h * h
+    if name == "sigmoid":
+        return h * (1 - h)
+    return (h > 0).to(h.dtype)
+
+
+def _stack(config: NCnetConfig, widths: Sequence[int], seeds: Sequence[int], dtype, device):
+    """Initial parameters of all runs in the fused layout (common random numbers over settings)."""
+    per: dict[str, list[np.ndarray]] = {"W1": [], "b1": [], "V": [], "c": []}
+    for n in widths:
+        inits = [init_params(config, n, s) for s in seeds]
+        for name in per:
+            per[name].append(np.stack([p[name] for p in inits], axis=-1))  # (..., K)
+    W = np.concatenate(per["W1"], axis=0)  # (U, k, K)
+    b = np.concatenate(per["b1"], axis=0)[:, None, :]  # (U, 1, K)
+    V = np.concatenate([v.transpose(1, 0, 2) for v in per["V"]], axis=0)  # (U, 2, K)
+    c = np.stack(per["c"])  # (G, 2, K)
+
+    def tile(a: np.ndarray) -> torch.Tensor:  # (..., K) -> (..., 4 * K), settings-major
+        t = torch.as_tensor(a, dtype=dtype, device=device)
+        return t.unsqueeze(-2).expand(*t.shape[:-1], 4, t.shape[-1]).reshape(*t.shape[:-1], -1)
+
+    return tile(W).contiguous(), tile(b).contiguous(), tile(V).contiguous(), tile(c).contiguous()
+
+
+def train_fast(
+    config: NCnetConfig,
+    widths: Sequence[int],
+    seeds: Sequence[int],
+    *,
+    device: str | torch.device = "cpu",
+    progress=None,
+    backend: str = "torch",
+) -> dict[str, np.ndarray]:
+    """Train every (width, setting pair, seed) run of NCnet at once.
+
+    Args:
+        config: the experiment.
+        widths: hidden widths.
+        seeds: seeds of this chunk (results depend only on (config, width, seed)).
+        device: torch device.
+        progress: optional tqdm bar, advanced by one per step.
+        backend: ``"torch"`` (any device) or ``"c"`` (the compiled CPU kernel of
+            :mod:`gradcomp.ncnet._compiled`; the traces are still computed by torch).
+
+    Returns:
+        Traces with shape ``(trace, width, setting, seed, ...)``: ``loss``, ``acc``,
+        ``outcome`` (``(..., task)``), ``heldout_acc`` when patterns are held out, ``gram``
+        ``(..., task, task_j)`` and, with ``config.units``, ``unit_gram``
+        ``(..., unit, task, task_j)`` NaN-padded to the largest width.
+    """
+    if backend not in ("torch", "c"):
+        raise ValueError(f"backend must be 'torch' or 'c', got {backend!r}")
+    dtype, dev = config.torch_dtype, torch.device(device)
+    n_real = len(seeds)
+    seeds = [*seeds, *[seeds[-1]] * (-len(seeds) % PAD)]  # padding runs, dropped at the end
+    K, G = len(seeds), len(widths)
+    B = 4 * K
+    fast_tanh = dtype == torch.float32
+    act = config.activation
+    W, b, V, c = _stack(config, widths, seeds, dtype, dev)
+    m = [2 * n if config.unshared else n for n in widths]
+    gidx = torch.repeat_interleave(torch.arange(G, device=dev), torch.tensor(m, device=dev))
+    bounds = np.concatenate([[0], np.cumsum(m)]).tolist()
+    mask = torch.as_tensor(
+        np.concatenate([head_mask(config, n).T for n in widths]), dtype=dtype, device=dev
+    ).unsqueeze(-1)  # (U, 2, 1)
+    X = torch.as_tensor(config.patterns(), dtype=dtype, device=dev)  # (P, k)
+    P = X.shape[0]
+    k = X.shape[1]
+    XT = X.T.reshape(1, k, P, 1).contiguous()
+    data = [run_data(config, a, bb) for a, bb in SETTING_PAIRS]
+    y = torch.as_tensor(np.stack([d["y"].T for d in data], axis=-1), dtype=dtype, device=dev)
+    Y = y.unsqueeze(-1).expand(P, 2, 4, K).reshape(P, 2, B)  # (P, 2, B)
+    wp = torch.as_tensor(data[0]["w"], dtype=dtype, device=dev).view(P, 1, 1)
+    train = torch.as_tensor(data[0]["train"], dtype=dtype, device=dev).view(P, 1, 1)
+    held = torch.as_tensor(data[0]["held"], dtype=dtype, device=dev).view(P, 1, 1)
+    lr = config.lr
+    when = sorted(config.trace_steps())
+    records: list[dict[str, torch.Tensor]] = []
+
+    def forward():
+        # no BLAS, no FMA (see the module docstring); fast tanh takes 2z, 2 W is exact
+        Z = _preactivations(2 * W, 2 * b, k) if fast_tanh else _preactivations(W, b, k)
+        H = _act(Z, act, fast_tanh)  # (U, P, B)
+        prod = H.unsqueeze(2) * V.unsqueeze(1)  # (U, P, 2, B)
+        L = _group_sum(prod, gidx, bounds, G)  # (G, P, 2, B)
+        L += c.unsqueeze(1)
+        Gd = torch.sigmoid(L).sub_(Y).mul_(wp)  # (G, P, 2, B)
+        return H, L, Gd, Gd.index_select(0, gidx)  # Gu: (U, P, 2, B)
+
+    if backend == "c":
+        _train_compiled(
+            config,
+            W,
+            b,
+            V,
+            c,
+            mask,
+            m,
+            X,
+            y,
+            wp,
+            K,
+            when,
+            progress,
+            lambda: records.append(
+                _trace(config, XT, *_unpack(forward()), Y, wp, train, held, V, gidx, G)
+            ),
+        )
+    else:
+        for t in range(config.steps + 1):
+            H, L, Gd, Gu = forward()
+            if t in when:
+                records.append(_trace(config, XT, L, Gu, H, Y, wp, train, held, V, gidx, G))
+            if t == config.steps:
+                break
+            dc = Gd.sum(1)
+            dV = (Gu * H.unsqueeze(2)).sum(1)
+            if config.unshared:
+                dV.mul_(mask)
+            dZ = (Gu * V.unsqueeze(1)).sum(2).mul_(_act_grad(H, act))  # (U, P, B)
+            W.sub_(_input_grads(dZ, k).mul_(lr))
+            b.sub_(dZ.sum(1, keepdim=True).mul_(lr))
+            V.sub_(dV.mul_(lr))
+            c.sub_(dc.mul_(lr))
+            if progress is not None:
+                progress.update(1)
+    out = _collect(records, widths, m, K, config.threshold)
+    return {name: a[:, :, :, :n_real] for name, a in out.items()}
+
+
+def _unpack(fwd: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    H, L, _, Gu = fwd
+    return L, Gu, H
+
+
+def _train_compiled(config, W, b, V, c, mask, m, X, y, wp, K, when, progress, record) -> None:
+    """Advance the runs with the compiled kernel between traced steps (``record`` at each)."""
+    from gradcomp.ncnet._compiled import load
+
+    if W.device.type != "cpu":
+        raise ValueError("backend='c' runs on the CPU only: use backend='torch' on other devices")
+    fn, lanes = load(W.dtype)
+    if K % lanes:
+        raise ValueError(f"internal: seeds padded to {K}, not a multiple of {lanes}")
+    gstart = torch.tensor(np.concatenate([[0], np.cumsum(m)]), dtype=torch.int32)
+    mask2 = mask.reshape(-1, 2).contiguous()
+    Xc, yc, wpc = X.contiguous(), y.contiguous(), wp.reshape(-1).contiguous()
+    act = {"tanh": 0, "relu": 1, "sigmoid": 2}[config.activation]
+    t = 0
+    for target in when:
+        if target > t:
+            rc = fn(
+                W.data_ptr(),
+                b.data_ptr(),
+                V.data_ptr(),
+                c.data_ptr(),
+                mask2.data_ptr(),
+                gstart.data_ptr(),
+                len(m),
+                Xc.data_ptr(),
+                yc.data_ptr(),
+                wpc.data_ptr(),
+                X.shape[1],
+                X.shape[0],
+                K,
+                target - t,
+                config.lr,
+                act,
+            )
+            if rc != 0:
+                raise RuntimeError(f"the compiled kernel rejected its input (code {rc})")
+            if progress is not None:
+                progress.update(target - t)
+            t = target
+        record()
+
+
+def _trace(config, XT, L, Gu, H, Y, wp, train, held, V, gidx, G) -> dict[str, torch.Tensor]:
+    """Losses, accuracies and per-task Gram statistics of the hidden layer at one step."""
+    out = {"loss": (torch.nn.functional.softplus(L) - Y * L).mul_(wp).sum(1)}  # (G, 2, B)
+    correct = ((L > 0).to(L.dtype) == Y).to(L.dtype)
+    out["acc"] = (correct * train).sum(1) / train.sum()
+    if held.sum() > 0:
+        out["heldout_acc"] = (correct * held).sum(1) / held.sum()
+    # per-task gradients of the hidden layer: ∂Z_t = G_t V_t act'(Z)
+    dZ = Gu * V.unsqueeze(1) * _act_grad(H, config.activation).unsqueeze(2)  # (U, P, 2, B)
+    U, P, _, B = dZ.shape
+    gW = _input_grads(dZ.reshape(U, P, 2 * B), XT.shape[1]).reshape(U, -1, 2, B)  # (U, k, 2, B)
+    g = torch.cat([gW, dZ.sum(1, keepdim=True)], dim=1)  # (U, k + 1, 2, B)
+    ug = (g.unsqueeze(3) * g.unsqueeze(2)).sum(1)  # (U, 2, 2, B)
+    out["gram"] = _group_sum(ug, gidx, None, G)
+    if config.units:
+        out["unit_gram"] = ug
+    return {k: v.detach().cpu() for k, v in out.items()}
+
+
+def _collect(records, widths, m, K, threshold) -> dict[str, np.ndarray]:
+    """Stack records into ``(trace, width, setting, seed, ...)`` arrays."""
+    out: dict[str, np.ndarray] = {}
+    G = len(widths)
+    for name in records[0]:
+        a = torch.stack([r[name] for r in records]).numpy()  # (T, G|U, ..., 4K)
+        a = a.reshape(*a.shape[:-1], 4, K)
+        a = np.moveaxis(a, (-2, -1), (2, 3))  # (T, G|U, 4, K, ...)
+        if name == "unit_gram":
+            pad = np.full((a.shape[0], G, *a.shape[2:4], max(m), *a.shape[4:]), np.nan, a.dtype)
+            start = 0
+            for g, mg in enumerate(m):
+                pad[:, g, :, :, :mg] = np.moveaxis(a[:, start : start + mg], 1, 3)
+                start += mg
+            a = pad
+        out[name] = a
+    out["outcome"] = np.where(out["acc"] >= threshold - 1e-6, 1, -1).astype(np.int8)
+    return out

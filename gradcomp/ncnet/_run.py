@@ -1,0 +1,184 @@
+"""``gradcomp.ncnet.run``: NCnet ensembles as an ``xarray.Dataset``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+from tqdm.auto import tqdm
+
+from gradcomp import _dims
+from gradcomp._dims import ALICE, ALL, BOB, LAYER, SEED, SETTINGS, STEP, TASK, TASK_J, UNIT, WIDTH
+from gradcomp._provenance import provenance
+from gradcomp.ensemble import chunks
+from gradcomp.ncnet._config import NCnetConfig
+from gradcomp.ncnet._fast import train_fast
+from gradcomp.ncnet._reference import train_reference
+
+__all__ = ["LABELS", "TASKS", "run"]
+
+TASKS = ("A", "B")  # heads: Alice's and Bob's
+HIDDEN = "hidden"
+
+LABELS: dict[str, tuple[str, str]] = {
+    "a": ("Alice's outcome (+1: task solved)", "1"),
+    "b": ("Bob's outcome (+1: task solved)", "1"),
+    "acc": ("training accuracy", "1"),
+    "heldout_acc": ("held-out accuracy", "1"),
+}
+
+METHODS = ("fast", "vmap", "loop")
+
+
+def _seeds(seeds: int | Sequence[int]) -> list[int]:
+    if isinstance(seeds, (int, np.integer)):
+        if seeds < 2:
+            raise ValueError(f"need at least 2 seeds, got {seeds}")
+        return list(range(int(seeds)))
+    out = [int(s) for s in seeds]
+    if len(set(out)) != len(out) or not out:
+        raise ValueError("seeds must be a non-empty sequence of distinct integers")
+    return out
+
+
+def _widths(widths: int | Sequence[int]) -> list[int]:
+    out = [int(widths)] if isinstance(widths, (int, np.integer)) else [int(w) for w in widths]
+    if not out or any(w < 1 for w in out) or len(set(out)) != len(out):
+        raise ValueError(f"widths must be distinct positive integers, got {widths!r}")
+    return out
+
+
+def run(
+    config: NCnetConfig,
+    widths: int | Sequence[int],
+    seeds: int | Sequence[int],
+    *,
+    device: str | torch.device = "cpu",
+    chunk: int | None = None,
+    progress: bool = True,
+    method: str = "fast",
+    backend: str = "auto",
+) -> xr.Dataset:
+    """Train NCnet for every width × seed × setting pair and return the traces.
+
+    Seed k's runs depend only on (config, width, k): common random numbers across the four
+    setting pairs, and the same result whichever other seeds share its call or chunk.
+
+    Args:
+        config: the experiment.
+        widths: hidden widths (an int or a sequence).
+        seeds: a number of seeds (``range(seeds)``) or the seed values.
+        device: torch device (``"cpu"``, ``"cuda"``).
+        chunk: seeds per vectorised chunk (bounds memory); ``None`` for all at once.
+        progress: show a tqdm progress bar.
+        method: ``"fast"`` (hand-derived, all widths fused), ``"vmap"`` (generic torch.func
+            trainer) or ``"loop"`` (one run at a time; the test reference).
+        backend: for ``method="fast"``: ``"torch"`` (any device), ``"c"`` (the compiled CPU
+            kernel, built on first use with the system C compiler) or ``"auto"`` (``"c"`` on the
+            CPU when a C compiler is found, else ``"torch"``). The choice is stored in
+            ``attrs["backend"]``.
+
+    Returns:
+        Dataset with dims ``width, seed, alice, bob, step`` (+ ``task``, ``layer``, ``task_j``,
+        ``unit``): ``a``, ``b`` (±1 int8), ``loss``, ``acc``, ``heldout_acc`` (with holdout),
+        ``gram``, ``grad_norm``, ``cosine`` (layers ``hidden`` and ``all``, identical for NCnet)
+        and ``unit_gram`` (with ``config.units``), labelled, with provenance in ``attrs``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    widths, seeds = _widths(widths), _seeds(seeds)
+    backend = resolve_backend(backend, device) if method == "fast" else "torch"
+    parts = list(chunks(seeds, chunk))
+    bar = tqdm(
+        total=len(parts) * config.steps * (1 if method == "fast" else len(widths)),
+        desc=f"ncnet widths {widths[0]}..{widths[-1]}",
+        unit="step",
+        disable=not progress,
+        leave=False,
+    )
+    outs = []
+    with bar:
+        for part in parts:
+            if method == "fast":
+                outs.append(
+                    train_fast(config, widths, part, device=device, progress=bar, backend=backend)
+                )
+            else:
+                outs.append(
+                    train_reference(
+                        config, widths, part, method=method, device=device, progress=bar
+                    )
+                )
+    traces = {k: np.concatenate([o[k] for o in outs], axis=3) for k in outs[0]}
+    ds = _to_dataset(config, widths, seeds, traces)
+    ds.attrs["method"] = method
+    ds.attrs["backend"] = backend
+    return ds
+
+
+def resolve_backend(backend: str, device: str | torch.device) -> str:
+    """``"auto"`` -> ``"c"`` on the CPU when a C compiler is found, else ``"torch"``."""
+    from gradcomp.ncnet._compiled import available
+
+    if backend not in ("auto", "torch", "c"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'c', got {backend!r}")
+    on_cpu = torch.device(device).type == "cpu"
+    if backend == "c" and not on_cpu:
+        raise ValueError("backend='c' runs on the CPU only: use backend='torch' on other devices")
+    if backend == "auto":
+        return "c" if on_cpu and available() else "torch"
+    return backend
+
+
+def _to_dataset(config, widths, seeds, tr) -> xr.Dataset:
+    steps = config.trace_steps()
+
+    def arrange(a: np.ndarray) -> np.ndarray:
+        # (step, width, setting, seed, ...) -> (width, seed, alice, bob, step, ...)
+        a = a.reshape(a.shape[0], a.shape[1], 2, 2, *a.shape[3:])
+        return np.moveaxis(a, (0, 1, 2, 3, 4), (4, 0, 2, 3, 1))
+
+    base = [WIDTH, SEED, ALICE, BOB, STEP]
+    data = {
+        "a": (base, arrange(tr["outcome"][..., 0])),
+        "b": (base, arrange(tr["outcome"][..., 1])),
+        "loss": ([*base, TASK], arrange(tr["loss"])),
+        "acc": ([*base, TASK], arrange(tr["acc"])),
+    }
+    if "heldout_acc" in tr:
+        data["heldout_acc"] = ([*base, TASK], arrange(tr["heldout_acc"]))
+    gram = arrange(tr["gram"])  # (..., task, task_j)
+    gram = np.stack([gram, gram], axis=-3)  # layer "hidden" and "all" (the same parameters)
+    norm = np.sqrt(np.clip(np.diagonal(gram, axis1=-2, axis2=-1), 0, None))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        denom = norm[..., :, None] * norm[..., None, :]
+        cosine = np.where(denom > 0, gram / np.where(denom > 0, denom, 1), np.nan)
+    data["gram"] = ([*base, LAYER, TASK, TASK_J], gram)
+    data["grad_norm"] = ([*base, LAYER, TASK], norm)
+    data["cosine"] = ([*base, LAYER, TASK, TASK_J], cosine)
+    coords = {
+        WIDTH: widths,
+        SEED: seeds,
+        ALICE: list(SETTINGS),
+        BOB: list(SETTINGS),
+        STEP: steps,
+        TASK: list(TASKS),
+        TASK_J: list(TASKS),
+        LAYER: [HIDDEN, ALL],
+    }
+    if "unit_gram" in tr:
+        ug = arrange(tr["unit_gram"])
+        data["unit_gram"] = ([*base, LAYER, UNIT, TASK, TASK_J], np.stack([ug, ug], axis=-4))
+        coords[UNIT] = list(range(ug.shape[-3]))
+    ds = xr.Dataset(data, coords=coords)
+    cfg = {**config.to_dict(), "widths": widths, "n_seeds": len(seeds)}
+    # plain str: torch.__version__ is a str subclass that h5netcdf cannot write
+    ds.attrs.update({k: str(v) if isinstance(v, str) else v for k, v in provenance(cfg).items()})
+    ds.attrs["experiment"] = "ncnet"
+    ds.attrs["outcome_rule"] = f"+1 when training accuracy >= {config.threshold}"
+    ds.attrs["alice_tasks"] = " ; ".join(config.alice)
+    ds.attrs["bob_tasks"] = " ; ".join(config.bob)
+    ds.attrs["unshared"] = int(config.unshared)
+    return _dims.annotate(ds, LABELS)

@@ -1,0 +1,279 @@
+"""NCnet: task parser, config, fast path == torch.func vmap == per-seed loop, Dataset, CLI."""
+
+from __future__ import annotations
+
+import runpy
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from gradcomp import chsh
+from gradcomp.ncnet import NCnetConfig, run, truth_table
+from gradcomp.ncnet._compiled import available
+from gradcomp.ncnet._experiment import capacity, table
+from gradcomp.ncnet._fast import _act, train_fast
+from gradcomp.ncnet._reference import train_reference
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_cc = pytest.mark.skipif(not available(), reason="no C compiler for backend='c'")
+
+
+# --- tasks -----------------------------------------------------------------------------------
+
+
+def test_truth_tables() -> None:
+    assert truth_table("x1 ^ x2", 2).tolist() == [False, True, True, False]
+    assert truth_table("~x2", 2).tolist() == [True, False, True, False]
+    assert truth_table("x1 & x3", 3).astype(int).tolist() == [0, 0, 0, 0, 0, 1, 0, 1]
+    assert truth_table("(not (x1 or 0)) | 1", 2).all()
+    assert not truth_table("not (x1 or 0) | 1", 2).any()  # Python precedence: not binds last
+    assert truth_table("(x1 and x2) ^ x3", 3).astype(int).tolist() == [0, 1, 0, 1, 0, 1, 1, 0]
+
+
+@pytest.mark.parametrize(
+    ("expr", "match"),
+    [
+        ("__import__('os').system('true')", "unsupported syntax 'Call'"),
+        ("x1.real", "unsupported syntax 'Attribute'"),
+        ("x4", "only 3 inputs"),
+        ("y1", "unknown name"),
+        ("x1 +", "cannot parse"),
+        ("x1 == x2", "unsupported syntax 'Compare'"),
+        ("2", "unsupported syntax 'Constant'"),
+        ("", "non-empty"),
+    ],
+)
+def test_bad_tasks_are_rejected_without_evaluating(expr: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        truth_table(expr, 3)
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="two tasks"):
+        NCnetConfig(alice=("x1",))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="activation"):
+        NCnetConfig(activation="gelu")
+    with pytest.raises(ValueError, match="no training pattern"):
+        NCnetConfig(inputs=1, alice=("x1", "~x1"), bob=("x1", "x1"), holdout=(0, 1))
+    with pytest.raises(ValueError, match="outside"):
+        NCnetConfig(steps=10, trace_every=(3, 11))
+    with pytest.raises(ValueError, match="x4"):
+        NCnetConfig(bob=("x1", "x4"))
+    cfg = NCnetConfig(steps=100, trace_every=25)
+    assert cfg.trace_steps() == [0, 25, 50, 75, 100]
+    assert NCnetConfig(steps=10, trace_every=(3,)).trace_steps() == [3, 10]
+    from gradcomp.schedule import linear
+
+    sched = NCnetConfig(steps=10, trace_every=linear(4, offset=1))
+    assert sched.trace_steps() == [1, 5, 9, 10]
+    assert sched.to_dict()["trace_every"].startswith("linear")
+    default = NCnetConfig().trace_steps()
+    assert default[0] == 0 and default[-1] == 2000 and 20 <= len(default) <= 40
+
+
+# --- the fast path against the references ----------------------------------------------------
+
+CASES = [
+    dict(activation="tanh", holdout=(2,), units=True),
+    dict(activation="relu", unshared=True),
+    dict(activation="sigmoid", inputs=2, alice=("x1", "x1 ^ x2"), bob=("~x2", "x1 | x2")),
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fast_path_equals_per_seed_loop(case: dict) -> None:
+    cfg = NCnetConfig(steps=30, dtype="float64", trace_every=10, lr=0.5, **case)
+    fast = train_fast(cfg, [1, 3], [0, 5, 9])
+    loop = train_reference(cfg, [1, 3], [0, 5, 9], method="loop")
+    assert set(fast) == set(loop)
+    for k in fast:
+        np.testing.assert_allclose(fast[k], loop[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+@needs_cc
+@pytest.mark.parametrize("case", CASES)
+def test_compiled_kernel_equals_per_seed_loop(case: dict) -> None:
+    cfg = NCnetConfig(steps=30, dtype="float64", trace_every=10, lr=0.5, **case)
+    fast = train_fast(cfg, [1, 3], [0, 5, 9], backend="c")
+    loop = train_reference(cfg, [1, 3], [0, 5, 9], method="loop")
+    assert set(fast) == set(loop)
+    for k in fast:
+        np.testing.assert_allclose(fast[k], loop[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+def test_fast_path_equals_vmap_trainer() -> None:
+    cfg = NCnetConfig(
+        steps=60, dtype="float64", trace_every=20, unshared=True, units=True, holdout=1
+    )
+    fast = train_fast(cfg, [2, 4], list(range(6)))
+    ref = train_reference(cfg, [2, 4], list(range(6)), method="vmap")
+    for k in fast:
+        np.testing.assert_allclose(fast[k], ref[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+def test_group_sums_agree() -> None:
+    from gradcomp.ncnet._fast import _group_sum
+
+    x = torch.randn(6, 3, 4, dtype=torch.float64)
+    gidx = torch.tensor([0, 1, 1, 2, 2, 2])
+    ref = torch.stack([x[0], x[1:3].sum(0), x[3:].sum(0)])
+    torch.testing.assert_close(_group_sum(x, gidx, None, 3, slices=False), ref)
+    torch.testing.assert_close(_group_sum(x, gidx, None, 3, slices=True), ref)
+    torch.testing.assert_close(_group_sum(x, gidx, [0, 1, 3, 6], 3, slices=True), ref)
+
+
+def test_float32_tanh_formula() -> None:
+    z = torch.linspace(-12, 12, 10001, dtype=torch.float32)
+    torch.testing.assert_close(_act(2 * z, "tanh", True), torch.tanh(z), rtol=0, atol=3e-7)
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("c", marks=needs_cc)])
+def test_seed_results_do_not_depend_on_chunks_or_companions(backend: str) -> None:
+    cfg = NCnetConfig(steps=150, units=True)
+    big = run(cfg, [1, 2, 3], 40, chunk=15, progress=False, backend=backend)
+    small = run(cfg, [3], [7, 33], progress=False, backend=backend)
+    assert big.attrs["backend"] == backend
+    for v in ("a", "b", "loss", "acc", "gram", "unit_gram"):
+        np.testing.assert_array_equal(
+            small[v].values, big[v].sel(width=[3], seed=[7, 33]).values, err_msg=v
+        )
+
+
+# --- the Dataset -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_run() -> xr.Dataset:
+    return run(NCnetConfig(steps=80, units=True, holdout=1), [1, 2, 3], 12, progress=False)
+
+
+def test_dataset_layout(small_run: xr.Dataset, tmp_path: Path) -> None:
+    ds = small_run
+    assert ds.a.dims == ("width", "seed", "alice", "bob", "step")
+    assert ds.a.dtype == np.int8 and set(np.unique(ds.a.values)) <= {-1, 1}
+    assert ds.gram.dims == ("width", "seed", "alice", "bob", "step", "layer", "task", "task_j")
+    assert ds.layer.values.tolist() == ["hidden", "all"]
+    assert ds.task.values.tolist() == ["A", "B"]
+    assert ds.unit_gram.sizes["unit"] == 3
+    assert np.isnan(ds.unit_gram.sel(width=1, unit=2)).all()
+    assert int(ds.step[-1]) == 80
+    # outcome rule: +1 exactly when every training pattern is right
+    np.testing.assert_array_equal(ds.a == 1, ds.acc.sel(task="A") == 1)
+    np.testing.assert_allclose(
+        ds.grad_norm.sel(task="B"), np.sqrt(ds.gram.sel(task="B", task_j="B")), rtol=1e-6
+    )
+    cos = ds.cosine.values[np.isfinite(ds.cosine.values)]
+    assert np.all(np.abs(cos) <= 1 + 1e-5)
+    np.testing.assert_allclose(ds.unit_gram.sum("unit"), ds.gram, rtol=1e-4, atol=1e-8)
+    assert "heldout_acc" in ds and ds.a.attrs["long_name"]
+    ds.to_netcdf(tmp_path / "r.nc", engine="h5netcdf")
+    xr.testing.assert_identical(xr.load_dataset(tmp_path / "r.nc", engine="h5netcdf"), ds)
+
+
+def test_unshared_gram_is_zero_off_diagonal() -> None:
+    ds = run(NCnetConfig(steps=20, unshared=True, units=True), [2], 4, progress=False)
+    assert np.all(ds.gram.sel(task="A", task_j="B").values == 0)
+    assert np.all(ds.gram.sel(task="A", task_j="A").values > 0)
+
+
+def test_unshared_control_does_not_signal() -> None:
+    ds = capacity(NCnetConfig(steps=300), [2, 3], 48, n_boot=200, progress=False)
+    assert np.all(ds.unshared_delta.values == 0)
+    assert np.all(ds.unshared_S.values <= 2)
+    assert np.all(ds.unshared_remote_flip_fraction.values == 0)
+    text = table(ds)
+    assert "unshared control" in text and "CbD" in text
+
+
+def test_run_validates_input() -> None:
+    cfg = NCnetConfig(steps=2)
+    with pytest.raises(ValueError, match="method"):
+        run(cfg, [1], 2, method="magic", progress=False)
+    with pytest.raises(ValueError, match="widths"):
+        run(cfg, [0], 2, progress=False)
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        run(cfg, [1], 1, progress=False)
+    with pytest.raises(ValueError, match="backend"):
+        run(cfg, [1], 2, progress=False, backend="fortran")
+    with pytest.raises(ValueError, match="CPU only"):
+        run(cfg, [1], 2, progress=False, backend="c", device="meta")
+
+
+# --- command line and scripts ----------------------------------------------------------------
+
+
+def test_parse_widths() -> None:
+    import argparse
+
+    from gradcomp.commands.ncnet import parse_widths
+
+    assert parse_widths("1-3,8") == [1, 2, 3, 8]
+    assert parse_widths("4,2") == [2, 4]
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_widths("3-1")
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_widths("a")
+
+
+def test_cli_tiny(tmp_path: Path, capsys) -> None:
+    from gradcomp.cli import main
+
+    out, fig = tmp_path / "n.nc", tmp_path / "n.png"
+    rc = main(
+        [
+            "ncnet",
+            "--widths",
+            "1-2",
+            "--seeds",
+            "6",
+            "--steps",
+            "20",
+            "--n-boot",
+            "50",
+            "--out",
+            str(out),
+            "--figure",
+            str(fig),
+            "--no-progress",
+        ]
+    )
+    assert rc == 0 and out.exists() and fig.exists()
+    text = capsys.readouterr().out
+    assert "width" in text and "unshared control" in text
+    ds = xr.load_dataset(out, engine="h5netcdf")
+    assert {"S", "S_lo", "S_hi", "delta", "cbd_margin", "C", "unshared_S"} <= set(ds)
+    assert ds.S.dims == ("width", "step")
+
+
+def test_analysis_and_figure_scripts_tiny(tmp_path: Path) -> None:
+    data, stem = tmp_path / "tiny.nc", tmp_path / "fig"
+    analysis = runpy.run_path(str(ROOT / "analyses" / "ncnet_capacity.py"))
+    assert analysis["main"](["--tiny", "--out", str(data)]) == 0
+    figure = runpy.run_path(str(ROOT / "figures" / "ncnet_capacity.py"))
+    assert figure["main"](["--tiny", "--data", str(data), "--out", str(stem)]) == 0
+    assert stem.with_suffix(".png").exists() and stem.with_suffix(".pdf").exists()
+
+
+@pytest.mark.slow
+def test_default_family_exceeds_two_near_the_critical_width() -> None:
+    ds = run(NCnetConfig(trace_every=(2000,)), [1, 3, 8], 256, progress=False)
+    est = chsh.estimate(ds.a.isel(step=-1), ds.b.isel(step=-1), n_boot=500)
+    assert float(est.S.sel(width=1)) < 0
+    assert float(est.S_lo.sel(width=3)) > 2
+    assert abs(float(est.S.sel(width=8)) - 2) < 0.1
+    ctrl = run(replace(NCnetConfig(trace_every=(2000,)), unshared=True), [3], 256, progress=False)
+    cest = chsh.estimate(ctrl.a.isel(step=-1), ctrl.b.isel(step=-1), n_boot=500)
+    assert float(cest.S_lo.squeeze()) <= 2 and float(cest.delta.squeeze()) == 0
+
+
+@pytest.mark.gpu
+def test_cuda_equals_cpu_in_float64() -> None:
+    cfg = NCnetConfig(steps=40, dtype="float64", trace_every=20, units=True)
+    cpu = train_fast(cfg, [1, 3], list(range(8)), device="cpu", backend="torch")
+    gpu = train_fast(cfg, [1, 3], list(range(8)), device="cuda", backend="torch")
+    for k in cpu:
+        np.testing.assert_allclose(gpu[k], cpu[k], rtol=1e-9, atol=1e-12, err_msg=k)
