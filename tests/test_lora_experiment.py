@@ -1,0 +1,185 @@
+"""The LoRA-rank experiment end to end on the bundled MiniLM; CLI, scripts, record cross-check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+pytest.importorskip("wordfreq")
+
+import gradcomp
+from gradcomp.lora import LoraExperiment, run
+from gradcomp.lora import ensemble as ens
+from gradcomp.lora import experiment as experiment_mod
+from gradcomp.lora.model import LoraHeads, add_lora, lora_layers
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name.replace("/", "_"), ROOT / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[xr.Dataset, Path]:
+    """analyses/lora_rank.py --tiny (the same code path as ``gradcomp lora --tiny``)."""
+    out = tmp_path_factory.mktemp("lora")
+    assert (
+        _script("analyses/lora_rank.py").main(["--tiny", "--n-boot", "99", "--out", str(out)]) == 0
+    )
+    return xr.open_dataset(out / "lora_rank.nc", engine="h5netcdf").load(), out
+
+
+def test_tiny_experiment_dataset(tiny):
+    ds, _ = tiny
+    assert ds.attrs["method"] == "vmap"
+    assert dict(ds["a"].sizes) == {"rank": 2, "seed": 2, "alice": 2, "bob": 2, "step": 5}
+    assert ds["gram"].dims == ("rank", "seed", "alice", "bob", "step", "layer", "task", "task_j")
+    assert list(ds["task"].values) == ["A", "B"] and ds["layer"].values[-1] == "all"
+    assert set(np.unique(ds["a"].values)) <= {-1, 1} and ds["a"].dtype == np.int8
+    # the outcome is the held-out accuracy rule at every step
+    assert ds.attrs["outcome_rule"] == "+1 when held-out accuracy >= 0.6"
+    rule = np.where(ds["heldout_acc"].sel(task="A") >= 0.6 - 1e-12, 1, -1)
+    np.testing.assert_array_equal(ds["a"].values, rule)
+    # "all" is the sum of the per-module Grams; Grams are symmetric PSD
+    g = ds["gram"]
+    np.testing.assert_allclose(
+        g.sel(layer="all"), g.isel(layer=slice(0, -1)).sum("layer"), rtol=1e-5
+    )
+    np.testing.assert_allclose(g.values, np.swapaxes(g.values, -1, -2), rtol=1e-6)
+    assert (ds["grad_norm"] >= 0).all()
+    # training moved the loss down on average
+    loss = ds["loss"].mean(("rank", "seed", "alice", "bob", "task"))
+    assert float(loss.isel(step=-1)) < float(loss.isel(step=0))
+    for name in ("a", "loss", "gram", "heldout_acc"):
+        assert "long_name" in ds[name].attrs and "units" in ds[name].attrs
+
+
+def test_tiny_summary_and_figure(tiny, tmp_path):
+    _, out = tiny
+    summary = xr.open_dataset(out / "lora_rank_summary.nc", engine="h5netcdf").load()
+    for name in ("S", "S_lo", "S_hi", "delta", "generalization", "conflict_cosine"):
+        assert summary[name].dims == ("rank", "step"), name
+    assert (summary["S_lo"] <= summary["S"] + 1e-12).all()
+    assert (np.abs(summary["S"]) <= 4).all()
+    assert "sensing" in summary.attrs  # 2 seeds: skipped, and it says so
+    png = tmp_path / "fig.png"
+    args = ["--summary", str(out / "lora_rank_summary.nc"), "--out", str(png), "--dpi", "40"]
+    assert _script("figures/lora_rank.py").main(args) == 0
+    assert png.stat().st_size > 1000
+
+
+def test_cli_options_reach_the_config():
+    from gradcomp.cli import build_parser
+    from gradcomp.commands.lora import config_from_args
+
+    args = build_parser().parse_args(
+        ["lora", "--tiny", "--ranks", "1", "3", "--seeds", "3", "--task", "A2=freq:4.5",
+         "--batch-size", "0", "--ffn", "--outcome-on", "train"]
+    )  # fmt: skip
+    cfg = config_from_args(args)
+    assert cfg.ranks == (1, 3) and cfg.n_seeds == 3 and cfg.num_layers == 2
+    assert cfg.tasks["A2"] == "freq:4.5" and cfg.tasks["A1"] == "lang:en,de"
+    assert cfg.batch_size is None and cfg.ffn and cfg.outcome_on == "train"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["lora", "--tiny", "--small"])
+
+
+def test_bad_input_fails_before_training(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(experiment_mod, "_train_rank", boom)
+    with pytest.raises(ValueError, match="unknown language"):
+        run(LoraExperiment.tiny(languages=("en", "zz")))
+    with pytest.raises(ValueError, match="match no Linear"):
+        run(LoraExperiment.tiny(targets=("q_proj",)))
+    with pytest.raises(ValueError, match="does not exist"):
+        run(LoraExperiment.tiny(model="/no/such/dir"))
+    with pytest.raises(ValueError, match="ranks"):
+        run(LoraExperiment.tiny(ranks=(0,)))
+
+
+def test_vmap_failure_falls_back_to_the_loop_with_a_warning(monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("vmap: data-dependent control flow")
+
+    monkeypatch.setattr(experiment_mod, "train_vmap", broken)
+    cfg = LoraExperiment.tiny(ranks=(1,), n_seeds=1, steps=2, per_language=8)
+    with pytest.warns(RuntimeWarning, match="one by one"):
+        ds = run(cfg)
+    assert ds.attrs["method"] == "loop" and ds.sizes["seed"] == 1
+    with pytest.raises(RuntimeError, match="vmap"):
+        run(LoraExperiment.tiny(ranks=(1,), n_seeds=1, steps=2, per_language=8, method="vmap"))
+
+
+def test_ensemble_gram_equals_gradcomp_record():
+    """The vectorised ensemble's Gram equals gradcomp.record on the plain peft model."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=40,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        attn_implementation="eager",
+    )
+    model = LoraHeads(add_lora(BertModel(cfg, add_pooling_layer=False).double(), 2))
+    groups = lora_layers(model)
+    table = ens.member_table(1)
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(3, 40, (12, 5), generator=g)
+    mask = torch.ones_like(ids)
+    labels = torch.randint(0, 2, (4, 2, 12), generator=g)
+    order = torch.stack([ens.batch_order(8, 2, 4, 7) for _ in table])
+    init = {n: v[None].repeat(4, *[1] * v.dim()) for n, v in ens.init_member(model, 7).items()}
+    data = ens.Batches(ids, mask, labels, order, 8)
+    trace = ens.train_vmap(model, init, data, groups, lr=0.05)
+    # replay member 3 by hand with record (Adam, same batches)
+    params = [p for n, p in model.named_parameters() if n in init]
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in init:
+                p.copy_(init[n][3])
+    opt = torch.optim.Adam(params, lr=0.05, foreach=False)
+    names = [n for n in dict(model.named_parameters()) if ".lora_" in n]
+    with gradcomp.record(model, ["A", "B"], shared=names, layers=dict(groups.items())) as rec:
+        for step in range(3):
+            idx = order[3, step]
+            out = model(ids[idx], mask[idx])
+            losses = {
+                t: torch.nn.functional.cross_entropy(out[t], labels[3, i, idx])
+                for i, t in enumerate("AB")
+            }
+            opt.zero_grad()
+            rec.backward(losses, step=step)
+            if step < 2:
+                opt.step()
+    ref = rec.to_dataset()
+    assert list(ref["layer"].values) == trace.layers
+    np.testing.assert_allclose(trace.gram[3], ref["gram"].values, rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(trace.loss[3], ref["loss"].values, rtol=1e-12)
+
+
+@pytest.mark.slow
+def test_small_setting_end_to_end(tmp_path):
+    """The issue's small CPU setting (ranks 1-4, 5 seeds, 30 steps): minutes on 2 cores."""
+    from gradcomp.cli import main
+
+    assert main(["lora", "--small", "--n-boot", "199", "--out", str(tmp_path)]) == 0
+    s = xr.open_dataset(tmp_path / "lora_rank_summary.nc", engine="h5netcdf")
+    assert list(s["rank"].values) == [1, 2, 4] and "sensing_accuracy" in s
