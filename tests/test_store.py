@@ -1,0 +1,206 @@
+"""The sweep grid and the crash-safe chunk store (no Dask cluster needed)."""
+
+from __future__ import annotations
+
+import errno
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from gradcomp.scaleout import ChunkStore, ConfigMismatchError, Grid, Toy, open_store
+from gradcomp.scaleout import store as store_mod
+from gradcomp.scaleout.chunkio import decode, encode, run_chunk
+
+AXES = {"width": [2, 3], "lr": [0.0, 0.5]}
+CONFIG = {"experiment": "toy", "experiment_config": {"noise": 0.1}, "seeds_per_chunk": 7}
+
+
+def reference(exp: Toy, axes: dict, seeds: range) -> xr.Dataset:
+    """Obviously correct: every cell computed in one call over all its seeds, then stacked."""
+    rows = []
+    for w in axes["width"]:
+        cols = [exp({"width": w, "lr": lr}, seeds) for lr in axes["lr"]]
+        rows.append(xr.concat(cols, xr.DataArray(axes["lr"], dims="lr", name="lr")))
+    return xr.concat(rows, xr.DataArray(axes["width"], dims="width", name="width"))
+
+
+def fill(path, grid: Grid, exp: Toy, skip: int = 0) -> ChunkStore:
+    st = ChunkStore(path, CONFIG, grid)
+    for c in grid.chunks()[skip:]:
+        _, payload, _ = run_chunk(c, exp)
+        st.write(c, payload)
+    return st
+
+
+def test_grid_keys_are_deterministic_and_aligned() -> None:
+    g = Grid.build(AXES, range(3, 20), 7)
+    assert g.seed_blocks() == [(3, 7), (7, 14), (14, 20)]
+    keys = [c.key for c in g.chunks()]
+    assert len(keys) == len(set(keys)) == 4 * 3
+    assert keys[0] == "width=2,lr=0.0,seed=0000000003-0000000007"
+    assert keys == [c.key for c in Grid.build(AXES, range(3, 20), 7).chunks()]
+    # extending the seed range keeps every aligned chunk's key
+    longer = {c.key for c in Grid.build(AXES, range(3, 28), 7).chunks()}
+    assert set(keys[:2]) <= longer
+    assert Grid.from_json(g.to_json()) == g
+
+
+@pytest.mark.parametrize(
+    ("axes", "seeds", "k", "match"),
+    [
+        ({"depth": [1]}, range(4), 2, "unknown grid axis 'depth'.*accepts: lr, width"),
+        ({"width": []}, range(4), 2, "'width' is empty"),
+        ({"width": [2, 2]}, range(4), 2, "duplicate"),
+        ({"width": [2]}, range(0), 2, "seed range .* is empty"),
+        ({"width": [2]}, range(5, 3), 2, "empty"),
+        ({"width": [2]}, range(4), 0, "seeds_per_chunk"),
+        ({"seed": [1]}, range(4), 2, "seeds="),
+        ({"width": "23"}, range(4), 2, "sequence of values"),
+        ({"width": ["a/b"]}, range(4), 2, "simple string"),
+        ({"width": [float("nan")]}, range(4), 2, "not finite"),
+    ],
+)
+def test_grid_rejects_bad_input(axes, seeds, k, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        Grid.build(axes, seeds, k, allowed=Toy().axes())
+
+
+def test_store_roundtrip_equals_reference(tmp_path) -> None:
+    exp, seeds = Toy(), range(3, 20)
+    grid = Grid.build(AXES, seeds, 7)
+    fill(tmp_path / "s", grid, exp)
+    ref = reference(exp, AXES, seeds)
+    ds = open_store(tmp_path / "s")
+    assert ds["a"].chunks is not None  # lazy
+    xr.testing.assert_equal(ds[["a", "b"]].load(), ref[["a", "b"]].transpose(*ds.a.dims))
+    assert ds.attrs["sweep_config_hash"] == store_mod.config_hash(CONFIG)
+    assert ds.a.attrs["long_name"] == "Alice's outcome" and ds.lr.attrs["units"] == "1"
+    ds.close()
+    # the consolidated file is rebuilt when a chunk changes (here: one rewritten by other data)
+    st = ChunkStore(tmp_path / "s", CONFIG, grid)
+    c = grid.chunks()[0]
+    st.write(c, run_chunk(c, Toy(noise=0.5))[1])
+    again = open_store(tmp_path / "s").load()
+    assert not again.a.equals(ds.a.load())
+    xr.testing.assert_equal(again.a.isel(seed=slice(7, None)), ds.a.isel(seed=slice(7, None)))
+
+
+def test_encode_decode_roundtrip() -> None:
+    ds = xr.Dataset(
+        {
+            "x": (("seed", "task"), np.array([[1.5, np.nan], [0.0, -2.0]]), {"units": "m"}),
+            "k": ("seed", np.array([1, -1], np.int8)),
+        },
+        coords={"seed": [3, 4], "task": ["A", "B"], "lr": ("seed", [0.1, 0.2])},
+        attrs={"n": np.int64(3), "s": "text", "v": np.array([1.0, 2.0])},
+    )
+    back = decode(encode(ds))
+    xr.testing.assert_identical(back, ds.assign_attrs(n=3, v=[1.0, 2.0]))
+    assert back.k.dtype == np.int8 and "lr" in back.coords
+    with pytest.raises(ValueError, match="dtype object"):
+        encode(xr.Dataset({"o": ("seed", np.array([{}, {}], dtype=object))}))
+
+
+def test_corrupt_and_half_written_chunks_are_detected(tmp_path) -> None:
+    grid = Grid.build(AXES, range(0, 14), 7)
+    chunks = grid.chunks()
+    st = fill(tmp_path / "s", grid, Toy())
+    assert st.done(chunks) == ({c.key for c in chunks}, [])
+    # 1. a flipped byte (same size): only the hash check sees it
+    p = st.chunk_path(chunks[0].key)
+    raw = bytearray(p.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    p.write_bytes(bytes(raw))
+    # 2. a truncated file
+    q = st.chunk_path(chunks[1].key)
+    q.write_bytes(q.read_bytes()[:100])
+    # 3. a chunk file whose done-marker was never written (crash between the two renames)
+    st.marker_path(chunks[2].key).unlink()
+    assert not st.check(chunks[0].key) and st.check(chunks[0].key, verify="size")
+    done, corrupt = st.done(chunks)
+    assert sorted(corrupt) == sorted([chunks[0].key, chunks[1].key])
+    assert done == {c.key for c in chunks[3:]}
+    assert not st.marker_path(chunks[0].key).exists()  # so it is recomputed
+    with pytest.raises(ValueError, match="lacks 3 of 8 chunks"):
+        open_store(tmp_path / "s")
+
+
+def test_leftover_temp_files_are_removed(tmp_path) -> None:
+    grid = Grid.build(AXES, range(0, 7), 7)
+    st = fill(tmp_path / "s", grid, Toy())
+    junk = st.path / "chunks" / ".x.npz.tmp.123"
+    junk.write_bytes(b"half")
+    ChunkStore(tmp_path / "s", CONFIG, grid)
+    assert not junk.exists()
+
+
+def test_differing_config_is_refused(tmp_path) -> None:
+    grid = Grid.build(AXES, range(0, 7), 7)
+    fill(tmp_path / "s", grid, Toy())
+    other = {**CONFIG, "experiment_config": {"noise": 0.2}}
+    with pytest.raises(ConfigMismatchError, match=r"experiment_config.noise: store has 0.1"):
+        ChunkStore(tmp_path / "s", other, grid)
+    # the store is untouched
+    assert json.loads((tmp_path / "s" / "store.json").read_text())["config"] == CONFIG
+
+
+def test_unwritable_store_path(tmp_path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(PermissionError, match="cannot write the sweep store"):
+        ChunkStore(blocker / "store", CONFIG, Grid.build(AXES, range(4), 2))
+
+
+def test_full_disk_leaves_chunk_undone_and_keeps_finished_work(tmp_path, monkeypatch) -> None:
+    grid = Grid.build(AXES, range(0, 14), 7)
+    chunks = grid.chunks()
+    st = fill(tmp_path / "s", grid, Toy())
+    st.marker_path(chunks[3].key).unlink()
+    real = store_mod._write_file
+
+    def full(path, payload):
+        if path.name.startswith(f".{chunks[3].key}"):
+            with open(path, "wb") as f:
+                f.write(payload[:10])  # partly written, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, payload)
+
+    monkeypatch.setattr(store_mod, "_write_file", full)
+    _, payload, _ = run_chunk(chunks[3], Toy())
+    with pytest.raises(OSError, match=r"disk is full.*not marked done") as info:
+        st.write(chunks[3], payload)
+    assert info.value.errno == errno.ENOSPC
+    assert not list((st.path / "chunks").glob(".*tmp*"))
+    done, corrupt = st.done(chunks)
+    assert done == {c.key for c in chunks} - {chunks[3].key} and not corrupt
+
+
+def test_run_chunk_validates_experiment_output() -> None:
+    chunk = Grid.build(AXES, range(4), 4).chunks()[0]
+
+    class Bad(Toy):
+        def __call__(self, cell, seeds):
+            return super().__call__(cell, range(seeds.start + 1, seeds.stop + 1))
+
+    with pytest.raises(ValueError, match="returned seeds"):
+        run_chunk(chunk, Bad())
+    _, payload, tally = run_chunk(chunk, Toy(noise=0.0))
+    ds = decode(payload)
+    assert ds.sizes["width"] == ds.sizes["lr"] == 1 and ds.sizes["seed"] == 4
+    ab = (ds.a * ds.b).isel(step=-1, width=0, lr=0).sum("seed").transpose("alice", "bob")
+    np.testing.assert_array_equal(tally[0], ab.values)
+    assert tally[1] == 4
+
+
+def test_importing_gradcomp_and_scaleout_does_not_import_dask() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, gradcomp, gradcomp.scaleout; from gradcomp.scaleout import sweep; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
