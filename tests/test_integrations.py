@@ -247,20 +247,14 @@ def test_record_under_torch_compile_with_explicit_shared(backend):
     np.testing.assert_allclose(ds["loss"].values, ref["loss"].values, rtol=1e-12)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="recorder: shared=None under torch.compile counts the heads as shared (one compiled "
-    "autograd node reaches every parameter) and layer names keep the '_orig_mod.' prefix",
-)
 def test_record_under_torch_compile_discovers_shared_or_says_it_cannot():
     ref = _run(Deep().double())
     compiled = torch.compile(Deep().double(), backend="aot_eager")
-    try:
-        ds = _run(compiled)
-    except ValueError as err:
-        assert "shared" in str(err)
-        return
-    assert list(ds["layer"].values) == list(ref["layer"].values)
+    ds = _run(compiled)  # shared=None: found from per-task gradients under compile
+    assert list(ds["layer"].values) == list(ref["layer"].values) == ["trunk.0", "trunk.2", "all"]
+    assert ds.attrs["shared_parameters"] == ref.attrs["shared_parameters"]
+    np.testing.assert_allclose(ds["gram"].values, ref["gram"].values, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(ds["loss"].values, ref["loss"].values, rtol=1e-12)
 
 
 def test_record_with_bf16_autocast_keeps_float32_statistics():

@@ -3,7 +3,9 @@
 The C source ships with the package and is compiled on first use with the system C compiler
 (``$CC``, default ``cc``) into ``$GRADCOMP_CACHE`` (default ``~/.cache/gradcomp``), once per
 source, flags and machine; it is loaded with :mod:`ctypes`. No compiler is a clear error: use
-``backend="torch"``.
+``backend="torch"``. :func:`try_load` is what ``backend="auto"`` uses: a build or load that fails
+(a compiler without OpenMP, a platform the flags don't fit) returns the reason instead of raising,
+and is not retried for the same compiler and cache in this process.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "load"]
+__all__ = ["CKernelUnavailableWarning", "available", "load", "try_load"]
 
 SOURCE = Path(__file__).with_name("_kernel.c")
 #: compile flags: -ffast-math lets gcc call glibc's vectorised expf (libmvec) in the lane loops.
@@ -29,6 +31,11 @@ SOURCE = Path(__file__).with_name("_kernel.c")
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC"]
 LINK = ["-shared", "-fopenmp"]
 _LOADED: dict[str, ctypes.CDLL] = {}
+_FAILED: dict[tuple[str, ...], str] = {}
+
+
+class CKernelUnavailableWarning(UserWarning):
+    """``backend="auto"`` could not build or load the C kernel and uses ``backend="torch"``."""
 
 
 def _compiler() -> str | None:
@@ -38,6 +45,10 @@ def _compiler() -> str | None:
 def available() -> bool:
     """Whether the kernel can be built here (its source ships and a C compiler is on the PATH)."""
     return SOURCE.exists() and _compiler() is not None and platform.system() != "Windows"
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("GRADCOMP_CACHE", Path.home() / ".cache" / "gradcomp"))
 
 
 def _build(real: str) -> Path:
@@ -51,7 +62,7 @@ def _build(real: str) -> Path:
         SOURCE.read_bytes()
         + " ".join([cc, *flags, *LINK, platform.machine(), platform.node()]).encode()
     ).hexdigest()[:16]
-    cache = Path(os.environ.get("GRADCOMP_CACHE", Path.home() / ".cache" / "gradcomp"))
+    cache = _cache_dir()
     target = cache / f"ncnet_kernel_{real}_{key}.so"
     if not target.exists():
         cache.mkdir(parents=True, exist_ok=True)
@@ -87,3 +98,20 @@ def load(dtype: torch.dtype):
     fn.restype = ctypes.c_int
     lib.ncnet_set_threads(ctypes.c_int(max(1, torch.get_num_threads())))
     return fn, lib.ncnet_lanes()
+
+
+def try_load(dtype: torch.dtype) -> str | None:
+    """Build and load the kernel for ``dtype`` now; ``None`` on success, else why it failed.
+
+    A failure is remembered for this dtype, compiler and cache directory (no rebuild on every
+    ``run``).
+    """
+    key = (str(dtype), str(_compiler()), str(_cache_dir()))
+    if key in _FAILED:
+        return _FAILED[key]
+    try:
+        load(dtype)
+    except (RuntimeError, OSError, AttributeError) as err:  # build, dlopen, missing symbol
+        _FAILED[key] = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+        return _FAILED[key]
+    return None

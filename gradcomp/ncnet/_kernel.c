@@ -8,7 +8,9 @@
  * Compiled twice, with REAL = float and REAL = double, by gradcomp/ncnet/_compiled.py.
  */
 #include <math.h>
+#ifdef _OPENMP
 #include <omp.h>
+#endif
 #include <stdlib.h>
 #if defined(__SSE__)
 #include <xmmintrin.h>
@@ -178,4 +180,10 @@ int ncnet_train(REAL *W, REAL *b, REAL *V, REAL *c, const REAL *mask, const int 
 
 int ncnet_lanes(void) { return LANES; }
 
-void ncnet_set_threads(int n) { omp_set_num_threads(n); }
+void ncnet_set_threads(int n) {
+#ifdef _OPENMP
+    omp_set_num_threads(n);
+#else
+    (void)n;
+#endif
+}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -77,8 +78,9 @@ def run(
             trainer) or ``"loop"`` (one run at a time; the test reference).
         backend: for ``method="fast"``: ``"torch"`` (any device), ``"c"`` (the compiled CPU
             kernel, built on first use with the system C compiler) or ``"auto"`` (``"c"`` on the
-            CPU when a C compiler is found, else ``"torch"``). The choice is stored in
-            ``attrs["backend"]``.
+            CPU when the kernel builds and loads, else ``"torch"``, with a
+            ``CKernelUnavailableWarning`` when a compiler was found but the build failed). The
+            choice is stored in ``attrs["backend"]``.
 
     Returns:
         Dataset with dims ``width, seed, alice, bob, step`` (+ ``task``, ``layer``, ``task_j``,
@@ -89,7 +91,10 @@ def run(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     widths, seeds = _widths(widths), _seeds(seeds)
-    backend = resolve_backend(backend, device) if method == "fast" else "torch"
+    if method == "fast":
+        backend = resolve_backend(backend, device, config.torch_dtype)
+    else:
+        backend = "torch"
     parts = list(chunks(seeds, chunk))
     bar = tqdm(
         total=len(parts) * config.steps * (1 if method == "fast" else len(widths)),
@@ -118,18 +123,38 @@ def run(
     return ds
 
 
-def resolve_backend(backend: str, device: str | torch.device) -> str:
-    """``"auto"`` -> ``"c"`` on the CPU when a C compiler is found, else ``"torch"``."""
-    from gradcomp.ncnet._compiled import available
+def resolve_backend(
+    backend: str, device: str | torch.device, dtype: torch.dtype = torch.float32
+) -> str:
+    """``"auto"`` -> ``"c"`` on the CPU when the C kernel builds and loads, else ``"torch"``.
+
+    With a C compiler present, ``"auto"`` builds and loads the kernel for ``dtype`` here; if that
+    fails (e.g. a compiler without OpenMP) it warns once with a
+    :class:`~gradcomp.ncnet._compiled.CKernelUnavailableWarning` and takes ``"torch"`` (the same
+    results). An explicit ``"c"`` is never replaced: its build errors are raised when it runs.
+    """
+    from gradcomp.ncnet._compiled import CKernelUnavailableWarning, available, try_load
 
     if backend not in ("auto", "torch", "c"):
         raise ValueError(f"backend must be 'auto', 'torch' or 'c', got {backend!r}")
     on_cpu = torch.device(device).type == "cpu"
     if backend == "c" and not on_cpu:
         raise ValueError("backend='c' runs on the CPU only: use backend='torch' on other devices")
-    if backend == "auto":
-        return "c" if on_cpu and available() else "torch"
-    return backend
+    if backend != "auto":
+        return backend
+    if not (on_cpu and available()):
+        return "torch"
+    why = try_load(dtype)
+    if why is None:
+        return "c"
+    warnings.warn(
+        f"ncnet backend='auto': the compiled C kernel could not be built or loaded ({why}); "
+        "using backend='torch' (same results, slower on the CPU). Pass backend='torch' to "
+        "silence this, or fix the compiler ($CC, OpenMP) to use backend='c'",
+        CKernelUnavailableWarning,
+        stacklevel=3,
+    )
+    return "torch"
 
 
 def _to_dataset(config, widths, seeds, tr) -> xr.Dataset:

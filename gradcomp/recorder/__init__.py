@@ -2,9 +2,11 @@
 
 Strategies live one per module (:mod:`.loop`, :mod:`.batched`, :mod:`.features`, :mod:`.rows`);
 :mod:`.shared` finds and groups the shared parameters, :mod:`.stats` reduces per-task gradients to
-Gram statistics, :mod:`.dataset` builds the Dataset and :mod:`.io` writes it.
+Gram statistics, :mod:`.dataset` builds the Dataset and :mod:`.io` writes it; :mod:`.compiled`
+handles ``torch.compile``.
 """
 
+from gradcomp.recorder.compiled import CompiledSharingWarning
 from gradcomp.recorder.core import NonfiniteLossWarning, Recorder, record
 
-__all__ = ["NonfiniteLossWarning", "Recorder", "record"]
+__all__ = ["CompiledSharingWarning", "NonfiniteLossWarning", "Recorder", "record"]

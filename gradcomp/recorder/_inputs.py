@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 from torch import Tensor
 
-__all__ = ["task_weights", "weighted_total"]
+__all__ = ["check_losses", "task_weights", "weighted_total"]
 
 
 def task_weights(tasks: Sequence[str] | Mapping[str, float]) -> dict[str, float]:
@@ -37,3 +37,25 @@ def weighted_total(ordered: Sequence[Tensor], weights: Sequence[float]) -> Tenso
         total = term if total is None else total + term
     assert total is not None
     return total
+
+
+def check_losses(losses: Mapping[str, Tensor], tasks: Sequence[str]) -> list[Tensor]:
+    """The losses of ``backward(losses)`` in task order as 0-d tensors, with clear errors for an
+    unknown or missing task, a non-scalar loss and a loss without a graph."""
+    if not isinstance(losses, Mapping):
+        raise TypeError("backward() takes a mapping task -> scalar loss tensor")
+    unknown = [t for t in losses if t not in tasks]
+    missing = [t for t in tasks if t not in losses]
+    if unknown or missing:
+        raise ValueError(
+            f"backward() got losses for unknown task(s) {unknown} and none for {missing}; "
+            f"the recorded tasks are {list(tasks)}"
+        )
+    for t in tasks:
+        loss = losses[t]
+        if not isinstance(loss, Tensor) or loss.numel() != 1 or loss.ndim > 1:
+            shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+            raise ValueError(f"the loss of task {t!r} must be a scalar tensor, got {shape}")
+        if not loss.requires_grad:
+            raise ValueError(f"the loss of task {t!r} does not require grad (no graph)")
+    return [losses[t] if losses[t].ndim == 0 else losses[t].reshape(()) for t in tasks]

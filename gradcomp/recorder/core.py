@@ -21,8 +21,16 @@ from torch import Tensor, nn
 
 from gradcomp.recorder import rows as rows_mod
 from gradcomp.recorder._graph import reachable_leaves
-from gradcomp.recorder._inputs import task_weights, weighted_total
+from gradcomp.recorder._inputs import check_losses, task_weights, weighted_total
 from gradcomp.recorder.batched import batched
+from gradcomp.recorder.compiled import (
+    check_reached,
+    compiled_error,
+    discover_shared_by_grad,
+    has_compiled_node,
+    is_compiled,
+    rows_error,
+)
 from gradcomp.recorder.dataset import Steps
 from gradcomp.recorder.features import FeaturesNotApplicable, as_features, features
 from gradcomp.recorder.io import write_netcdf
@@ -33,6 +41,7 @@ from gradcomp.recorder.shared import (
     SharedSpec,
     discover_shared,
     make_layout,
+    named_parameters,
     resolve_shared,
 )
 from gradcomp.recorder.stats import ParamStats, layer_stats, to_layers
@@ -72,7 +81,8 @@ def record(
         tasks: task names, or a mapping name -> loss weight w_t (training loss Σ_t w_t L_t;
             default weight 1).
         shared: ``None`` (parameters reached by two or more task losses, found on the first
-            ``backward``), a module, a parameter name, or a sequence of them.
+            ``backward``; under ``torch.compile`` from non-zero per-task gradients), a module, a
+            parameter name, or a sequence of them.
         layers: ``"module"`` (one layer per module owning shared parameters), ``"param"`` (one
             per tensor) or a mapping layer -> parameter names. ``"all"`` is always added.
         every: an int k (every k steps) or a ``step -> bool`` schedule
@@ -84,7 +94,8 @@ def record(
             place); on CUDA with T >= 4 ``"features"`` (if ``features=`` is given) or
             ``"batched"``; otherwise ``"loop"``. ``"rows"`` never materialises whole per-task
             gradients, so with ``reduce`` or ``store="full"`` it is replaced by
-            ``"features"`` (when ``features=`` is given) or ``"batched"``.
+            ``"features"`` (when ``features=`` is given) or ``"batched"``. Under
+            ``torch.compile`` ``"auto"`` is ``"loop"`` and ``"rows"`` is refused.
         units: also record ``unit_gram`` for shared ``nn.Linear`` layers (per output neuron).
         store: ``"stats"`` or ``"full"`` (also the per-task gradients, variable ``grad``).
         path: netCDF file the recording is flushed to (on exit, and every ``flush_every``
@@ -161,6 +172,8 @@ class Recorder:
         self._hookable: dict[int, str] | None = None
         self._active = False
         self._hooks: rows_mod.RowsHooks | None = None
+        self._compiled = is_compiled(model)  # also set by a compiled node in the first graph
+        self._reached: dict[str, set[str]] | None = None
         # DistributedDataParallel syncs gradients in hooks that only ``backward()`` fires
         self._ddp = any(isinstance(m, nn.parallel.DistributedDataParallel) for m in model.modules())
         if shared is not None:
@@ -170,6 +183,8 @@ class Recorder:
     def __enter__(self) -> Recorder:
         if self._active:
             raise RuntimeError("this Recorder is already active; use one `with` block at a time")
+        if self.strategy == "rows" and self._compiled:
+            raise rows_error()
         self._active = True
         if self.strategy == "rows" and self._rows_allowed():
             self._install_rows_hooks()
@@ -213,13 +228,24 @@ class Recorder:
             raise RuntimeError(
                 "Recorder.backward() called outside its `with gradcomp.record(...)` block"
             )
-        ordered = self._check_losses(losses)
+        ordered = check_losses(losses, self.tasks)
         step = self._counter if step is None else int(step)
         self._counter = step + 1
+        if not self._reach_checked and not self._compiled and has_compiled_node(ordered):
+            self._compiled = True
+            if self.strategy == "rows":
+                raise rows_error()
         if self.layout is None:
-            names = discover_shared(self.model, losses)
+            if self._compiled:  # one compiled node reaches every parameter: use gradients
+                named = named_parameters(self.model)
+                per_task = dict(zip(self.tasks, ordered, strict=True))
+                names, self._reached = discover_shared_by_grad(named, per_task)
+            else:
+                names = discover_shared(self.model, losses)
             self.layout = make_layout(self.model, names, self._layers)
         if not self._reach_checked:
+            if self._reached is not None:
+                check_reached(self._reached, self.layout.names)
             self._check_reach(ordered)
             self._reach_checked = True
             if self._hooks is not None:
@@ -261,25 +287,6 @@ class Recorder:
             "reduce": "" if self.reduce is None else getattr(self.reduce, "__name__", "callable"),
         }
 
-    def _check_losses(self, losses: Mapping[str, Tensor]) -> list[Tensor]:
-        if not isinstance(losses, Mapping):
-            raise TypeError("backward() takes a mapping task -> scalar loss tensor")
-        unknown = [t for t in losses if t not in self.weights]
-        missing = [t for t in self.tasks if t not in losses]
-        if unknown or missing:
-            raise ValueError(
-                f"backward() got losses for unknown task(s) {unknown} and none for {missing}; "
-                f"the recorded tasks are {self.tasks}"
-            )
-        for t in self.tasks:
-            loss = losses[t]
-            if not isinstance(loss, Tensor) or loss.numel() != 1 or loss.ndim > 1:
-                shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
-                raise ValueError(f"the loss of task {t!r} must be a scalar tensor, got {shape}")
-            if not loss.requires_grad:
-                raise ValueError(f"the loss of task {t!r} does not require grad (no graph)")
-        return [losses[t] if losses[t].ndim == 0 else losses[t].reshape(()) for t in self.tasks]
-
     def _check_reach(self, ordered: Sequence[Tensor]) -> None:
         assert self.layout is not None
         ids = {id(p) for p in self.layout.params}
@@ -320,6 +327,8 @@ class Recorder:
         (``features`` if given, else ``batched``); otherwise ``loop``.
         """
         n_tasks = len(self.tasks)
+        if self._compiled:  # the only strategy every torch.compile backend runs
+            return "loop"
         if rows is not None and self._rows_allowed() and n_tasks >= 3:
             if self._hooks is not None:
                 return "rows"
@@ -391,6 +400,23 @@ class Recorder:
         assert self.layout is not None
         train = not self._ddp
         leaves = self._leaves(ordered)
+        if self._compiled and strategy in ("batched", "features"):
+            try:
+                return self._strategy_stacks(strategy, ordered, weights, feats, leaves, train)
+            except RuntimeError as err:  # e.g. inductor: "... Tensor that doesn't have storage"
+                raise compiled_error(strategy, err) from err
+        return self._strategy_stacks(strategy, ordered, weights, feats, leaves, train)
+
+    def _strategy_stacks(
+        self,
+        strategy: str,
+        ordered: list[Tensor],
+        weights: list[float],
+        feats: Any,
+        leaves: list[Tensor],
+        train: bool,
+    ) -> tuple[str, list[Tensor]]:
+        assert self.layout is not None
         if strategy == "features":
             fs = as_features(feats)
             check = not self._features_checked

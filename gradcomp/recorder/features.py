@@ -91,6 +91,12 @@ def features(
                 "tensor the heads read from the trunk, or use strategy='batched'"
             )
         grads = torch.autograd.grad(loss, [*feats, *above], retain_graph=True, allow_unused=True)
+        if loss.grad_fn in stop or (not above and all(g is None for g in grads)):
+            raise FeaturesNotApplicable(
+                "strategy 'features': a task loss does not reach features= through the autograd "
+                "graph (under torch.compile the losses and features= come out of one compiled "
+                "node); compile only the trunk, or use strategy='loop'"
+            )
         cotangents.append(
             [torch.zeros_like(f) if g is None else g for f, g in zip(feats, grads, strict=False)]
         )

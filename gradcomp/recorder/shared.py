@@ -10,7 +10,16 @@ from torch import Tensor, nn
 from gradcomp._dims import ALL
 from gradcomp.recorder._graph import reachable_leaves
 
-__all__ = ["Layout", "SharedSpec", "discover_shared", "make_layout", "resolve_shared"]
+__all__ = [
+    "Layout",
+    "SharedSpec",
+    "clean_name",
+    "discover_shared",
+    "make_layout",
+    "named_parameters",
+    "resolve_shared",
+    "submodule",
+]
 
 #: what ``record(shared=...)`` accepts
 SharedSpec = nn.Module | str | Sequence[nn.Module | str] | None
@@ -45,8 +54,35 @@ class Layout:
         return [*self.layers, ALL]
 
 
-def _named(model: nn.Module) -> dict[str, nn.Parameter]:
-    return dict(model.named_parameters())
+def clean_name(name: str) -> str:
+    """``name`` without the ``_orig_mod`` components ``torch.compile``'s ``OptimizedModule`` adds
+    (so compiled and eager models give the same names)."""
+    return ".".join(a for a in name.split(".") if a != "_orig_mod")
+
+
+def named_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Qualified name (:func:`clean_name`) -> parameter, in model order."""
+    out: dict[str, nn.Parameter] = {}
+    for n, p in model.named_parameters():
+        out.setdefault(clean_name(n), p)
+    return out
+
+
+def submodule(model: nn.Module, name: str) -> nn.Module:
+    """The submodule called ``name`` (a :func:`clean_name`; the original module, not its
+    compiled wrapper)."""
+    found = _modules(model).get(name)
+    if found is None:
+        raise AttributeError(f"the model has no submodule {name!r}")
+    return found
+
+
+def _modules(model: nn.Module) -> dict[str, nn.Module]:
+    # parents come first: the innermost module of a name (not its compiled wrapper) wins
+    return {clean_name(n): m for n, m in model.named_modules(remove_duplicate=False)}
+
+
+_named = named_parameters
 
 
 def resolve_shared(model: nn.Module, shared: SharedSpec) -> list[str]:
@@ -71,6 +107,7 @@ def resolve_shared(model: nn.Module, shared: SharedSpec) -> list[str]:
                 raise ValueError("a module given as shared= is not part of the recorded model")
             chosen.update(by_id[id(p)] for p in ps)
         elif isinstance(item, str):
+            item = clean_name(item)
             if item not in named:
                 close = [n for n in named if item in n][:5]
                 raise ValueError(f"shared= names unknown parameter {item!r}; similar: {close}")
@@ -114,9 +151,9 @@ def discover_shared(model: nn.Module, losses: Mapping[str, Tensor]) -> list[str]
     return [n for n in named if n in found]
 
 
-def _owner_module(model: nn.Module, name: str) -> tuple[str, nn.Module]:
+def _owner_module(modules: Mapping[str, nn.Module], name: str) -> tuple[str, nn.Module]:
     mod_name = name.rpartition(".")[0]
-    return mod_name, model.get_submodule(mod_name)
+    return mod_name, modules[mod_name]
 
 
 def _unit_count(module: nn.Module, param: Tensor) -> int:
@@ -140,7 +177,8 @@ def make_layout(
         The :class:`Layout`.
     """
     named = _named(model)
-    owners = [_owner_module(model, n) for n in names]
+    modules = _modules(model)
+    owners = [_owner_module(modules, n) for n in names]
     units = tuple(_unit_count(m, named[n]) for n, (_, m) in zip(names, owners, strict=True))
     index = {n: i for i, n in enumerate(names)}
     groups: dict[str, list[int]] = {}
