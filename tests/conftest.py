@@ -1,8 +1,7 @@
 """Shared test settings.
 
-Device and dtype come from the environment (``GRADCOMP_TEST_DEVICE``, default ``cpu``;
-``GRADCOMP_TEST_DTYPE``, default ``float64``): comparisons against references run in float64.
 ``--runslow`` runs tests marked ``slow``; tests marked ``gpu`` run only where CUDA is available.
+Torch uses one thread unless ``GRADCOMP_TEST_THREADS`` says otherwise.
 """
 
 from __future__ import annotations
@@ -15,9 +14,6 @@ import torch
 
 matplotlib.use("Agg")
 torch.set_num_threads(int(os.environ.get("GRADCOMP_TEST_THREADS", "1")))
-
-DEVICE = torch.device(os.environ.get("GRADCOMP_TEST_DEVICE", "cpu"))
-DTYPE = getattr(torch, os.environ.get("GRADCOMP_TEST_DTYPE", "float64"))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -32,13 +28,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_slow)
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
-
-
-@pytest.fixture
-def device() -> torch.device:
-    return DEVICE
-
-
-@pytest.fixture
-def dtype() -> torch.dtype:
-    return DTYPE
