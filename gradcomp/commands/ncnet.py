@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -133,29 +134,36 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as err:
         raise SystemExit(f"gradcomp ncnet: {err}") from None
+    # fail before training, not after, when the results could not be written
+    for path in (args.out, None if str(args.figure).lower() == "none" else args.figure):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not os.access(path.parent, os.W_OK):
+                raise SystemExit(f"gradcomp ncnet: cannot write to {path.parent}")
     t0 = time.perf_counter()
-    ds = capacity(
-        config,
-        args.widths,
-        args.seeds,
-        control=not args.no_control,
-        n_boot=args.n_boot,
-        confidence=args.confidence,
-        device=args.device,
-        chunk=args.chunk,
-        progress=not args.no_progress,
-        backend=args.backend,
-    )
+    try:
+        ds = capacity(
+            config,
+            args.widths,
+            args.seeds,
+            control=not args.no_control,
+            n_boot=args.n_boot,
+            confidence=args.confidence,
+            device=args.device,
+            chunk=args.chunk,
+            progress=not args.no_progress,
+            backend=args.backend,
+        )
+    except ValueError as err:
+        raise SystemExit(f"gradcomp ncnet: {err}") from None
     print(table(ds))
     print(f"backend: {ds.attrs['backend']}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     ds.to_netcdf(args.out, engine="h5netcdf")
     print(f"wrote {args.out}")
     if str(args.figure).lower() != "none":
         from gradcomp.plot.chsh import figure
 
         fig = figure(ds)
-        args.figure.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(args.figure, dpi=150)
         print(f"wrote {args.figure}")
     print(f"done in {time.perf_counter() - t0:.1f} s")

@@ -1,6 +1,7 @@
 """Per-task gradient recorder: ``gradcomp.record(model, tasks)`` (see ``docs/record.md``).
 
 Strategies live one per module (:mod:`.loop`, :mod:`.batched`, :mod:`.features`, :mod:`.rows`);
+:mod:`.choice` picks and runs each recorded step's strategy (``"auto"``) and owns the rows hooks;
 :mod:`.shared` finds and groups the shared parameters, :mod:`.stats` reduces per-task gradients to
 Gram statistics, :mod:`.dataset` builds the Dataset and :mod:`.io` writes it; :mod:`.compiled`
 handles ``torch.compile``.

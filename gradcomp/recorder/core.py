@@ -22,20 +22,16 @@ from torch import Tensor, nn
 from gradcomp.recorder import rows as rows_mod
 from gradcomp.recorder._graph import reachable_leaves
 from gradcomp.recorder._inputs import check_losses, task_weights, weighted_total
-from gradcomp.recorder.batched import batched
+from gradcomp.recorder.choice import STRATEGIES, StrategyChoice
 from gradcomp.recorder.compiled import (
     check_reached,
-    compiled_error,
     discover_shared_by_grad,
     has_compiled_node,
     is_compiled,
     rows_error,
 )
 from gradcomp.recorder.dataset import Steps
-from gradcomp.recorder.features import FeaturesNotApplicable, as_features, features
 from gradcomp.recorder.io import write_netcdf
-from gradcomp.recorder.loop import loop
-from gradcomp.recorder.rows_step import hookable, rows_stats
 from gradcomp.recorder.shared import (
     Layout,
     SharedSpec,
@@ -44,12 +40,11 @@ from gradcomp.recorder.shared import (
     named_parameters,
     resolve_shared,
 )
-from gradcomp.recorder.stats import ParamStats, layer_stats, to_layers
+from gradcomp.recorder.stats import layer_stats, to_layers
 from gradcomp.schedule import Schedule, as_schedule
 
 __all__ = ["NonfiniteLossWarning", "Recorder", "record"]
 
-STRATEGIES = ("auto", "loop", "batched", "features", "rows")
 Reduce = Callable[[Tensor], Tensor]
 
 
@@ -166,16 +161,15 @@ class Recorder:
         self._used: list[str] = []
         self._counter = 0
         self._reach_checked = False
-        self._features_checked = False
-        self._extra_leaves: list[Tensor] | None = None
-        self._params: list[Tensor] | None = None
-        self._hookable: dict[int, str] | None = None
         self._active = False
-        self._hooks: rows_mod.RowsHooks | None = None
         self._compiled = is_compiled(model)  # also set by a compiled node in the first graph
         self._reached: dict[str, set[str]] | None = None
         # DistributedDataParallel syncs gradients in hooks that only ``backward()`` fires
         self._ddp = any(isinstance(m, nn.parallel.DistributedDataParallel) for m in model.modules())
+        self._choice = StrategyChoice(
+            model, self.weights, strategy, reduce=reduce, store=store, units=units,
+            schedule=self._schedule, ddp=self._ddp,
+        )  # fmt: skip
         if shared is not None:
             self.layout = make_layout(model, resolve_shared(model, shared), layers)
 
@@ -186,8 +180,7 @@ class Recorder:
         if self.strategy == "rows" and self._compiled:
             raise rows_error()
         self._active = True
-        if self.strategy == "rows" and self._rows_allowed():
-            self._install_rows_hooks()
+        self._choice.enter(self.layout, self._counter)
         return self
 
     def __exit__(
@@ -197,9 +190,7 @@ class Recorder:
         tb: TracebackType | None,
     ) -> None:
         self._active = False
-        if self._hooks is not None:
-            self._hooks.remove()
-            self._hooks = None
+        self._choice.remove_hooks()
         if self.path is not None and self.layout is not None:
             try:  # also after an exception in the body: keep what was recorded
                 self.flush()
@@ -248,15 +239,14 @@ class Recorder:
                 check_reached(self._reached, self.layout.names)
             self._check_reach(ordered)
             self._reach_checked = True
-            if self._hooks is not None:
-                self._hooks.only = set(self.layout.owners)
+            self._choice.restrict(self.layout)
         weights = [self.weights[t] for t in self.tasks]
         if not self._schedule(step):
             self._plain(ordered, weights)
-            self._arm()
+            self._choice.arm(self._counter)
             return
         self._record(step, ordered, weights, features, rows)
-        self._arm()
+        self._choice.arm(self._counter)
         if self.flush_every and len(self._steps) % self.flush_every == 0:
             self.flush()
 
@@ -299,56 +289,6 @@ class Recorder:
     def _plain(self, ordered: Sequence[Tensor], weights: Sequence[float]) -> None:
         weighted_total(ordered, weights).backward()
 
-    def _rows_allowed(self) -> bool:
-        return self.reduce is None and self.store == "stats" and all(self.weights.values())
-
-    def _install_rows_hooks(self) -> None:
-        if self.layout is not None:
-            mods = sorted({o for o in self.layout.owners})
-        else:
-            mods = [n for n, m in self.model.named_modules() if rows_mod.supported(m)]
-        mods = [m for m in mods if rows_mod.supported(self.model.get_submodule(m))]
-        self._hooks = rows_mod.RowsHooks(self.model, mods)
-        self._hooks.install()
-        self._arm()
-
-    def _arm(self) -> None:
-        if self._hooks is not None:
-            self._hooks.armed = bool(self._schedule(self._counter))
-
-    def _auto(self, features: Any, rows: Any, device: torch.device) -> str:
-        """The fastest exact strategy that applies (see ``docs/record.md``, "auto").
-
-        Costs in reverse passes of the shared trunk: ``loop`` T, ``batched``/``features`` one
-        vmapped pass of T cotangents (on a GPU about 1.4x / 2.6x a plain step at T = 4 / 8 against
-        2.3x / 5.6x for the loop; on one CPU thread no faster than the loop), ``rows`` one
-        ordinary pass plus the Gram reduction (flat in T; about equal to the loop at T = 2).
-        So: ``rows`` from T = 3 when ``rows=`` is given; on CUDA from T = 4 the vmapped pass
-        (``features`` if given, else ``batched``); otherwise ``loop``.
-        """
-        n_tasks = len(self.tasks)
-        if self._compiled:  # the only strategy every torch.compile backend runs
-            return "loop"
-        if rows is not None and self._rows_allowed() and n_tasks >= 3:
-            if self._hooks is not None:
-                return "rows"
-            self._install_rows_hooks()  # this step's forward ran without hooks: next step
-        if device.type == "cuda" and n_tasks >= 4:
-            return "features" if features is not None else "batched"
-        return "loop"
-
-    def _choose(self, features: Any, rows: Any, device: torch.device) -> str:
-        if self.strategy == "rows" and rows is None:
-            raise ValueError("strategy='rows' needs backward(losses, rows={task: batch rows})")
-        if self.strategy == "features" and features is None:
-            raise ValueError("strategy='features' needs backward(losses, features=trunk_output)")
-        wanted = self.strategy
-        if wanted == "auto":
-            return self._auto(features, rows, device)
-        if wanted == "rows" and not self._rows_allowed():
-            return "features" if features is not None else "batched"
-        return wanted
-
     def _record(
         self,
         step: int,
@@ -366,12 +306,18 @@ class Recorder:
             if self.on_nonfinite == "raise":
                 raise ValueError(msg + " (on_nonfinite='raise')")
             warnings.warn(msg + "; their statistics are NaN", NonfiniteLossWarning, stacklevel=3)
-        strategy = self._choose(feats, rows, ordered[0].device)
+        choice = self._choice
+        device = ordered[0].device
+        strategy = choice.choose(
+            feats, rows, device, layout=self.layout, compiled=self._compiled, step=self._counter
+        )
         full = None
         if strategy == "rows":
-            stats = self._rows_step(ordered, weights, rows)
+            stats = choice.rows_step(ordered, weights, rows, self.layout)
         else:
-            strategy, stacks = self._stacks(strategy, ordered, weights, feats)
+            strategy, stacks = choice.stacks(
+                strategy, ordered, weights, feats, layout=self.layout, compiled=self._compiled
+            )
             if self._ddp:  # DDP syncs .grad in its backward hooks: run a real backward
                 weighted_total(ordered, weights).backward()
             if self.reduce is not None:
@@ -393,62 +339,3 @@ class Recorder:
             values = torch.where(bad, torch.nan, values)
         self._steps.add(step, values, gram, unit, full)
         self._used.append(strategy)
-
-    def _stacks(
-        self, strategy: str, ordered: list[Tensor], weights: list[float], feats: Any
-    ) -> tuple[str, list[Tensor]]:
-        assert self.layout is not None
-        train = not self._ddp
-        leaves = self._leaves(ordered)
-        if self._compiled and strategy in ("batched", "features"):
-            try:
-                return self._strategy_stacks(strategy, ordered, weights, feats, leaves, train)
-            except RuntimeError as err:  # e.g. inductor: "... Tensor that doesn't have storage"
-                raise compiled_error(strategy, err) from err
-        return self._strategy_stacks(strategy, ordered, weights, feats, leaves, train)
-
-    def _strategy_stacks(
-        self,
-        strategy: str,
-        ordered: list[Tensor],
-        weights: list[float],
-        feats: Any,
-        leaves: list[Tensor],
-        train: bool,
-    ) -> tuple[str, list[Tensor]]:
-        assert self.layout is not None
-        if strategy == "features":
-            fs = as_features(feats)
-            check = not self._features_checked
-            try:
-                out = features(ordered, weights, self.layout, fs, leaves, train, check)
-            except FeaturesNotApplicable:
-                if self.strategy != "auto":
-                    raise
-                return "loop", loop(ordered, weights, self.layout, leaves, train)
-            self._features_checked = True
-            return strategy, out
-        if strategy == "batched":
-            return strategy, batched(ordered, weights, self.layout, leaves, train)
-        return "loop", loop(ordered, weights, self.layout, leaves, train)
-
-    def _leaves(self, ordered: list[Tensor]) -> list[Tensor]:
-        """Leaves that receive the training gradient: the model's trainable parameters, plus
-        leaves outside the model found by walking the graph on the first recorded step."""
-        if self._params is None:
-            self._params = list(self.model.parameters())
-        params = [p for p in self._params if p.requires_grad]
-        if self._extra_leaves is None:
-            ids = {id(p) for p in params}
-            self._extra_leaves = [x for x in reachable_leaves(ordered) if id(x) not in ids]
-        return params + [x for x in self._extra_leaves if x.requires_grad]
-
-    def _rows_step(
-        self, ordered: list[Tensor], weights: list[float], rows: Mapping[str, Any]
-    ) -> ParamStats:
-        assert self.layout is not None and self._hooks is not None
-        if self._hookable is None:
-            self._hookable = hookable(self.model, self.layout)
-        return rows_stats(
-            self._hooks, self.layout, self._hookable, self.tasks, ordered, weights, rows, self.units
-        )
