@@ -11,6 +11,8 @@ import xarray as xr
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from gradcomp._dims import WIDTH
+
 __all__ = ["capacity", "correlators", "figure"]
 
 TSIRELSON = 2 * np.sqrt(2)
@@ -99,11 +101,28 @@ def correlators(data: xr.Dataset, ax: Axes) -> Axes:
     return ax
 
 
+def shared_capacity_axis(data: xr.Dataset, ax: Axes) -> Axes:
+    """Label the top of ``ax`` with the shared-channel capacity of each width.
+
+    The capacity is the min-cut between the two heads in the network's tensor-network graph, in
+    bits (``gradcomp.graph.capacity_coord``; Levine, Yakira, Cohen, Shashua, arXiv 1704.01552):
+    log2(n) for n shared hidden units; the unshared control shares nothing (0).
+    """
+    from gradcomp.graph import capacity_coord
+
+    bits = capacity_coord(data, unit="bits")
+    top = ax.secondary_xaxis("top")
+    top.set_xticks(bits[WIDTH].values, [f"{b:.2g}" for b in bits.values])
+    top.set_xlabel("shared-channel capacity (min-cut, bits)", fontsize="small")
+    return ax
+
+
 def figure(data: xr.Dataset, *, title: str | None = None) -> Figure:
     """The capacity figure: :func:`capacity` and :func:`correlators` side by side."""
     fig = Figure(figsize=(10, 4), layout="constrained")
     left, right = fig.subplots(1, 2)
     capacity(data, left)
+    shared_capacity_axis(data, left)
     correlators(data, right)
     if title is None:
         alice, bob = data.attrs.get("alice_tasks", ""), data.attrs.get("bob_tasks", "")
