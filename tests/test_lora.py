@@ -54,10 +54,17 @@ def test_words_splits_are_disjoint_and_labelled():
     lang = np.array(d.lang)
     np.testing.assert_array_equal(d.labels["A1"].numpy(), np.isin(lang, ["en", "de"]))
     np.testing.assert_array_equal(d.labels["B1"].numpy(), np.isin(lang, ["en", "fr"]))
-    np.testing.assert_array_equal(d.labels["A2"].numpy(), d.zipf >= np.median(d.zipf))
+    # default A2 = "freq:4.3-4.9": the words in the gap are left out, frequent = Zipf >= 4.9
+    assert not ((d.zipf >= 4.3) & (d.zipf < 4.9)).any()
+    np.testing.assert_array_equal(d.labels["A2"].numpy(), d.zipf >= 4.9)
     assert all(w.isalpha() for w in d.words)
     again = load_words(per_language=20, heldout_fraction=0.4, seed=3)
     assert again.words == d.words
+    tasks = {"A1": "lang:en,de", "A2": "freq", "B1": "lang:en,fr", "B2": "length"}
+    median = load_words(tasks=tasks, per_language=20, seed=3)  # "freq": the pool's median
+    np.testing.assert_array_equal(
+        median.labels["A2"].numpy(), median.zipf >= np.median(median.zipf)
+    )
 
 
 def test_unknown_language_and_bad_tasks_are_rejected():
@@ -71,6 +78,9 @@ def test_unknown_language_and_bad_tasks_are_rejected():
         load_words(tasks={"A1": "colour", "A2": "freq", "B1": "lang:en", "B2": "length"})
     with pytest.raises(ValueError, match="missing"):
         load_words(tasks={"A1": "freq"})
+    for band in ("freq:4.9-4.3", "freq:a-b"):
+        with pytest.raises(ValueError, match="band"):
+            load_words(tasks={"A1": "lang:en,de", "A2": band, "B1": "lang:en,fr", "B2": "length"})
 
 
 def test_script_task_and_encoding(minilm):

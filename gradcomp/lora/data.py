@@ -7,13 +7,16 @@ given by a short spec string:
 - ``"lang:en,de"`` — 1 when the word's language is one of the listed codes (language
   identification between two groups of languages),
 - ``"freq"`` or ``"freq:4.5"`` — 1 when the Zipf frequency is at least the threshold (default: the
-  pool's median, so the classes are balanced): a frequency-band task,
+  pool's median, so the classes are balanced): a frequency-band task;
+  ``"freq:4.3-4.9"`` — frequent (Zipf ≥ 4.9) vs rare (Zipf < 4.3): words in the band between are
+  left out of the pool (for every task), so the two classes are separated by a gap,
 - ``"length"`` or ``"length:6"`` — 1 when the word has at least that many characters (default:
   the median),
 - ``"script:cyrillic"`` — 1 when the word's first letter belongs to that Unicode script.
 
 The project's reading of the paper's "multilingual multi-task training": Alice chooses between
-``A1 = lang:en,de`` (Germanic vs Romance) and ``A2 = freq`` (frequent vs rare); Bob between
+``A1 = lang:en,de`` (Germanic vs Romance) and ``A2 = freq:4.3-4.9`` (frequent vs rare with a gap:
+at the median split, ``freq``, a small CPU run stays at chance on held-out words); Bob between
 ``B1 = lang:en,fr`` and ``B2 = length``. Words are drawn from the most frequent words of each
 language, words that occur in more than one chosen language are dropped (their language label would
 be ambiguous), and the train and held-out splits are disjoint sets of word strings.
@@ -42,7 +45,7 @@ DEFAULT_LANGUAGES: tuple[str, ...] = ("en", "de", "fr", "es")
 #: the tasks of Alice's settings 1, 2 and Bob's settings 1, 2
 DEFAULT_TASKS: Mapping[str, str] = {
     "A1": "lang:en,de",
-    "A2": "freq",
+    "A2": "freq:4.3-4.9",
     "B1": "lang:en,fr",
     "B2": "length",
 }
@@ -103,6 +106,22 @@ def _script(word: str) -> str:
     return "unknown"
 
 
+def _freq_band(spec: str) -> tuple[float, float] | None:
+    """``(lo, hi)`` of a ``freq:LO-HI`` spec (``lo <= zipf < hi`` is left out), else None."""
+    kind, _, arg = spec.partition(":")
+    if kind.strip().lower() != "freq" or "-" not in arg:
+        return None
+    try:
+        lo, hi = (float(x) for x in arg.split("-"))
+    except ValueError:
+        raise ValueError(
+            f"task {spec!r}: write a frequency band as 'freq:LO-HI', e.g. 'freq:4.3-4.9'"
+        ) from None
+    if not lo < hi:
+        raise ValueError(f"task {spec!r}: the band needs LO < HI, got {lo} and {hi}")
+    return lo, hi
+
+
 def _task_labeller(
     spec: str,
     languages: Sequence[str],
@@ -122,6 +141,9 @@ def _task_labeller(
                 f"languages {list(languages)}"
             )
         return lambda i: int(lang[i] in group)
+    band = _freq_band(spec)
+    if band is not None:
+        return lambda i: int(zipf[i] >= band[1])
     if kind in ("freq", "length"):
         values = zipf if kind == "freq" else np.array([len(w) for w in words], dtype=float)
         threshold = float(arg) if arg else float(np.median(values))
@@ -178,10 +200,17 @@ def load_words(
     for ws in lists.values():
         for w in set(ws):
             counts[w] = counts.get(w, 0) + 1
+    bands = [b for b in map(_freq_band, tasks.values()) if b is not None]
     rng = np.random.default_rng(seed)
     words, lang = [], []
     for c in languages:
         unique = [w for w in lists[c] if counts[w] == 1]
+        if bands:  # leave out the words inside a frequency band's gap
+            unique = [
+                w
+                for w in unique
+                if not any(lo <= wordfreq.zipf_frequency(w, c) < hi for lo, hi in bands)
+            ]
         if len(unique) < per_language:
             raise ValueError(
                 f"language {c!r} has only {len(unique)} usable words; lower per_language "

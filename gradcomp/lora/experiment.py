@@ -106,7 +106,9 @@ class LoraExperiment:
             per_language=40,
             max_length=6,
             lr=1e-2,
-            threshold=0.7,
+            # between the held-out accuracies the tasks reach here (A1 ~0.76, A2 ~0.65, B1 ~0.78,
+            # B2 ~0.84), so that A1 and B1 outcomes vary across seeds (docs/lora.md)
+            threshold=0.78,
         )
         return cls(**{**base, **kw})
 
