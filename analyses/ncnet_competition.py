@@ -110,7 +110,7 @@ def summarize(ds: xr.Dataset, n_boot: int = 999, min_share: float | None = None)
         }
     )
     out = out.assign_coords(shared_capacity=capacity_coord(ds))
-    out.attrs.update({k: str(v) for k, v in provenance({"analysis": "ncnet_competition"}).items()})
+    out.attrs.update(provenance({"analysis": "ncnet_competition"}))
     out.attrs.update(
         ncnet_config=str(ds.attrs.get("config", "")),
         critical_width=critical,

@@ -282,9 +282,7 @@ def run(args: argparse.Namespace) -> xr.DataTree:
         "control_sensing_loss": control["sensing_loss"],
         "control_sensing_oscillation": control["sensing_oscillation"],
     }
-    attrs = {
-        k: str(v) for k, v in provenance({"analysis": "ncnet_mechanism", **vars(args)}).items()
-    }
+    attrs = provenance({"analysis": "ncnet_mechanism", **vars(args)})
     attrs.update(
         ncnet_config=str(base.to_dict()),
         critical_width=critical,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import subprocess
@@ -14,7 +15,9 @@ import torch
 from gradcomp import __version__
 
 
+@functools.lru_cache(maxsize=1)
 def _git_state() -> str:
+    """``git describe`` of the package's checkout, looked up once per process."""
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(
@@ -40,7 +43,8 @@ def provenance(config: Mapping[str, Any] | None = None) -> dict[str, str]:
             stored through ``str``).
 
     Returns:
-        A dict for ``Dataset.attrs``.
+        A dict for ``Dataset.attrs``; every value is a plain ``str`` (h5netcdf writes no
+        ``str`` subclass such as ``torch.__version__``).
     """
     return {
         "gradcomp_version": __version__,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -63,20 +61,10 @@ def need_seeds(da: xr.DataArray, minimum: int, what: str) -> None:
         )
 
 
-@functools.lru_cache(maxsize=1)
-def _base_provenance() -> dict[str, str]:
-    """Versions and git state, looked up once per process (``git describe`` is slow).
-
-    Plain ``str``: ``torch.__version__`` is a str subclass that h5netcdf cannot write.
-    """
-    return {k: str(v) for k, v in provenance({}).items() if k != "config"}
-
-
 def finish(
     ds: xr.Dataset, labels: Mapping[str, tuple[str, str]], name: str, config: Mapping[str, Any]
 ) -> xr.Dataset:
     """Label ``ds`` and set its provenance attrs (netCDF-safe)."""
     _dims.annotate(ds, labels)
-    config_json = json.dumps({"analyzer": name, **config}, sort_keys=True, default=str)
-    ds.attrs = {**_base_provenance(), "config": config_json}
+    ds.attrs = provenance({"analyzer": name, **config})
     return ds

@@ -171,8 +171,7 @@ def competition(
         coords=coords,
     )
     config = {"analysis": "competition", "layer": str(layer), "min_share": str(min_share)}
-    # str(): provenance() passes torch.__version__ (a str subclass h5py cannot write) through
-    ds.attrs.update({k: str(v) for k, v in provenance(config).items()})
+    ds.attrs.update(provenance(config))
     return _dims.annotate(ds, LABELS)
 
 

@@ -83,6 +83,6 @@ def design_bounds(
         ds["rank_bits"] = (("profile", "block"), np.array(ranks))
     config = {"analysis": "convac_design", "n_inputs": n_inputs, "m": m, "profiles": dict(profiles)}
     config["measure_seed"] = str(measure_seed)
-    ds.attrs.update({k: str(v) for k, v in provenance(config).items()})
+    ds.attrs.update(provenance(config))
     ds.attrs.update(n_inputs=int(n_inputs), m=int(m))
     return _dims.annotate(ds, LABELS)

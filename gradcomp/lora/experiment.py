@@ -230,8 +230,7 @@ def to_dataset(traces: dict[int, Trace], cfg: LoraExperiment) -> xr.Dataset:
         )
         per_rank.append(ds.expand_dims({RANK: [rank]}))
     ds = xr.concat(per_rank, dim=RANK, join="outer")
-    # str(): provenance's torch_version is a TorchVersion, which h5netcdf cannot write
-    ds.attrs.update({k: str(v) for k, v in provenance(dataclasses.asdict(cfg)).items()})
+    ds.attrs.update(provenance(dataclasses.asdict(cfg)))
     where = "held-out" if cfg.outcome_on == "heldout" else "training"
     ds.attrs["experiment"] = "lora"
     ds.attrs["outcome_rule"] = f"+1 when {where} accuracy >= {cfg.threshold}"

@@ -94,7 +94,7 @@ def summarize(ds: xr.Dataset, *, window: int | None = None, n_boot: int = 999) -
             out[f"{dst}_S_{name}"] = c[src]
         out[f"r_S_{name}_lo"], out[f"r_S_{name}_hi"] = c["pearson_lo"], c["pearson_hi"]
     config = {"window": window, "n_boot": n_boot, "source": ds.attrs.get("config", "")}
-    out.attrs = {k: str(v) for k, v in provenance(config).items()}
+    out.attrs = provenance(config)
     out.attrs.update({k: str(v) for k, v in attrs.items()})
     out.attrs["outcome_rule"] = str(ds.attrs.get("outcome_rule", ""))
     out.attrs["tasks"] = str(ds.attrs.get("tasks", ""))

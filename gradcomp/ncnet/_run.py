@@ -199,8 +199,7 @@ def _to_dataset(config, widths, seeds, tr) -> xr.Dataset:
         coords[UNIT] = list(range(ug.shape[-3]))
     ds = xr.Dataset(data, coords=coords)
     cfg = {**config.to_dict(), "widths": widths, "n_seeds": len(seeds)}
-    # plain str: torch.__version__ is a str subclass that h5netcdf cannot write
-    ds.attrs.update({k: str(v) if isinstance(v, str) else v for k, v in provenance(cfg).items()})
+    ds.attrs.update(provenance(cfg))
     ds.attrs["experiment"] = "ncnet"
     ds.attrs["outcome_rule"] = f"+1 when training accuracy >= {config.threshold}"
     ds.attrs["alice_tasks"] = " ; ".join(config.alice)

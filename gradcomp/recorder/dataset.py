@@ -118,8 +118,7 @@ class Steps:
             data["grad"] = ((STEP, TASK, _PARAM), full)
         ds = xr.Dataset(data, coords=coords)
         annotate(ds, _LABELS)
-        # str(): provenance's torch_version is a str subclass that h5py cannot write
-        ds.attrs.update({k: str(v) for k, v in provenance(config).items()})
+        ds.attrs.update(provenance(config))
         ds.attrs["strategy"] = str(config.get("strategy", ""))
         ds.attrs["schedule"] = str(config.get("schedule", ""))
         ds.attrs["shared_parameters"] = json.dumps(list(layout.names))

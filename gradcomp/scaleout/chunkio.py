@@ -189,7 +189,7 @@ def open_store(
         ds.close()
     ds = _assemble(root, grid)
     ds.attrs = {k: _plain(v) if isinstance(v, str) else v for k, v in ds.attrs.items()}
-    ds.attrs.update({k: str(v) for k, v in provenance(meta["config"]).items()})
+    ds.attrs.update(provenance(meta["config"]))
     ds.attrs["sweep_config_hash"] = meta["config_hash"]
     ds.attrs["sweep_grid"] = grid.to_json()
     ds.attrs["sweep_chunks_sha256"] = tag
