@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
+from _scripts import load_script
 
 from gradcomp._dims import WIDTH
 from gradcomp.plot import mechanism as pm
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load(path: str):
-    spec = importlib.util.spec_from_file_location(Path(path).stem + "_mech", ROOT / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_mechanism_analysis_and_figure_on_tiny_inputs(tmp_path) -> None:
     data = tmp_path / "mech.nc"
-    assert load("analyses/ncnet_mechanism.py").main(["--tiny", "--out", str(data)]) == 0
+    assert load_script("analyses/ncnet_mechanism.py").main(["--tiny", "--out", str(data)]) == 0
     tree = xr.open_datatree(data, engine="h5netcdf")
     assert {"traces", "units", "sensing_loss", "lagged", "correlation", "control_traces"} <= set(
         tree.children
@@ -41,7 +30,10 @@ def test_mechanism_analysis_and_figure_on_tiny_inputs(tmp_path) -> None:
     corr = tree["correlation"].to_dataset()
     assert {"pearson_lo", "pearson_hi", "spearman_lo", "n_eff"} <= set(corr.data_vars)
     pdf = tmp_path / "fig.pdf"
-    assert load("figures/ncnet_mechanism.py").main(["--data", str(data), "--out", str(pdf)]) == 0
+    assert (
+        load_script("figures/ncnet_mechanism.py").main(["--data", str(data), "--out", str(pdf)])
+        == 0
+    )
     assert pdf.stat().st_size > 1000 and pdf.with_suffix(".png").stat().st_size > 1000
 
 
@@ -69,7 +61,7 @@ def test_plot_functions_take_data_and_axes_and_return_axes() -> None:
 
 def test_units_are_ranked_within_each_run_before_averaging() -> None:
     """Units have no identity across seeds: the map averages the k-th most contested unit."""
-    script = load("analyses/ncnet_mechanism.py")
+    script = load_script("analyses/ncnet_mechanism.py")
     g = np.random.default_rng(0)
     f = g.random((3, 2, 2, 5, 4))  # seed, alice, bob, step, unit
     full = np.broadcast_to(f[..., None, :, None, None], (3, 2, 2, 5, 1, 4, 2, 2)).copy()

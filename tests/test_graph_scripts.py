@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import xarray as xr
+from _scripts import load_script
 
 from gradcomp.graph import competition_graph
 from gradcomp.graph.design import design_bounds
@@ -17,24 +17,20 @@ from gradcomp.plot import graph as plot_graph
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load(path: str):
-    spec = importlib.util.spec_from_file_location(Path(path).stem + "_script", ROOT / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_convac_design_scripts(tmp_path) -> None:
-    assert load("analyses/convac_design.py").main(["--tiny", "--out", str(tmp_path)]) == 0
+    assert load_script("analyses/convac_design.py").main(["--tiny", "--out", str(tmp_path)]) == 0
     ds = xr.load_dataset(tmp_path / "convac_design_tiny.nc", engine="h5netcdf")
     np.testing.assert_array_equal(ds["rank_bits"].values, ds["bits"].values)  # powers of 2: tight
     out = tmp_path / "fig.png"
-    assert load("figures/convac_design.py").main(["--data", str(tmp_path), "--out", str(out)]) == 0
+    assert (
+        load_script("figures/convac_design.py").main(["--data", str(tmp_path), "--out", str(out)])
+        == 0
+    )
     assert out.stat().st_size > 1000
 
 
 def test_full_design_profiles_show_the_tradeoff() -> None:
-    script = load("analyses/convac_design.py")
+    script = load_script("analyses/convac_design.py")
     ds = design_bounds(script.FULL, 16, 8)
     base, tip = ds.sel(profile="wide base"), ds.sel(profile="wide tip")
     assert abs(int(base["n_params"]) - int(tip["n_params"])) / int(tip["n_params"]) < 0.02
@@ -47,7 +43,7 @@ def test_full_design_profiles_show_the_tradeoff() -> None:
 @pytest.mark.filterwarnings("ignore:The BCa confidence interval cannot be calculated")
 def test_ncnet_competition_scripts(tmp_path) -> None:
     data = tmp_path / "nc.nc"
-    assert load("analyses/ncnet_competition.py").main(["--tiny", "--out", str(data)]) == 0
+    assert load_script("analyses/ncnet_competition.py").main(["--tiny", "--out", str(data)]) == 0
     ds = xr.load_dataset(data, engine="h5netcdf")
     assert set(ds["analysis"].values) == {"across_width", "per_seed", "per_seed_within_width"}
     assert (ds["shared_capacity"].values == ds["width"].values).all()
@@ -55,7 +51,10 @@ def test_ncnet_competition_scripts(tmp_path) -> None:
     # the contested counts never exceed the width
     assert (ds["n_contested"] <= ds["width"]).all()
     out = tmp_path / "fig.png"
-    assert load("figures/ncnet_competition.py").main(["--data", str(data), "--out", str(out)]) == 0
+    assert (
+        load_script("figures/ncnet_competition.py").main(["--data", str(data), "--out", str(out)])
+        == 0
+    )
     assert out.stat().st_size > 1000
 
 

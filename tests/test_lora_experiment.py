@@ -13,22 +13,13 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 pytest.importorskip("wordfreq")
 
+from _scripts import load_script
+
 import gradcomp
 from gradcomp.lora import LoraExperiment, run
 from gradcomp.lora import ensemble as ens
 from gradcomp.lora import experiment as experiment_mod
 from gradcomp.lora.model import LoraHeads, add_lora, lora_layers
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script(name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name.replace("/", "_"), ROOT / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +27,8 @@ def tiny(tmp_path_factory) -> tuple[xr.Dataset, Path]:
     """analyses/lora_rank.py --tiny (the same code path as ``gradcomp lora --tiny``)."""
     out = tmp_path_factory.mktemp("lora")
     assert (
-        _script("analyses/lora_rank.py").main(["--tiny", "--n-boot", "99", "--out", str(out)]) == 0
+        load_script("analyses/lora_rank.py").main(["--tiny", "--n-boot", "99", "--out", str(out)])
+        == 0
     )
     return xr.open_dataset(out / "lora_rank.nc", engine="h5netcdf").load(), out
 
@@ -76,7 +68,7 @@ def test_tiny_summary_and_figure(tiny, tmp_path):
     assert "sensing" in summary.attrs  # 2 seeds: skipped, and it says so
     png = tmp_path / "fig.png"
     args = ["--summary", str(out / "lora_rank_summary.nc"), "--out", str(png), "--dpi", "40"]
-    assert _script("figures/lora_rank.py").main(args) == 0
+    assert load_script("figures/lora_rank.py").main(args) == 0
     assert png.stat().st_size > 1000
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import runpy
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from _scripts import load_script
 
 from gradcomp import chsh
 from gradcomp.ncnet import NCnetConfig, run, truth_table
@@ -18,7 +18,6 @@ from gradcomp.ncnet._experiment import capacity, table
 from gradcomp.ncnet._fast import _act, train_fast
 from gradcomp.ncnet._reference import train_reference
 
-ROOT = Path(__file__).resolve().parents[1]
 needs_cc = pytest.mark.skipif(not available(), reason="no C compiler for backend='c'")
 
 
@@ -251,10 +250,10 @@ def test_cli_tiny(tmp_path: Path, capsys) -> None:
 
 def test_analysis_and_figure_scripts_tiny(tmp_path: Path) -> None:
     data, stem = tmp_path / "tiny.nc", tmp_path / "fig"
-    analysis = runpy.run_path(str(ROOT / "analyses" / "ncnet_capacity.py"))
-    assert analysis["main"](["--tiny", "--out", str(data)]) == 0
-    figure = runpy.run_path(str(ROOT / "figures" / "ncnet_capacity.py"))
-    assert figure["main"](["--tiny", "--data", str(data), "--out", str(stem)]) == 0
+    analysis = load_script("analyses/ncnet_capacity.py")
+    assert analysis.main(["--tiny", "--out", str(data)]) == 0
+    figure = load_script("figures/ncnet_capacity.py")
+    assert figure.main(["--tiny", "--data", str(data), "--out", str(stem)]) == 0
     assert stem.with_suffix(".png").exists() and stem.with_suffix(".pdf").exists()
 
 
