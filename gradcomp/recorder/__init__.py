@@ -2,12 +2,24 @@
 
 Strategies live one per module (:mod:`.loop`, :mod:`.batched`, :mod:`.features`, :mod:`.rows`);
 :mod:`.choice` picks and runs each recorded step's strategy (``"auto"``) and owns the rows hooks;
-:mod:`.shared` finds and groups the shared parameters, :mod:`.stats` reduces per-task gradients to
-Gram statistics, :mod:`.dataset` builds the Dataset and :mod:`.io` writes it; :mod:`.compiled`
-handles ``torch.compile``.
+:mod:`.rows_check` verifies ``rows=`` on the first ``"rows"`` step; :mod:`.shared` finds and
+groups the shared parameters, :mod:`.stats` reduces per-task gradients to Gram statistics,
+:mod:`.dataset` builds the Dataset and :mod:`.io` writes (appends) it; :mod:`.compiled` handles
+``torch.compile``.
 """
 
 from gradcomp.recorder.compiled import CompiledSharingWarning
-from gradcomp.recorder.core import NonfiniteLossWarning, Recorder, record
+from gradcomp.recorder.core import (
+    NonfiniteGradientWarning,
+    NonfiniteLossWarning,
+    Recorder,
+    record,
+)
 
-__all__ = ["CompiledSharingWarning", "NonfiniteLossWarning", "Recorder", "record"]
+__all__ = [
+    "CompiledSharingWarning",
+    "NonfiniteGradientWarning",
+    "NonfiniteLossWarning",
+    "Recorder",
+    "record",
+]

@@ -72,6 +72,7 @@ class StrategyChoice:
         self._extra_leaves: list[Tensor] | None = None
         self._params: list[Tensor] | None = None
         self._hookable: dict[int, str] | None = None
+        self.rows_verified = False  # rows= checked against the graph on a first "rows" step
 
     # -- hooks --------------------------------------------------------------------------------
     def enter(self, layout: Layout | None, step: int) -> None:
@@ -87,6 +88,7 @@ class StrategyChoice:
             mods = [n for n, m in self.model.named_modules() if rows_mod.supported(m)]
         mods = [m for m in mods if rows_mod.supported(self.model.get_submodule(m))]
         self.hooks = rows_mod.RowsHooks(self.model, mods)
+        self.hooks.keep = not self.rows_verified
         self.hooks.install()
         self.arm(step)
 
@@ -225,10 +227,17 @@ class StrategyChoice:
         rows: Mapping[str, Any],
         layout: Layout,
     ) -> ParamStats:
-        """Run ``"rows"``: the Gram statistics from the hooks' captures of this step."""
+        """Run ``"rows"``: the Gram statistics from the hooks' captures of this step (on the
+        recorder's first ``"rows"`` step, after checking ``rows=`` against the graph)."""
         assert self.hooks is not None
         if self._hookable is None:
             self._hookable = hookable(self.model, layout)
-        return rows_stats(
-            self.hooks, layout, self._hookable, self.tasks, ordered, weights, rows, self.units
-        )
+        verify = not self.rows_verified
+        stats = rows_stats(
+            self.hooks, layout, self._hookable, self.tasks, ordered, weights, rows, self.units,
+            verify=verify,
+        )  # fmt: skip
+        if verify:
+            self.rows_verified = True
+            self.hooks.keep = False
+        return stats

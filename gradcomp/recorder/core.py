@@ -9,6 +9,8 @@ that of ``Σ_t w_t L_t``.
 
 from __future__ import annotations
 
+import operator
+import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from os import PathLike
@@ -19,6 +21,7 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
+from gradcomp._dims import STEP
 from gradcomp.recorder import rows as rows_mod
 from gradcomp.recorder._graph import reachable_leaves
 from gradcomp.recorder._inputs import check_losses, task_weights, weighted_total
@@ -31,7 +34,7 @@ from gradcomp.recorder.compiled import (
     rows_error,
 )
 from gradcomp.recorder.dataset import Steps
-from gradcomp.recorder.io import write_netcdf
+from gradcomp.recorder.io import append_netcdf, read_steps
 from gradcomp.recorder.shared import (
     Layout,
     SharedSpec,
@@ -43,13 +46,27 @@ from gradcomp.recorder.shared import (
 from gradcomp.recorder.stats import layer_stats, to_layers
 from gradcomp.schedule import Schedule, as_schedule
 
-__all__ = ["NonfiniteLossWarning", "Recorder", "record"]
+__all__ = [
+    "DEFAULT_FLUSH_EVERY",
+    "NonfiniteGradientWarning",
+    "NonfiniteLossWarning",
+    "Recorder",
+    "record",
+]
 
 Reduce = Callable[[Tensor], Tensor]
+
+#: recorded steps between flushes when ``path=`` is given without ``flush_every``
+DEFAULT_FLUSH_EVERY = 1000
 
 
 class NonfiniteLossWarning(RuntimeWarning):
     """A task loss was NaN or infinite; its statistics at that step are NaN."""
+
+
+class NonfiniteGradientWarning(RuntimeWarning):
+    """A task's loss was finite but its gradient on a shared layer was not (NaN or infinite, or
+    its squared norm overflowed); its statistics on that layer at that step are NaN."""
 
 
 def record(
@@ -93,10 +110,16 @@ def record(
             ``torch.compile`` ``"auto"`` is ``"loop"`` and ``"rows"`` is refused.
         units: also record ``unit_gram`` for shared ``nn.Linear`` layers (per output neuron).
         store: ``"stats"`` or ``"full"`` (also the per-task gradients, variable ``grad``).
-        path: netCDF file the recording is flushed to (on exit, and every ``flush_every``
-            recorded steps).
-        flush_every: flush to ``path`` after this many recorded steps.
-        on_nonfinite: ``"warn"`` (record the task's statistics as NaN and warn) or ``"raise"``.
+        path: netCDF file the recording is flushed to (every ``flush_every`` recorded steps and
+            on exit). Each flush appends the steps held in memory to the file and drops them
+            from memory, so memory holds at most ``flush_every`` steps.
+        flush_every: flush to ``path`` after this many recorded steps (default
+            :data:`DEFAULT_FLUSH_EVERY` when ``path`` is given).
+        on_nonfinite: ``"warn"`` or ``"raise"``, for a NaN/infinite task loss (before anything is
+            back-propagated) and for a finite loss whose gradient on a shared layer is not finite
+            (after the backward: ``.grad`` then holds it). ``"warn"`` records the task's
+            statistics as NaN (on the layers concerned) and warns (:class:`NonfiniteLossWarning`,
+            :class:`NonfiniteGradientWarning`).
         reduce: applied to every stacked per-task gradient ``[T, *param.shape]`` before any
             reduction (e.g. an all-reduce across data-parallel ranks). It changes only the
             statistics, never ``.grad``.
@@ -139,6 +162,8 @@ class Recorder:
             raise ValueError(f"on_nonfinite must be 'warn' or 'raise', got {on_nonfinite!r}")
         if flush_every is not None and (flush_every < 1 or path is None):
             raise ValueError("flush_every needs a positive int and a path= to flush to")
+        if path is not None and flush_every is None:
+            flush_every = DEFAULT_FLUSH_EVERY
         if reduce is not None and not callable(reduce):
             raise TypeError("reduce must be a callable Tensor -> Tensor")
         if not (layers in ("module", "param") or isinstance(layers, Mapping)):
@@ -157,9 +182,12 @@ class Recorder:
         self.on_nonfinite = on_nonfinite
         self.reduce = reduce
         self.layout: Layout | None = None
-        self._steps = Steps()
-        self._used: list[str] = []
+        self._steps = Steps()  # recorded steps not yet flushed to ``path``
+        self._flushed = 0  # steps appended to ``path`` (and dropped from memory)
+        self._recorded = 0
+        self._used: set[str] = set()
         self._counter = 0
+        self._last_step: int | None = None
         self._reach_checked = False
         self._active = False
         self._compiled = is_compiled(model)  # also set by a compiled node in the first graph
@@ -211,7 +239,9 @@ class Recorder:
 
         Args:
             losses: one scalar loss per task (every task, no other).
-            step: the step number; default: one more than the previous call (0 first).
+            step: the step number; default: one more than the previous call (0 first). Must
+                be larger than the previous call's step (repeated or decreasing steps are
+                refused).
             features: the shared trunk's output tensor(s) for strategy ``"features"``.
             rows: task -> its batch rows (dimension 0) for strategy ``"rows"``.
         """
@@ -220,8 +250,9 @@ class Recorder:
                 "Recorder.backward() called outside its `with gradcomp.record(...)` block"
             )
         ordered = check_losses(losses, self.tasks)
-        step = self._counter if step is None else int(step)
+        step = self._counter if step is None else self._check_step(step)
         self._counter = step + 1
+        self._last_step = step
         if not self._reach_checked and not self._compiled and has_compiled_node(ordered):
             self._compiled = True
             if self.strategy == "rows":
@@ -246,29 +277,53 @@ class Recorder:
             self._choice.arm(self._counter)
             return
         self._record(step, ordered, weights, features, rows)
+        self._recorded += 1
         self._choice.arm(self._counter)
-        if self.flush_every and len(self._steps) % self.flush_every == 0:
+        if self.flush_every and self._recorded % self.flush_every == 0:
             self.flush()
 
     def to_dataset(self) -> xr.Dataset:
-        """Every recorded step as a Dataset (variables as in ``docs/data-model.md``)."""
+        """Every recorded step as a Dataset (variables as in ``docs/data-model.md``): the steps
+        flushed to ``path`` (read back from the file) followed by those held in memory."""
         if self.layout is None:
             raise ValueError("nothing recorded yet: call rec.backward(...) inside the with block")
-        return self._steps.to_dataset(self.tasks, self.layout, self._config())
+        return self._steps.to_dataset(self.tasks, self.layout, self._config(), self._on_file())
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of statistics held in memory: the steps recorded since the last flush to
+        ``path`` (every step without ``path``), ``8 × (1 + T + (L+1)·T²)`` per step, plus
+        ``8 × (L+1)·U·T²`` with ``units`` and ``8 × T·N`` with ``store="full"``."""
+        return self._steps.nbytes()
 
     def flush(self, path: str | PathLike[str] | None = None) -> None:
-        """Write everything recorded so far to ``path`` (default: ``record(path=...)``)."""
+        """Write everything recorded so far to ``path`` (default: ``record(path=...)``).
+
+        To the recorder's own ``path``, the steps held in memory are appended to the file and
+        dropped from memory; to another path, the whole recording is written (the recorder's
+        file copied, then the steps held appended) and memory is unchanged. Both atomically.
+        """
+        if self.layout is None:
+            raise ValueError("nothing recorded yet: call rec.backward(...) inside the with block")
         target = path if path is not None else self.path
         if target is None:
             raise ValueError("flush() needs a path: pass flush(path) or record(..., path=...)")
-        write_netcdf(self.to_dataset(), target)
+        own = self.path is not None and _same_file(target, self.path)
+        if own and self._flushed and not len(self._steps):
+            return  # nothing new
+        base = self.path if self._flushed else None
+        held = len(self._steps)
+        append_netcdf(self._steps.to_dataset(self.tasks, self.layout, self._config()), target, base)
+        if own:
+            self._flushed += held
+            self._steps.clear()
 
     # -- internals ----------------------------------------------------------------------------
     def _config(self) -> dict[str, Any]:
         return {
             "tasks": self.weights,
             "strategy": self.strategy,
-            "strategies_used": sorted(set(self._used)),
+            "strategies_used": sorted(self._used),
             "schedule": getattr(self._schedule, "__name__", repr(self._schedule)),
             "layers": self._layers if isinstance(self._layers, str) else dict(self._layers),
             "units": int(self.units),
@@ -276,6 +331,62 @@ class Recorder:
             "on_nonfinite": self.on_nonfinite,
             "reduce": "" if self.reduce is None else getattr(self.reduce, "__name__", "callable"),
         }
+
+    def _check_step(self, step: int) -> int:
+        """An explicit ``step=``: an int larger than the previous call's step."""
+        try:
+            value = operator.index(step)
+        except TypeError:
+            raise TypeError(f"step= must be an int, got {step!r}") from None
+        if self._last_step is not None and value <= self._last_step:
+            raise ValueError(
+                f"step={value} does not follow the previous step {self._last_step}: step= values "
+                "must increase from call to call (each training step is recorded once, in order)"
+            )
+        return value
+
+    def _on_file(self) -> dict[str, Any] | None:
+        """The step arrays flushed to ``path``, read back (``None`` if nothing was flushed)."""
+        if not self._flushed:
+            return None
+        assert self.path is not None and self.layout is not None
+        names = [STEP, "loss", "gram"]
+        names += ["unit_gram"] if self.units else []
+        names += ["grad"] if self.store == "full" else []
+        return read_steps(self.path, names, self._flushed)
+
+    def _check_gradients(
+        self, step: int, gram: Tensor, unit: Tensor | None, loss_bad: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
+        """Warn (or raise) for tasks with a finite loss and a non-finite gradient.
+
+        A per-task gradient on a layer is non-finite iff the layer's Gram diagonal
+        ``gram[l, t, t] = ‖g_t‖²`` is (or the square sum overflowed); those tasks' rows and
+        columns of that layer's ``gram`` (and ``unit_gram``) become NaN.
+        """
+        layer_bad = ~torch.isfinite(gram.diagonal(dim1=-2, dim2=-1))  # [L + 1, T]
+        worst = layer_bad.any(0).cpu() & ~loss_bad  # one synchronisation per recorded step
+        if not worst.any():
+            return gram, unit
+        assert self.layout is not None
+        names = [t for t, b in zip(self.tasks, worst.tolist(), strict=True) if b]
+        hit = (layer_bad.cpu() & worst).any(1).tolist()
+        layers = [name for name, h in zip(self.layout.layer_coord, hit, strict=True) if h]
+        msg = (
+            f"non-finite gradient for task(s) {names} at step {step} although their loss is "
+            f"finite (layer(s) {layers})"
+        )
+        if self.on_nonfinite == "raise":
+            raise ValueError(msg + " (on_nonfinite='raise'; .grad holds the training gradient)")
+        warnings.warn(
+            msg + "; their statistics there are NaN", NonfiniteGradientWarning, stacklevel=4
+        )
+        m = layer_bad & worst.to(layer_bad.device)[None]
+        pair = m[:, :, None] | m[:, None, :]
+        gram = gram.masked_fill(pair, float("nan"))
+        if unit is not None:
+            unit = unit.masked_fill(pair[:, None], float("nan"))
+        return gram, unit
 
     def _check_reach(self, ordered: Sequence[Tensor]) -> None:
         assert self.layout is not None
@@ -337,5 +448,10 @@ class Recorder:
             if full is not None:
                 full[bad] = float("nan")
             values = torch.where(bad, torch.nan, values)
+        gram, unit = self._check_gradients(step, gram, unit, bad)
         self._steps.add(step, values, gram, unit, full)
-        self._used.append(strategy)
+        self._used.add(strategy)
+
+
+def _same_file(a: str | PathLike[str], b: str | PathLike[str]) -> bool:
+    return os.path.abspath(os.fspath(a)) == os.path.abspath(os.fspath(b))

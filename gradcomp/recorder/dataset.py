@@ -15,7 +15,7 @@ from gradcomp._dims import LAYER, STEP, TASK, TASK_J, UNIT, annotate
 from gradcomp._provenance import provenance
 from gradcomp.recorder.shared import Layout
 
-__all__ = ["Steps", "cosine_from_gram"]
+__all__ = ["STEP_VARIABLES", "Arrays", "Steps", "build_dataset", "cosine_from_gram"]
 
 _PARAM = "param"
 _LABELS = {
@@ -23,6 +23,13 @@ _LABELS = {
     TASK_J: ("task (second axis)", "1"),
     LAYER: ("shared layer", "1"),
 }
+
+
+#: ``step``, ``loss``, ``gram`` and where recorded ``unit_gram`` and ``grad``, step first
+Arrays = dict[str, np.ndarray]
+
+#: the variables (and the coordinate) that have a ``step`` dimension
+STEP_VARIABLES = (STEP, "loss", "gram", "unit_gram", "grad")
 
 
 def cosine_from_gram(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -46,7 +53,8 @@ def cosine_from_gram(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Steps:
-    """Recorded steps, kept on the device until read (no synchronisation per statistic)."""
+    """Recorded steps not yet flushed, kept on the device until read (no synchronisation per
+    statistic), then on the host as float64 arrays."""
 
     def __init__(self) -> None:
         self.steps: list[int] = []
@@ -66,6 +74,22 @@ class Steps:
         if len(self._pending) >= 256:
             self._sync()
 
+    def clear(self) -> None:
+        """Forget every step held (after they were flushed to a file)."""
+        self.steps.clear()
+        self._pending.clear()
+        self._host.clear()
+
+    def nbytes(self) -> int:
+        """Bytes of the statistics held: ``8 × (1 + T + (L+1)·T² [+ (L+1)·U·T²] [+ T·N])`` per
+        step (the step number, ``loss``, ``gram``, ``unit_gram``, ``grad``; all float64 on the
+        host once synchronised)."""
+        self._sync()
+        n = 8 * len(self.steps)
+        for item in self._host:
+            n += sum(x.nbytes for x in item if x is not None)
+        return n
+
     def _sync(self) -> None:
         def host(x: Tensor | None) -> np.ndarray | None:
             return None if x is None else x.detach().to("cpu", torch.float64).numpy()
@@ -76,58 +100,81 @@ class Steps:
             self._host.append((loss, gram, unit, full))
         self._pending.clear()
 
-    def to_dataset(
-        self, tasks: Sequence[str], layout: Layout, config: Mapping[str, Any]
-    ) -> xr.Dataset:
-        """The Dataset of every step recorded so far (see ``docs/data-model.md``, "Recording")."""
+    def arrays(self, tasks: Sequence[str], layout: Layout, config: Mapping[str, Any]) -> Arrays:
+        """The held steps as stacked arrays (empty ``[0, ...]`` arrays when none are held)."""
         self._sync()
         t = len(tasks)
         n_layers = len(layout.layers) + 1
-        if self._host:
-            loss = np.stack([h[0] for h in self._host])
-            gram = np.stack([h[1] for h in self._host])
-        else:
-            loss = np.zeros((0, t))
-            gram = np.zeros((0, n_layers, t, t))
-        norm, cos = cosine_from_gram(gram)
-        pair = (STEP, LAYER, TASK, TASK_J)
-        data: dict[str, Any] = {
-            "loss": ((STEP, TASK), loss),
-            "gram": (pair, gram),
-            "grad_norm": ((STEP, LAYER, TASK), norm),
-            "cosine": (pair, cos),
-        }
-        coords: dict[str, Any] = {
-            STEP: np.asarray(self.steps, dtype=np.int64),
-            TASK: list(tasks),
-            TASK_J: list(tasks),
-            LAYER: layout.layer_coord,
-        }
-        units = [h[2] for h in self._host]
+        out: Arrays = {STEP: np.asarray(self.steps, dtype=np.int64)}
+        h = self._host
+        out["loss"] = np.stack([x[0] for x in h]) if h else np.zeros((0, t))
+        out["gram"] = np.stack([x[1] for x in h]) if h else np.zeros((0, n_layers, t, t))
         if config.get("units"):
             n_units = max(max(layout.layer_units, default=0), 1)
-            unit = (
-                np.stack(units) if units else np.zeros((0, n_layers, n_units, t, t))  # type: ignore[arg-type]
+            units = [x[2] for x in h]
+            out["unit_gram"] = (
+                np.stack(units) if h else np.zeros((0, n_layers, n_units, t, t))  # type: ignore[arg-type]
             )
-            data["unit_gram"] = ((STEP, LAYER, UNIT, TASK, TASK_J), unit)
-            coords[UNIT] = np.arange(unit.shape[2], dtype=np.int64)
-        fulls = [h[3] for h in self._host]
         if config.get("store") == "full":
             n = sum(int(p.numel()) for p in layout.params)
-            full = np.stack(fulls) if fulls else np.zeros((0, t, n))  # type: ignore[arg-type]
-            data["grad"] = ((STEP, TASK, _PARAM), full)
-        ds = xr.Dataset(data, coords=coords)
-        annotate(ds, _LABELS)
-        ds.attrs.update(provenance(config))
-        ds.attrs["strategy"] = str(config.get("strategy", ""))
-        ds.attrs["schedule"] = str(config.get("schedule", ""))
-        ds.attrs["shared_parameters"] = json.dumps(list(layout.names))
-        ds.attrs["layer_members"] = json.dumps(
-            {
-                k: [layout.names[i] for i in idx]
-                for k, idx in zip(layout.layers, layout.members, strict=True)
-            }
-        )
-        if config.get("store") == "full":
-            ds.attrs["param_shapes"] = json.dumps([list(p.shape) for p in layout.params])
-        return ds
+            fulls = [x[3] for x in h]
+            out["grad"] = np.stack(fulls) if h else np.zeros((0, t, n))  # type: ignore[arg-type]
+        return out
+
+    def to_dataset(
+        self,
+        tasks: Sequence[str],
+        layout: Layout,
+        config: Mapping[str, Any],
+        before: Arrays | None = None,
+    ) -> xr.Dataset:
+        """The Dataset of the held steps, after the steps ``before`` (arrays as :meth:`arrays`
+        gives, e.g. read back from the file flushed steps went to); see ``docs/data-model.md``,
+        "Recording"."""
+        arrays = self.arrays(tasks, layout, config)
+        if before is not None:
+            arrays = {k: np.concatenate([before[k], v]) for k, v in arrays.items()}
+        return build_dataset(arrays, tasks, layout, config)
+
+
+def build_dataset(
+    arrays: Arrays, tasks: Sequence[str], layout: Layout, config: Mapping[str, Any]
+) -> xr.Dataset:
+    """The recording's Dataset from its stacked arrays; ``grad_norm`` and ``cosine`` from
+    ``gram`` (:func:`cosine_from_gram`)."""
+    gram = arrays["gram"]
+    norm, cos = cosine_from_gram(gram)
+    pair = (STEP, LAYER, TASK, TASK_J)
+    data: dict[str, Any] = {
+        "loss": ((STEP, TASK), arrays["loss"]),
+        "gram": (pair, gram),
+        "grad_norm": ((STEP, LAYER, TASK), norm),
+        "cosine": (pair, cos),
+    }
+    coords: dict[str, Any] = {
+        STEP: arrays[STEP],
+        TASK: list(tasks),
+        TASK_J: list(tasks),
+        LAYER: layout.layer_coord,
+    }
+    if config.get("units"):
+        unit = arrays["unit_gram"]
+        data["unit_gram"] = ((STEP, LAYER, UNIT, TASK, TASK_J), unit)
+        coords[UNIT] = np.arange(unit.shape[2], dtype=np.int64)
+    if config.get("store") == "full":
+        data["grad"] = ((STEP, TASK, _PARAM), arrays["grad"])
+    ds = xr.Dataset(data, coords=coords)
+    annotate(ds, _LABELS)
+    ds.attrs.update(provenance(config))
+    ds.attrs["strategy"] = str(config.get("strategy", ""))
+    ds.attrs["schedule"] = str(config.get("schedule", ""))
+    ds.attrs["shared_parameters"] = json.dumps(list(layout.names))
+    ds.attrs["layer_members"] = json.dumps(
+        {
+            k: [layout.names[i] for i in idx]
+            for k, idx in zip(layout.layers, layout.members, strict=True)
+        }
+    )
+    if config.get("store") == "full":
+        ds.attrs["param_shapes"] = json.dumps([list(p.shape) for p in layout.params])
+    return ds

@@ -1,13 +1,29 @@
-"""Write a recording to netCDF, atomically, so a crash never leaves a half-written file."""
+"""Write a recording to netCDF, atomically, so a crash never leaves a half-written file.
+
+A recorder with ``path=`` flushes by *appending*: the steps held in memory are added along the
+unlimited ``step`` dimension of the file (a copy of the file, appended to and renamed over it), then
+dropped from memory. Memory holds only the steps recorded since the last flush; each flush costs
+I/O proportional to the file's size (the copy).
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
+import h5netcdf
+import numpy as np
 import xarray as xr
 
-__all__ = ["write_netcdf"]
+from gradcomp._dims import STEP
+from gradcomp.recorder.dataset import STEP_VARIABLES, Arrays
+
+__all__ = ["append_netcdf", "read_steps", "write_netcdf"]
+
+_CHUNK_BYTES = 1 << 18  # about 256 KiB per chunk along ``step``
+_MAX_CHUNK = 4096
 
 
 def write_netcdf(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:
@@ -26,3 +42,96 @@ def write_netcdf(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:
     ds.to_netcdf(tmp, engine="h5netcdf")
     os.replace(tmp, target)
     return target
+
+
+def append_netcdf(
+    ds: xr.Dataset, path: str | os.PathLike[str], base: str | os.PathLike[str] | None
+) -> Path:
+    """Write ``base``'s steps followed by ``ds``'s to ``path``, atomically.
+
+    Without ``base``, ``ds`` is written as a new file whose ``step`` dimension is unlimited
+    (chunked along ``step``). With ``base`` (a file this function wrote, possibly ``path`` itself)
+    the file is copied to a temporary file, every variable with a ``step`` dimension is extended by
+    ``ds``'s steps, the global attributes are replaced by ``ds``'s, and the copy is renamed to
+    ``path``. Only ``ds`` is ever in memory.
+
+    Args:
+        ds: the new steps (same variables and non-``step`` coordinates as ``base``).
+        path: target file; its folder is created if needed.
+        base: the file holding the earlier steps, or ``None``.
+
+    Returns:
+        The path written.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".partial")
+    if base is None:
+        ds.to_netcdf(tmp, engine="h5netcdf", unlimited_dims=[STEP], encoding=_chunking(ds))
+    else:
+        shutil.copyfile(base, tmp)
+        try:
+            with h5netcdf.File(tmp, "a") as f:
+                _append(f, ds, base)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    os.replace(tmp, target)
+    return target
+
+
+def _chunking(ds: xr.Dataset) -> dict[str, dict[str, tuple[int, ...]]]:
+    """Chunks of about :data:`_CHUNK_BYTES` along ``step`` for the variables that have it."""
+    out = {}
+    for name, var in ds.variables.items():
+        if var.dims[:1] == (STEP,):
+            rest = tuple(int(n) for n in var.shape[1:])
+            per_step = max(int(np.prod(rest, dtype=np.int64)) * var.dtype.itemsize, 1)
+            along = min(max(_CHUNK_BYTES // per_step, 1), _MAX_CHUNK)
+            out[str(name)] = {"chunksizes": (along, *(max(n, 1) for n in rest))}
+    return out
+
+
+def _append(f: h5netcdf.File, ds: xr.Dataset, base: str | os.PathLike[str]) -> None:
+    names = [str(n) for n, v in ds.variables.items() if STEP in v.dims]
+    on_file = {n for n, v in f.variables.items() if STEP in v.dimensions}
+    if set(names) != on_file:
+        raise ValueError(
+            f"{base} does not hold this recording's variables ({sorted(on_file)} instead of "
+            f"{sorted(names)}): was it changed since the recorder flushed to it?"
+        )
+    n0 = f.dimensions[STEP].size
+    n1 = n0 + ds.sizes[STEP]
+    f.resize_dimension(STEP, n1)
+    for name in names:
+        f.variables[name][n0:n1, ...] = ds.variables[name].values
+    for key in list(f.attrs):
+        if key not in ds.attrs:
+            del f.attrs[key]
+    for key, value in ds.attrs.items():
+        f.attrs[key] = value
+
+
+def read_steps(path: str | os.PathLike[str], names: Sequence[str], n_steps: int) -> Arrays:
+    """The ``step``-dimensioned arrays ``names`` (of :data:`STEP_VARIABLES`) of a file written by
+    :func:`append_netcdf`, checking that it holds the ``n_steps`` steps flushed to it.
+
+    Raises:
+        ValueError: the file is missing, or does not hold what was flushed to it.
+    """
+    unknown = set(names) - set(STEP_VARIABLES)
+    if unknown:
+        raise ValueError(f"not step variables of a recording: {sorted(unknown)}")
+    try:
+        with xr.open_dataset(path, engine="h5netcdf") as ds:
+            missing = [n for n in names if n not in ds.variables]
+            if missing or ds.sizes.get(STEP, 0) != n_steps:
+                raise ValueError(
+                    f"{path} no longer holds the {n_steps} step(s) flushed to it (it has "
+                    f"{ds.sizes.get(STEP, 0)}, missing {missing}): was it changed or replaced?"
+                )
+            return {n: np.asarray(ds.variables[n].values) for n in names}
+    except FileNotFoundError as err:
+        raise ValueError(
+            f"{path} (where {n_steps} recorded step(s) were flushed) no longer exists"
+        ) from err

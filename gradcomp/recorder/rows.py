@@ -85,6 +85,8 @@ class RowsHooks:
         self.armed = False  # capture activations in forward (the next step is scheduled)
         self.only: set[str] | None = None  # modules that own shared parameters, once known
         self.batch_size = 0  # leading size of the first captured input
+        self.keep = False  # also keep the captured outputs (to verify rows=, first step only)
+        self.outputs: dict[str, list[Tensor]] = {}
 
     def install(self) -> None:
         """Route plain ``nn.Linear`` modules through :class:`FusedLinear` (an instance
@@ -106,6 +108,7 @@ class RowsHooks:
         self._patched.clear()
         self._calls.clear()
         self._sizes.clear()
+        self.outputs.clear()
 
     def _linear(self, name: str, module: nn.Linear, x: Tensor) -> Tensor:
         if not (self.armed and torch.is_grad_enabled()) or (
@@ -114,7 +117,10 @@ class RowsHooks:
             return F.linear(x, module.weight, module.bias)
         self._calls[name] = self._calls.get(name, 0) + 1
         self._sizes.setdefault(name, set()).add(int(x.shape[0]) if x.ndim else 0)
-        return FusedLinear.apply(x, module.weight, module.bias, self, name, module)
+        out: Tensor = FusedLinear.apply(x, module.weight, module.bias, self, name, module)
+        if self.keep:
+            self.outputs.setdefault(name, []).append(out)
+        return out
 
     def linear_blocks(self, name: str, module: nn.Linear, x: Tensor, g: Tensor) -> Tensor | None:
         """Inside :class:`FusedLinear`'s backward: record the per-task blocks of the weight (and
@@ -173,6 +179,8 @@ class RowsHooks:
             return
         self._calls[name] = self._calls.get(name, 0) + 1
         self._sizes.setdefault(name, set()).add(int(args[0].shape[0]) if args[0].ndim else 0)
+        if self.keep:
+            self.outputs.setdefault(name, []).append(out)
         out.register_hook(functools.partial(self._on_grad, name, module, args[0].detach()))
 
     def run(
@@ -204,6 +212,7 @@ class RowsHooks:
             self._step = None
             self._calls.clear()
             self._sizes.clear()
+            self.outputs.clear()
 
     def _on_grad(self, name: str, module: nn.Module, x: Tensor, g: Tensor) -> None:
         st = self._step

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from gradcomp.recorder._inputs import weighted_total
 from gradcomp.recorder.batched import stacks_from_jacobian
 from gradcomp.recorder.rows import RowsHooks, as_row_index, check_disjoint, check_rows, supported
+from gradcomp.recorder.rows_check import verify_rows
 from gradcomp.recorder.shared import Layout
 from gradcomp.recorder.stats import ParamStats, from_stacks
 
@@ -35,6 +36,7 @@ def rows_stats(
     weights: Sequence[float],
     rows: Mapping[str, Any],
     units: bool,
+    verify: bool = False,
 ) -> ParamStats:
     """One recorded ``"rows"`` step: per-parameter Gram entries, and ``.grad`` from one backward.
 
@@ -50,15 +52,25 @@ def rows_stats(
         weights: the loss weights.
         rows: task -> its batch rows.
         units: also per-unit Grams.
+        verify: check ``rows=`` against the graph first (:func:`.rows_check.verify_rows`; the
+            hooks must have kept this step's outputs).
 
     Returns:
         The per-parameter statistics.
+
+    Raises:
+        ValueError: ``rows=`` names other tasks, overlaps, or (with ``verify``) misdescribes the
+            rows a loss reads.
     """
     check_rows(rows, tasks)
     device = ordered[0].device
     captured = hooks.captured()
     idx = [as_row_index(rows[t], hooks.batch_size) for t in tasks]
     check_disjoint(idx, hooks.batch_size)
+    if verify:
+        kept = {n: outs for n, outs in hooks.outputs.items() if n in captured}  # forward order
+        hooks.outputs.clear()
+        verify_rows(kept, hooks.batch_size, idx, tasks, ordered)
     covered = {i for i, owner in hookable.items() if owner in captured}
     rest = [i for i in range(len(layout.names)) if i not in covered]
     extra: dict[int, tuple[Tensor, Tensor | None]] = {}

@@ -116,13 +116,14 @@ def to_layers(
         ``gram`` ``[L + 1, T, T]`` and, with units, ``unit_gram`` ``[L + 1, U, T, T]``
         where U is the largest unit count; entries without units are NaN.
     """
-    if gram is None:  # one contraction with the [L + 1, P] membership matrix
-        rows = [k for k, idx in enumerate(layout.members) for _ in idx]
-        cols = [i for idx in layout.members for i in idx]
-        member = torch.zeros(len(layout.members) + 1, len(layout.names), dtype=stats.gram.dtype)
-        member[rows, cols] = 1.0
-        member[-1] = 1.0
-        gram = torch.einsum("lp,pts->lts", member.to(stats.gram.device), stats.gram)
+    if gram is None:  # sums over each layer's members (a NaN stays in its own layers)
+        dev = stats.gram.device
+        rows = torch.tensor([k for k, idx in enumerate(layout.members) for _ in idx], device=dev)
+        cols = torch.tensor([i for idx in layout.members for i in idx], device=dev)
+        t = stats.gram.shape[-1]
+        layers = stats.gram.new_zeros((len(layout.members), t, t))
+        layers.index_add_(0, rows, stats.gram[cols])
+        gram = torch.cat([layers, stats.gram.sum(0, keepdim=True)])
     if stats.units is None:
         return gram, None
     n_units = max(layout.layer_units, default=0)
