@@ -69,6 +69,8 @@ def append_netcdf(
     if base is None:
         ds.to_netcdf(tmp, engine="h5netcdf", unlimited_dims=[STEP], encoding=_chunking(ds))
     else:
+        if not Path(base).is_file():
+            raise ValueError(f"{base} (where earlier recorded steps were flushed) no longer exists")
         shutil.copyfile(base, tmp)
         try:
             with h5netcdf.File(tmp, "a") as f:
