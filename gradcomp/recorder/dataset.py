@@ -28,6 +28,9 @@ _LABELS = {
 #: ``step``, ``loss``, ``gram`` and where recorded ``unit_gram`` and ``grad``, step first
 Arrays = dict[str, np.ndarray]
 
+#: steps per host block (and the most kept on the device before moving them to the host)
+_BLOCK = 256
+
 #: the variables (and the coordinate) that have a ``step`` dimension
 STEP_VARIABLES = (STEP, "loss", "gram", "unit_gram", "grad")
 
@@ -53,73 +56,81 @@ def cosine_from_gram(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Steps:
-    """Recorded steps not yet flushed, kept on the device until read (no synchronisation per
-    statistic), then on the host as float64 arrays."""
+    """Recorded steps not yet flushed: kept on the device until read or 256 have accumulated (no
+    synchronisation per statistic), then on the host as stacked float64 blocks (one array per
+    variable for up to :data:`_BLOCK` steps, so memory is the statistics' size)."""
 
     def __init__(self) -> None:
-        self.steps: list[int] = []
-        self._pending: list[tuple[Tensor, Tensor, Tensor | None, Tensor | None]] = []
-        self._host: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]] = []
+        self._pending: list[tuple[int, Tensor, Tensor, Tensor | None, Tensor | None]] = []
+        self._blocks: list[Arrays] = []
+        self._n = 0
 
     def __len__(self) -> int:
-        return len(self.steps)
+        return self._n
 
     def add(
         self, step: int, loss: Tensor, gram: Tensor, unit: Tensor | None, full: Tensor | None
     ) -> None:
         """Append one step: losses ``[T]``, ``gram [L+1, T, T]``, ``unit [L+1, U, T, T]``, ``full``
         per-task flat gradients ``[T, N]`` (already on the CPU)."""
-        self.steps.append(int(step))
-        self._pending.append((loss, gram.detach(), unit, full))
-        if len(self._pending) >= 256:
+        self._pending.append((int(step), loss, gram.detach(), unit, full))
+        self._n += 1
+        if len(self._pending) >= _BLOCK:
             self._sync()
 
     def clear(self) -> None:
         """Forget every step held (after they were flushed to a file)."""
-        self.steps.clear()
         self._pending.clear()
-        self._host.clear()
+        self._blocks.clear()
+        self._n = 0
 
     def nbytes(self) -> int:
         """Bytes of the statistics held: ``8 × (1 + T + (L+1)·T² [+ (L+1)·U·T²] [+ T·N])`` per
-        step (the step number, ``loss``, ``gram``, ``unit_gram``, ``grad``; all float64 on the
-        host once synchronised)."""
-        self._sync()
-        n = 8 * len(self.steps)
-        for item in self._host:
-            n += sum(x.nbytes for x in item if x is not None)
+        step (the step number, ``loss``, ``gram``, ``unit_gram``, ``grad``, as float64 on the
+        host; steps still on the device are counted at that size)."""
+        n = sum(a.nbytes for block in self._blocks for a in block.values())
+        for _, *xs in self._pending:
+            n += 8 * (1 + sum(x.numel() for x in xs if x is not None))
         return n
 
     def _sync(self) -> None:
-        def host(x: Tensor | None) -> np.ndarray | None:
-            return None if x is None else x.detach().to("cpu", torch.float64).numpy()
-
-        for item in self._pending:
-            loss, gram, unit, full = (host(x) for x in item)
-            assert loss is not None and gram is not None
-            self._host.append((loss, gram, unit, full))
+        if not self._pending:
+            return
+        steps, *columns = zip(*self._pending, strict=True)
+        block: Arrays = {STEP: np.asarray(steps, dtype=np.int64)}
+        for name, xs in zip(("loss", "gram", "unit_gram", "grad"), columns, strict=True):
+            if xs[0] is not None:  # one stack and one copy to the host per variable
+                stacked = torch.stack([x.detach().to(torch.float64) for x in xs])
+                block[name] = stacked.cpu().numpy()
         self._pending.clear()
+        last = self._blocks[-1] if self._blocks else None
+        if last is not None and len(last[STEP]) < _BLOCK:  # merge small blocks (after reads)
+            block = {k: np.concatenate([last[k], v]) for k, v in block.items()}
+            self._blocks[-1] = block
+        else:
+            self._blocks.append(block)
 
     def arrays(self, tasks: Sequence[str], layout: Layout, config: Mapping[str, Any]) -> Arrays:
         """The held steps as stacked arrays (empty ``[0, ...]`` arrays when none are held)."""
         self._sync()
         t = len(tasks)
         n_layers = len(layout.layers) + 1
-        out: Arrays = {STEP: np.asarray(self.steps, dtype=np.int64)}
-        h = self._host
-        out["loss"] = np.stack([x[0] for x in h]) if h else np.zeros((0, t))
-        out["gram"] = np.stack([x[1] for x in h]) if h else np.zeros((0, n_layers, t, t))
-        if config.get("units"):
-            n_units = max(max(layout.layer_units, default=0), 1)
-            units = [x[2] for x in h]
-            out["unit_gram"] = (
-                np.stack(units) if h else np.zeros((0, n_layers, n_units, t, t))  # type: ignore[arg-type]
-            )
-        if config.get("store") == "full":
-            n = sum(int(p.numel()) for p in layout.params)
-            fulls = [x[3] for x in h]
-            out["grad"] = np.stack(fulls) if h else np.zeros((0, t, n))  # type: ignore[arg-type]
-        return out
+        n_units = max(max(layout.layer_units, default=0), 1)
+        n_params = sum(int(p.numel()) for p in layout.params)
+        empty = {
+            STEP: np.zeros(0, dtype=np.int64),
+            "loss": np.zeros((0, t)),
+            "gram": np.zeros((0, n_layers, t, t)),
+            "unit_gram": np.zeros((0, n_layers, n_units, t, t)),
+            "grad": np.zeros((0, t, n_params)),
+        }
+        names = [STEP, "loss", "gram"]
+        names += ["unit_gram"] if config.get("units") else []
+        names += ["grad"] if config.get("store") == "full" else []
+        return {
+            k: np.concatenate([b[k] for b in self._blocks]) if self._blocks else empty[k]
+            for k in names
+        }
 
     def to_dataset(
         self,
