@@ -244,14 +244,18 @@ def test_models_are_what_they_claim() -> None:
     assert t["S"] == pytest.approx(-1.9) and t["margin"] == pytest.approx(-0.1)
 
 
+#: name -> (model, p-value, smallest n at which the rate must lie in [0.03, 0.07]; None: only
+#: <= 0.07). The margin's regular point has shifts of 0.17-0.20, within ~1.5 standard errors of
+#: the kink below n ~ 100, where the intersection-union test is conservative by design; at kinks
+#: and for the exact (discrete) signaling tests only the upper bound applies.
 NULLS = {
-    "S=2 regular": (s_null, "p_value", "band"),
-    "margin=0 regular": (margin_null, "cbd_p_value", "band"),
-    "margin=0, shift A1 = 0": (lambda: margin_null((0,)), "cbd_p_value", "upper"),
-    "margin=0, three shifts 0": (lambda: margin_null((0, 2, 3)), "cbd_p_value", "upper"),
-    "margin=0, placements tied": (margin_tie, "cbd_p_value", "upper"),
-    "no signaling, no flips": (lhv_null, "signaling_p_value", "upper"),
-    "no signaling, flips": (flip_null, "signaling_p_value", "upper"),
+    "S=2 regular": (s_null, "p_value", 20),
+    "margin=0 regular": (margin_null, "cbd_p_value", 200),
+    "margin=0, shift A1 = 0": (lambda: margin_null((0,)), "cbd_p_value", None),
+    "margin=0, three shifts 0": (lambda: margin_null((0, 2, 3)), "cbd_p_value", None),
+    "margin=0, placements tied": (margin_tie, "cbd_p_value", None),
+    "no signaling, no flips": (lhv_null, "signaling_p_value", None),
+    "no signaling, flips": (flip_null, "signaling_p_value", None),
 }
 NON_NULLS = {
     "degenerate width-1, 95 %": (lambda: degenerate(WIDTH1), (10,)),
@@ -262,10 +266,10 @@ NON_NULLS = {
 
 
 def _check_fpr(name: str, n: int, reps: int, lo: float, hi: float) -> float:
-    make, var, kind = NULLS[name]
+    make, var, band_from = NULLS[name]
     est = run(make(), n, reps, seed=n)
     fpr = float((est[var] <= ALPHA).mean())
-    if kind == "band":
+    if band_from is not None and n >= band_from:
         assert lo <= fpr <= hi, (name, n, fpr)
     else:
         assert fpr <= hi, (name, n, fpr)
@@ -282,7 +286,7 @@ def _check_coverage(name: str, n: int, reps: int, floor: float) -> dict[str, flo
 
 @pytest.mark.parametrize("name", list(NULLS))
 def test_false_positive_rate_fast(name: str) -> None:
-    _check_fpr(name, 50, 100, 0.0, 0.14)
+    _check_fpr(name, 200, 100, 0.005, 0.14)
 
 
 @pytest.mark.parametrize(("name", "n"), [(k, n) for k, v in NON_NULLS.items() for n in v[1]])
