@@ -1,11 +1,18 @@
-"""Exact and Student-t bounds for means of bounded integer per-seed values, vectorised.
+"""Bounds and tests for means of bounded integer per-seed values, exact where degenerate.
 
 Every quantity of :mod:`gradcomp.chsh` is a mean over seeds of a per-seed value ``y`` that is an
 integer combination of ±1 outcomes and lies in a known range ``[lo, hi]``. Callers pass exact
-integer sums ``Σy`` and ``Σy²`` (exact in float64), so that "the sample variance is zero" and
-"the mean equals the null value" are decided without round-off.
+integer power sums ``Σy, Σy², Σy³`` (exact in float64), so that "the sample variance is zero"
+and "the mean equals the null value" are decided without round-off.
 
-* Positive sample variance: Student t on the mean, ``ȳ ± t_{n−1, 1−γ} s / √n``.
+* Positive sample variance: Student t after Hall's skewness-removing transformation (Hall 1992,
+  JRSS B 54, 221): with ``θ = (ȳ − μ)/s`` and ``γ = m₃/s³``,
+
+      T(μ) = √n [((1 + γθ/3)³ − 1)/γ + γ/(6n)]  ~  t_{n−1},
+
+  monotone in ``μ`` and inverted in closed form (``γ = 0`` gives the plain t). Outcomes of
+  nearly-solved tasks are strongly skewed (most seeds at the bound of the range), where the plain
+  t interval misses on one side (e.g. 10 % instead of 2.5 % at n = 20).
 * Zero sample variance (every seed has the same value ``v``): the exact worst-case bound over
   all distributions on ``[lo, hi]``. If ``P(y ≥ v) = q`` then ``μ ≥ q v + (1 − q) lo``, and seeing
   ``n`` values ``v`` has probability ``≤ q^n``; with the Clopper–Pearson bound ``q ≥ γ^{1/n}``
@@ -23,56 +30,72 @@ from scipy import stats
 __all__ = ["clopper_pearson", "mcnemar_exact", "mean_bound", "mean_pvalue"]
 
 
-def _moments(total, sumsq, n):
+def _moments(s1, s2, s3, n):
+    """Mean, exact ``n(n−1)s²``, standard deviation ``s`` and skewness ``γ = m₃/s³``."""
     n = np.asarray(n, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
-        mean = total / n
-        ss = n * sumsq - total * total  # exact integer: n (n − 1) s²
-        se = np.sqrt(np.maximum(ss, 0.0) / (n * n * (n - 1)))
-    return n, mean, ss, se
+        mean = s1 / n
+        ss = n * s2 - s1 * s1  # exact integer
+        sd = np.sqrt(np.maximum(ss, 0.0) / (n * (n - 1)))
+        m3 = s3 / n - 3 * mean * s2 / n + 2 * mean**3
+        gamma = np.where(ss > 0, m3 / np.where(ss > 0, sd, 1.0) ** 3, 0.0)
+    return n, mean, ss, sd, gamma
 
 
-def mean_bound(total, sumsq, n, gamma: float, lo, hi, side: str) -> np.ndarray:
-    """One-sided ``1 − gamma`` confidence bound of the mean of ``y ∈ [lo, hi]``.
+def _theta(q, gamma, n):
+    """Solve ``((1 + γθ/3)³ − 1)/γ + γ/(6n) = q/√n`` for ``θ`` (Hall's transformation)."""
+    r = q / np.sqrt(n) - gamma / (6 * n)
+    small = np.abs(gamma) < 1e-12
+    g = np.where(small, 1.0, gamma)
+    return np.where(small, r, 3 / g * (np.cbrt(1 + g * r) - 1))
+
+
+def mean_bound(s1, s2, s3, n, error: float, lo, hi, side: str) -> np.ndarray:
+    """One-sided ``1 − error`` confidence bound of the mean of ``y ∈ [lo, hi]``.
 
     Args:
-        total, sumsq: exact ``Σy`` and ``Σy²`` (arrays broadcasting together).
+        s1, s2, s3: exact ``Σy``, ``Σy²``, ``Σy³`` (arrays broadcasting together).
         n: number of seeds (NaN out where ``n < 2``).
-        gamma: error probability of the one-sided bound.
+        error: error probability of the one-sided bound.
         lo, hi: range of a single ``y``.
         side: ``"lower"`` or ``"upper"``.
 
     Returns:
-        The bound, clipped to ``[lo, hi]``: Student t where the sample variance is positive,
-        the exact worst-case bound where it is zero.
+        The bound, clipped to ``[lo, hi]``: skewness-corrected t where the sample variance is
+        positive, the exact worst-case bound where it is zero.
     """
-    n, mean, ss, se = _moments(total, sumsq, n)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = stats.t.ppf(1 - gamma, np.maximum(n - 1, 1))
-        shrink = 1 - gamma ** (1 / n)
-    if side == "lower":
-        exact = mean - (mean - lo) * shrink
-        out = np.where(ss > 0, mean - t * se, exact)
-    elif side == "upper":
-        exact = mean + (hi - mean) * shrink
-        out = np.where(ss > 0, mean + t * se, exact)
-    else:
+    if side not in ("lower", "upper"):
         raise ValueError(f"side must be 'lower' or 'upper', got {side!r}")
+    n, mean, ss, sd, gamma = _moments(s1, s2, s3, n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = stats.t.ppf(1 - error, np.maximum(n - 1, 1))
+        shrink = 1 - error ** (1 / n)
+        if side == "lower":
+            t_bound = mean - sd * _theta(q, gamma, n)
+            exact = mean - (mean - lo) * shrink
+        else:
+            t_bound = mean - sd * _theta(-q, gamma, n)
+            exact = mean + (hi - mean) * shrink
+    out = np.where(ss > 0, t_bound, exact)
     return np.where(n >= 2, np.clip(out, lo, hi), np.nan)
 
 
-def mean_pvalue(total, sumsq, n, null, lo) -> np.ndarray:
+def mean_pvalue(s1, s2, s3, n, null, lo) -> np.ndarray:
     """One-sided p-value of H0: ``mean ≤ null`` against H1: ``mean > null`` for ``y ≥ lo``.
 
-    Student t where the sample variance is positive (``p = 0.5`` when ``ȳ = null`` exactly);
-    with zero variance at value ``v``: 1 if ``v ≤ null``, else ``((null − lo)/(v − lo))^n``.
-    ``null`` must be an integer so that ``Σy − n·null`` is exact. NaN where ``n < 2``.
+    The dual of :func:`mean_bound` (``p ≤ e`` iff the lower bound at error ``e`` exceeds
+    ``null``): skewness-corrected t where the sample variance is positive; with zero variance at
+    value ``v``: 1 if ``v ≤ null``, else ``((null − lo)/(v − lo))^n``. ``null`` must be an
+    integer so that ``Σy − n·null`` is exact. NaN where ``n < 2``.
     """
-    n, mean, ss, se = _moments(total, sumsq, n)
-    excess = total - n * null  # exact integer
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.where(excess == 0, 0.0, (excess / n) / se)
-        p_t = stats.t.sf(z, np.maximum(n - 1, 1))
+    n, mean, ss, sd, gamma = _moments(s1, s2, s3, n)
+    excess = s1 - n * null  # exact integer
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        theta = np.where(excess == 0, 0.0, (excess / n) / sd)
+        g = np.where(np.abs(gamma) < 1e-12, 1.0, gamma)
+        cubic = np.where(np.abs(gamma) < 1e-12, theta, ((1 + g * theta / 3) ** 3 - 1) / g)
+        t_stat = np.sqrt(n) * (cubic + gamma / (6 * n))
+        p_t = stats.t.sf(t_stat, np.maximum(n - 1, 1))
         ratio = np.where(excess > 0, (null - lo) / np.where(excess > 0, mean - lo, 1.0), 1.0)
         p_exact = ratio**n
     return np.where(n >= 2, np.where(ss > 0, p_t, p_exact), np.nan)

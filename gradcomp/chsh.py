@@ -192,32 +192,32 @@ def features(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.concatenate([x, d], axis=-1)
 
 
-def _all_configs() -> np.ndarray:
-    """Features of all 256 outcome configurations of one seed (for exact per-seed ranges)."""
-    bits = np.array(list(itertools.product((-1.0, 1.0), repeat=8)))
-    return features(bits[:, :4].reshape(-1, 2, 2), bits[:, 4:].reshape(-1, 2, 2))
-
-
-_CONFIGS = _all_configs()
+#: the 256 outcome configurations of one seed (a11, a12, a21, a22, b11, b12, b21, b22)
+_OUTCOMES = np.array(list(itertools.product((-1.0, 1.0), repeat=8)))
+#: their features (products and per-seed shifts)
+_CONFIGS = features(_OUTCOMES[:, :4].reshape(-1, 2, 2), _OUTCOMES[:, 4:].reshape(-1, 2, 2))
+#: does Alice's / Bob's / either outcome flip with the remote setting (per configuration)
+_A_FLIP = (_CONFIGS[:, 4:6] != 0).any(1)
+_B_FLIP = (_CONFIGS[:, 6:] != 0).any(1)
+_FLIPS = np.stack([_A_FLIP, _B_FLIP, _A_FLIP | _B_FLIP], axis=1).astype(float)
 
 
 class _Forms:
-    """Linear forms ``y = z·w + c`` of the per-seed features, with exact sums over seeds."""
+    """Linear forms ``y = z·w + c`` of the per-seed features, summed exactly over seeds.
 
-    def __init__(self, m1: np.ndarray, m2: np.ndarray, n: np.ndarray) -> None:
-        self.m1, self.m2, self.n = m1, m2, n  # (E, 8), (E, 8, 8), (E,)
+    A seed's eight outcomes take one of 256 configurations, so every sum over seeds is a
+    product of the per-cell configuration counts (E, 256) with the form's value per
+    configuration: exact integers, and the per-seed range of ``y`` comes for free.
+    """
 
-    def sums(self, w: np.ndarray, c: float | np.ndarray = 0.0):
-        """``Σy``, ``Σy²`` (E, K) and the per-seed range ``lo, hi`` (K,) of forms ``w`` (K, 8)."""
-        w = np.atleast_2d(w)
-        c = np.broadcast_to(np.asarray(c, dtype=float), (w.shape[0],))
-        lin = self.m1 @ w.T  # (E, K)
-        quad = np.einsum("ki,eij,kj->ek", w, self.m2, w)
-        n = self.n[:, None]
-        total = lin + c * n
-        sumsq = quad + 2 * c * lin + c * c * n
-        values = _CONFIGS @ w.T + c
-        return total, sumsq, values.min(0), values.max(0)
+    def __init__(self, counts: np.ndarray, n: np.ndarray) -> None:
+        self.counts, self.n = counts, n  # (E, 256), (E,)
+
+    def sums(self, w: np.ndarray, c: float = 0.0) -> tuple[np.ndarray, ...]:
+        """``Σy, Σy², Σy³`` (E, K) and the range ``lo, hi`` (K,) of the forms ``w`` (K, 8)."""
+        values = _CONFIGS @ np.atleast_2d(w).T + c  # (256, K)
+        s1, s2, s3 = (self.counts @ values**k for k in (1, 2, 3))
+        return s1, s2, s3, values.min(0), values.max(0)
 
 
 def _shift_intervals(n10, n01, n, error: float) -> tuple[np.ndarray, np.ndarray]:
@@ -239,12 +239,11 @@ def _delta_bounds(d_lo: np.ndarray, d_hi: np.ndarray) -> tuple[np.ndarray, np.nd
 def _margin(forms: _Forms, alpha: float, n10, n01) -> dict[str, np.ndarray]:
     """CbD margin: p-value, lower bound (IUT over σ, moment selection over k) and upper bound."""
     beta = alpha / 20
+    n = forms.n[:, None]
     # pre-test: drop placement k if some j has L_j > L_k significantly (Bonferroni over the 7 j)
     diff = (PLACEMENTS[:, None, :] - PLACEMENTS[None, :, :]).reshape(64, 4)
-    tot, ssq, lo, _ = forms.sums(np.pad(diff, ((0, 0), (0, 4))))
-    with np.errstate(invalid="ignore"):
-        p_dom = mean_pvalue(tot, ssq, forms.n[:, None], 0, np.where(lo < 0, lo, -1.0))
-    p_dom = p_dom.reshape(-1, 8, 8)  # (E, j, k): H1 L_j > L_k
+    s1, s2, s3, lo, _ = forms.sums(np.pad(diff, ((0, 0), (0, 4))))
+    p_dom = mean_pvalue(s1, s2, s3, n, 0, np.minimum(lo, -1.0)).reshape(-1, 8, 8)  # (E, j, k)
     p_dom[:, np.arange(8), np.arange(8)] = 1.0
     keep = (p_dom.min(1) >= beta / 7) | (forms.n < 2)[:, None]  # (E, k)
     n_keep = keep.sum(-1, keepdims=True)  # ≥ 1: the estimated maximum is never dominated
@@ -252,29 +251,22 @@ def _margin(forms: _Forms, alpha: float, n10, n01) -> dict[str, np.ndarray]:
     w = np.concatenate(
         [np.repeat(PLACEMENTS, 16, axis=0), -np.tile(SIGMAS, (8, 1))], axis=1
     )  # (128, 8): ℓ_kσ = L_k − σ·d − 2
-    tot, ssq, lo, hi = forms.sums(w, -2.0)
-    n = forms.n[:, None]
-    p_k = mean_pvalue(tot, ssq, n, 0, lo).reshape(-1, 8, 16).max(-1)
+    s1, s2, s3, lo, hi = forms.sums(w, -2.0)
+    p_k = mean_pvalue(s1, s2, s3, n, 0, lo).reshape(-1, 8, 16).max(-1)
     p = np.where(keep, p_k, np.inf).min(-1) * n_keep[:, 0] + beta
-    gamma = (alpha / 2 - beta) / n_keep  # (E, 1)
-    lcb = _lower_at(tot, ssq, n, gamma, lo, hi)
+    error = (alpha / 2 - beta) / n_keep  # (E, 1)
+    lcb = np.full(s1.shape, np.nan)
+    for e in np.unique(error):  # at most eight distinct levels
+        rows = error[:, 0] == e
+        lcb[rows] = mean_bound(s1[rows], s2[rows], s3[rows], n[rows], float(e), lo, hi, "lower")
     m_lo = np.where(keep, lcb.reshape(-1, 8, 16).min(-1), -np.inf).max(-1)
 
     # upper bound: max_k UCB(L_k) at alpha/4 minus the lower bound of Δ at alpha/4
-    tot, ssq, lo, hi = forms.sums(np.pad(PLACEMENTS, ((0, 0), (0, 4))))
-    ucb = mean_bound(tot, ssq, n, alpha / 4, lo, hi, "upper").max(-1)
+    s1, s2, s3, lo, hi = forms.sums(np.pad(PLACEMENTS, ((0, 0), (0, 4))))
+    ucb = mean_bound(s1, s2, s3, n, alpha / 4, lo, hi, "upper").max(-1)
     d_lo, d_hi = _shift_intervals(n10, n01, forms.n, alpha / 4)
     m_hi = ucb - 2 - _delta_bounds(d_lo, d_hi)[0]
     return {"cbd_p_value": np.minimum(p, 1.0), "cbd_margin_lo": m_lo, "cbd_margin_hi": m_hi}
-
-
-def _lower_at(tot, ssq, n, gamma, lo, hi) -> np.ndarray:
-    """Lower bounds with a per-cell error ``gamma`` (E, 1) (a few distinct values)."""
-    out = np.full(tot.shape, np.nan)
-    for g in np.unique(gamma):
-        rows = gamma[:, 0] == g
-        out[rows] = mean_bound(tot[rows], ssq[rows], n[rows], float(g), lo, hi, "lower")
-    return out
 
 
 def estimate(
@@ -328,10 +320,11 @@ def estimate(
     extra = list(da_a.dims[3:])
     ext_shape = da_a.shape[3:]
     n_all = da_a.sizes[SEED]
-    # (E, seed, 2, 2): cells first
-    A = np.moveaxis(da_a.values.reshape(n_all, 2, 2, -1), -1, 0)
-    B = np.moveaxis(da_b.values.reshape(n_all, 2, 2, -1), -1, 0)
-    used = ~(np.isnan(A) | np.isnan(B)).any((-2, -1))  # (E, seed)
+    # (E, seed, 8) outcomes a11, a12, a21, a22, b11, b12, b21, b22: cells first
+    out = np.concatenate(
+        [np.moveaxis(da.values.reshape(n_all, 4, -1), -1, 0) for da in (da_a, da_b)], axis=-1
+    )
+    used = ~np.isnan(out).any(-1)  # (E, seed)
     n = used.sum(-1).astype(float)
     if not (n >= 2).any():
         raise ValueError(
@@ -339,27 +332,29 @@ def estimate(
             "diverged run): nothing to estimate"
         )
     valid = n >= 2
-    A, B = np.where(used[..., None, None], A, 0.0), np.where(used[..., None, None], B, 0.0)
-    z = features(A, B)  # (E, seed, 8), zero for dropped seeds
-    forms = _Forms(z.sum(1), np.einsum("esi,esj->eij", z, z), n)
+    # configuration index of each seed (the order of _CONFIGS), 256 for a dropped seed
+    code = np.where(used, (np.nan_to_num(out) > 0).astype(np.int64) @ (1 << np.arange(7, -1, -1)), 256)
+    cells = code.shape[0]
+    counts = np.bincount((code + 257 * np.arange(cells)[:, None]).ravel(), minlength=257 * cells)
+    forms = _Forms(counts.reshape(cells, 257)[:, :256].astype(float), n)
 
     with np.errstate(divide="ignore", invalid="ignore"):
         nan_if = np.where(valid, 1.0, np.nan)
-        xsum = forms.m1[:, :4]
+        feat = forms.counts @ _CONFIGS  # (E, 8) exact sums of the features
+        xsum, dsum = feat[:, :4], feat[:, 4:]
+        dsq = forms.counts @ _CONFIGS[:, 4:] ** 2
         C = xsum / n[:, None] * nan_if[:, None]
         c_lo, c_hi = clopper_pearson((xsum + n[:, None]) / 2, n[:, None], confidence)
-        tot, ssq, lo, hi = forms.sums(np.pad(S_SIGNS, (0, 4))[None])
-        tot, ssq = tot[:, 0], ssq[:, 0]
-        S = tot / n * nan_if
-        S_se = np.sqrt(np.maximum(n * ssq - tot * tot, 0) / (n * n * (n - 1))) * nan_if
-        S_lo = mean_bound(tot, ssq, n, alpha / 2, lo[0], hi[0], "lower")
-        S_hi = mean_bound(tot, ssq, n, alpha / 2, lo[0], hi[0], "upper")
-        p_value = mean_pvalue(tot, ssq, n, 2, lo[0])
-        degenerate = valid & (n * ssq - tot * tot == 0)
+        s1, s2, s3, lo, hi = (v[..., 0] for v in forms.sums(np.pad(S_SIGNS, (0, 4))[None]))
+        S = s1 / n * nan_if
+        S_se = np.sqrt(np.maximum(n * s2 - s1 * s1, 0) / (n * n * (n - 1))) * nan_if
+        S_lo = mean_bound(s1, s2, s3, n, alpha / 2, lo, hi, "lower")
+        S_hi = mean_bound(s1, s2, s3, n, alpha / 2, lo, hi, "upper")
+        p_value = mean_pvalue(s1, s2, s3, n, 2, lo)
+        degenerate = valid & (n * s2 - s1 * s1 == 0)
         trivial = valid & (np.abs(xsum) == n[:, None]).all(-1)
         s_odd = np.abs(xsum @ PLACEMENTS.T).max(-1) / n * nan_if
 
-        dsum, dsq = forms.m1[:, 4:], np.einsum("eii->ei", forms.m2)[:, 4:]
         n10, n01 = (dsum / 2 + dsq / 4) / 2, (dsq / 4 - dsum / 2) / 2
         shift = dsum / n[:, None] * nan_if[:, None]
         delta = np.abs(shift).sum(-1)
@@ -368,13 +363,10 @@ def estimate(
         d_lo, d_hi = _delta_bounds(*_shift_intervals(n10, n01, n, alpha))
         margin = _margin(forms, alpha, n10, n01)
 
-        mean_a = (A.sum(1) / n[:, None, None]) * nan_if[:, None, None]
-        mean_b = (B.sum(1) / n[:, None, None]) * nan_if[:, None, None]
+        marg = forms.counts @ _OUTCOMES / n[:, None] * nan_if[:, None]  # (E, 8)
+        mean_a, mean_b = marg[:, :4], marg[:, 4:]
         if paired:
-            a_flip = (A[..., 0] != A[..., 1]).any(-1)  # (E, seed); dropped seeds are all 0
-            b_flip = (B[..., 0, :] != B[..., 1, :]).any(-1)
-            fa, fb = a_flip.sum(-1) / n * nan_if, b_flip.sum(-1) / n * nan_if
-            fr = (a_flip | b_flip).sum(-1) / n * nan_if
+            fa, fb, fr = (forms.counts @ _FLIPS / n[:, None] * nan_if[:, None]).T
         else:
             fa = fb = fr = np.full(n.shape, np.nan)
 
@@ -403,8 +395,8 @@ def estimate(
             "S_trivial": scalar(trivial),
             "s_odd": scalar(s_odd),
             "p_value": scalar(p_value),
-            "alice_mean": pair(mean_a.reshape(-1, 4)),
-            "bob_mean": pair(mean_b.reshape(-1, 4)),
+            "alice_mean": pair(mean_a),
+            "bob_mean": pair(mean_b),
             "shift": per_shift(shift),
             "shift_p_value": per_shift(shift_p),
             "signaling_p_value": scalar(signaling_p),

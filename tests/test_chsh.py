@@ -9,7 +9,7 @@ import pytest
 import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy import stats
+from scipy import optimize, stats
 
 from gradcomp.chsh import bootstrap_means, estimate
 
@@ -88,13 +88,31 @@ def test_fair_coins_interval_covers_zero_at_the_stated_rate() -> None:
     assert float(est.S_se.mean()) == pytest.approx(2 / np.sqrt(n), rel=0.05)
 
 
+def _hall(y: np.ndarray, mu: float) -> float:
+    """Hall's (1992) skewness-corrected t statistic, written out term by term."""
+    n, m, s = len(y), y.mean(), y.std(ddof=1)
+    g = np.mean((y - m) ** 3) / s**3
+    th = (m - mu) / s
+    return np.sqrt(n) * (th + g * th**2 / 3 + g**2 * th**3 / 27 + g / (6 * n))
+
+
+def _hall_p(y: np.ndarray, null: float) -> float:
+    return float(stats.t.sf(_hall(y, null), len(y) - 1))
+
+
+def _hall_bound(y: np.ndarray, error: float, side: str, rng=(-4.0, 4.0)) -> float:
+    """Root of T(mu) = ±t quantile by bracketing (the transformation is monotone)."""
+    q = stats.t.ppf(1 - error, len(y) - 1) * (1 if side == "lower" else -1)
+    root = optimize.brentq(lambda mu: _hall(y, mu) - q, -50, 50, xtol=1e-14)
+    return float(np.clip(root, *rng))
+
+
 def _reference(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> dict:
-    """Obviously-correct per-cell loop: scipy's t-test, binomtest and explicit sign placements."""
+    """Obviously-correct per-cell loop: Hall's t by root-finding, binomtest, explicit placements."""
     alpha = 1 - confidence
     x = np.array([[a[:, i, j] * b[:, i, j] for j in range(2)] for i in range(2)])  # (2, 2, n)
     C = x.mean(-1)
     s_seed = x[0, 0] + x[0, 1] + x[1, 0] - x[1, 1]
-    ci = stats.ttest_1samp(s_seed, 2.0, alternative="greater")
     d = np.array(
         [a[:, 0, 0] - a[:, 0, 1], a[:, 1, 0] - a[:, 1, 1], b[:, 0, 0] - b[:, 1, 0], b[:, 0, 1] - b[:, 1, 1]]
     )
@@ -114,7 +132,7 @@ def _reference(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> dict:
     keep = []
     for k in placements:
         p_dom = [
-            stats.ttest_1samp(lvals[j] - lvals[k], 0, alternative="greater").pvalue
+            _hall_p(lvals[j] - lvals[k], 0)
             for j in placements
             if j != k
         ]
@@ -122,21 +140,44 @@ def _reference(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> dict:
             keep.append(k)
     p_k = [
         max(
-            stats.ttest_1samp(lvals[k] - 2 - np.dot(sig, d), 0, alternative="greater").pvalue
+            _hall_p(lvals[k] - 2 - np.dot(sig, d), 0)
             for sig in itertools.product((1, -1), repeat=4)
         )
         for k in keep
     ]
-    tq = stats.t.ppf(1 - alpha / 2, len(s_seed) - 1)
-    se = s_seed.std(ddof=1) / np.sqrt(len(s_seed))
+    def delta_bounds(error: float) -> tuple[float, float]:
+        low = high = 0.0
+        for dt in d:
+            n = len(dt)
+            ci10 = stats.binomtest(int((dt > 0).sum()), n).proportion_ci(1 - error / 8, "exact")
+            ci01 = stats.binomtest(int((dt < 0).sum()), n).proportion_ci(1 - error / 8, "exact")
+            lo, hi = 2 * (ci10.low - ci01.high), 2 * (ci10.high - ci01.low)
+            low += lo if lo > 0 else (-hi if hi < 0 else 0.0)
+            high += max(abs(lo), abs(hi))
+        return low, high
+
+    err_k = (alpha / 2 - beta) / len(keep)
+    margin_lo = max(
+        min(
+            _hall_bound(lvals[k] - 2 - np.dot(sig, d), err_k, "lower", (-14, 10))
+            for sig in itertools.product((1, -1), repeat=4)
+        )
+        for k in keep
+    )
+    margin_hi = max(_hall_bound(lvals[k], alpha / 4, "upper") for k in placements)
+    margin_hi -= 2 + delta_bounds(alpha / 4)[0]
     return {
+        "delta_lo": delta_bounds(alpha)[0],
+        "delta_hi": delta_bounds(alpha)[1],
+        "cbd_margin_lo": margin_lo,
+        "cbd_margin_hi": margin_hi,
         "C": C,
         "C_lo": 2 * np.array([c.low for c in c_ci]).reshape(2, 2) - 1,
         "C_hi": 2 * np.array([c.high for c in c_ci]).reshape(2, 2) - 1,
         "S": s_seed.mean(),
-        "S_lo": s_seed.mean() - tq * se,
-        "S_hi": s_seed.mean() + tq * se,
-        "p_value": ci.pvalue,
+        "S_lo": _hall_bound(s_seed, alpha / 2, "lower"),
+        "S_hi": _hall_bound(s_seed, alpha / 2, "upper"),
+        "p_value": _hall_p(s_seed, 2.0),
         "s_odd": max(odd.values()),
         "shift": d.mean(1),
         "delta": np.abs(d.mean(1)).sum(),
