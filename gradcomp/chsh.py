@@ -1,4 +1,4 @@
-"""CHSH statistics of ±1 outcomes: S, the signaling measure Δ and the CbD margin, with valid intervals.
+"""CHSH statistics of ±1 outcomes: S, signaling Δ and the CbD margin, with valid intervals.
 
 Outcomes ``a`` (Alice's head) and ``b`` (Bob's head) have dimensions ``(seed, alice, bob, ...)``;
 settings are 1 and 2. For setting pair (i, j), ``C_ij = ⟨a b⟩`` over seeds, and
@@ -7,7 +7,7 @@ settings are 1 and 2. For setting pair (i, j), ``C_ij = ⟨a b⟩`` over seeds, 
 
 The four marginal shifts (signaling: a head's marginal depends on the remote setting) are
 
-    d = (⟨A1⟩_{B1} − ⟨A1⟩_{B2}, ⟨A2⟩_{B1} − ⟨A2⟩_{B2}, ⟨B1⟩_{A1} − ⟨B1⟩_{A2}, ⟨B2⟩_{A1} − ⟨B2⟩_{A2}),
+    d = (⟨A1⟩_B1 − ⟨A1⟩_B2, ⟨A2⟩_B1 − ⟨A2⟩_B2, ⟨B1⟩_A1 − ⟨B1⟩_A2, ⟨B2⟩_A1 − ⟨B2⟩_A2),
     Δ = Σ_t |d_t|,   s_odd = max_k |ΣC − 2 C_k|   (the eight sums with an odd number of minus signs)
 
 and the Contextuality-by-Default criterion for the rank-4 cyclic system (Kujala, Dzhafarov,
@@ -18,9 +18,12 @@ Inference (seeds are the independent unit; with common random numbers a seed's f
 observation). Every statistic is a mean over seeds of an integer per-seed value ``y`` of known
 range, summed exactly (:mod:`gradcomp._exact`):
 
-* ``S`` interval and ``p_value`` (H1: S > 2): Student t on the per-seed S. Where the per-seed S has
-  zero variance the exact worst-case bound over distributions on [−4, 4] is used instead
-  (``S_degenerate``); ``S_trivial`` marks cells where every |C| = 1, so S is fixed by construction.
+* ``S`` interval and ``p_value`` (H1: S > 2): Student t on the per-seed S after Hall's (1992)
+  skewness correction (nearly-solved cells are strongly skewed). Where the per-seed S has zero
+  variance the exact worst-case bound over distributions on [−4, 4] is used instead
+  (``S_degenerate``); ``S_trivial`` marks cells where every |C| = 1, so S is fixed by
+  construction (all solved, or none) and says nothing about the heads. S = 2 and the sign of
+  S − 2 are decided on exact integer sums, so round-off never yields p = 0.
 * ``C_lo, C_hi``: Clopper–Pearson on the share ``p`` of seeds with ``ab = +1`` (``C = 2p − 1``).
 * Shifts: under common random numbers ``d_t = 2 (p10 − p01)`` over discordant seeds.
   ``shift_p_value``: exact McNemar test (binomial test of ``n10`` of ``n10 + n01`` at 1/2);
@@ -30,7 +33,7 @@ range, summed exactly (:mod:`gradcomp._exact`):
   Valid where shifts are exactly 0, where a bootstrap of Σ|d̂_t| is not.
 * Margin: ``Δ = max_σ σ·d`` over σ ∈ {±1}⁴, so ``margin = max_k min_σ ℓ_kσ`` with
   ``ℓ_kσ = L_k(C) − 2 − σ·d``, each a mean of a per-seed integer combination. The test of
-  H1: margin > 0 is an intersection–union test over σ (``p_k = max_σ p_kσ``, t or exact) and a
+  H1: margin > 0 is an intersection–union test over σ (``p_k = max_σ p_kσ``, as for S) and a
   union over the placements k, Bonferroni over the k not dominated in a pre-test at level β
   (two-step moment selection, Romano, Shaikh, Wolf 2014, Econometrica 82, 1979):
   ``cbd_p_value = β + |K̂| min_{k∈K̂} p_k`` with β = (1 − confidence)/20. ``cbd_margin_lo`` is the
@@ -296,8 +299,9 @@ def estimate(
 
     Returns:
         Dataset with ``C``, ``C_lo``, ``C_hi``, ``alice_mean``, ``bob_mean`` (dims ``alice, bob,
-        ...``); ``shift``, ``shift_p_value`` (dims ``marginal, ...``, labelled by :data:`SHIFTS`); and ``S``, ``S_se``, ``S_lo``,
-        ``S_hi``, ``S_degenerate``, ``S_trivial``, ``s_odd``, ``p_value`` (one-sided, H1: S > 2),
+        ...``); ``shift``, ``shift_p_value`` (dims ``marginal, ...``, labelled by
+        :data:`SHIFTS`); and ``S``, ``S_se``, ``S_lo``, ``S_hi``, ``S_degenerate``,
+        ``S_trivial``, ``s_odd``, ``p_value`` (one-sided, H1: S > 2),
         ``delta``, ``delta_lo``, ``delta_hi``, ``signaling_p_value``, ``cbd_margin``,
         ``cbd_margin_lo``, ``cbd_margin_hi``, ``cbd_p_value`` (one-sided, H1: margin > 0),
         ``remote_flip_fraction``, ``alice_flip_fraction``, ``bob_flip_fraction``, ``n_seeds``,
@@ -333,7 +337,9 @@ def estimate(
         )
     valid = n >= 2
     # configuration index of each seed (the order of _CONFIGS), 256 for a dropped seed
-    code = np.where(used, (np.nan_to_num(out) > 0).astype(np.int64) @ (1 << np.arange(7, -1, -1)), 256)
+    code = np.where(
+        used, (np.nan_to_num(out) > 0).astype(np.int64) @ (1 << np.arange(7, -1, -1)), 256
+    )
     cells = code.shape[0]
     counts = np.bincount((code + 257 * np.arange(cells)[:, None]).ravel(), minlength=257 * cells)
     forms = _Forms(counts.reshape(cells, 257)[:, :256].astype(float), n)
@@ -419,8 +425,9 @@ def estimate(
     ds.attrs.update(
         {
             "confidence": float(confidence),
-            "interval": "S: Student t on the per-seed S, exact worst-case bound on [-4, 4] where "
-            "it has zero variance (S_degenerate); C: Clopper-Pearson; delta: projection of "
+            "interval": "S: Student t on the per-seed S with Hall's skewness correction, exact "
+            "worst-case bound on [-4, 4] where it has zero variance (S_degenerate); "
+            "C: Clopper-Pearson; delta: projection of "
             "simultaneous exact shift intervals (Bonferroni over 8 Clopper-Pearson bounds)",
             "margin_method": "s_odd - (2 + delta) (Kujala, Dzhafarov, Larsson 2015); test and "
             "lower bound: intersection-union over sigma of t/exact bounds of L_k - 2 - sigma.d, "

@@ -114,12 +114,19 @@ def _reference(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> dict:
     C = x.mean(-1)
     s_seed = x[0, 0] + x[0, 1] + x[1, 0] - x[1, 1]
     d = np.array(
-        [a[:, 0, 0] - a[:, 0, 1], a[:, 1, 0] - a[:, 1, 1], b[:, 0, 0] - b[:, 1, 0], b[:, 0, 1] - b[:, 1, 1]]
+        [
+            a[:, 0, 0] - a[:, 0, 1],
+            a[:, 1, 0] - a[:, 1, 1],
+            b[:, 0, 0] - b[:, 1, 0],
+            b[:, 0, 1] - b[:, 1, 1],
+        ]
     )
     placements = [s for s in itertools.product((1, -1), repeat=4) if np.prod(s) < 0]
     odd = {s: float(np.dot(s, C.ravel())) for s in placements}
     shift_p = [
-        stats.binomtest(int((dt > 0).sum()), int((dt != 0).sum()), 0.5).pvalue if (dt != 0).any() else 1.0
+        stats.binomtest(int((dt > 0).sum()), int((dt != 0).sum()), 0.5).pvalue
+        if (dt != 0).any()
+        else 1.0
         for dt in d
     ]
     c_ci = [
@@ -131,11 +138,7 @@ def _reference(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> dict:
     lvals = {s: np.dot(s, x.reshape(4, -1)) for s in placements}
     keep = []
     for k in placements:
-        p_dom = [
-            _hall_p(lvals[j] - lvals[k], 0)
-            for j in placements
-            if j != k
-        ]
+        p_dom = [_hall_p(lvals[j] - lvals[k], 0) for j in placements if j != k]
         if min(p_dom) >= beta / 7:
             keep.append(k)
     p_k = [
@@ -145,6 +148,7 @@ def _reference(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> dict:
         )
         for k in keep
     ]
+
     def delta_bounds(error: float) -> tuple[float, float]:
         low = high = 0.0
         for dt in d:
@@ -289,7 +293,9 @@ def _from_correlators(C, n: int = 5) -> tuple[np.ndarray, np.ndarray]:
     return np.ones((n, 2, 2)), b
 
 
-@pytest.mark.parametrize("minus", [s for s in itertools.product((1, -1), repeat=4) if np.prod(s) < 0])
+@pytest.mark.parametrize(
+    "minus", [s for s in itertools.product((1, -1), repeat=4) if np.prod(s) < 0]
+)
 def test_s_odd_hand_cases_for_all_eight_sign_placements(minus) -> None:
     # C equal to a sign placement itself: that placement gives 4, so s_odd = 4
     a, b = _from_correlators(minus)

@@ -55,7 +55,9 @@ def truth(p: np.ndarray) -> dict[str, float | np.ndarray]:
     C = np.array([[p @ (A_[:, i, j] * B_[:, i, j]) for j in range(2)] for i in range(2)])
     ma = np.array([[p @ A_[:, i, j] for j in range(2)] for i in range(2)])
     mb = np.array([[p @ B_[:, i, j] for j in range(2)] for i in range(2)])
-    shifts = np.array([ma[0, 0] - ma[0, 1], ma[1, 0] - ma[1, 1], mb[0, 0] - mb[1, 0], mb[0, 1] - mb[1, 1]])
+    shifts = np.array(
+        [ma[0, 0] - ma[0, 1], ma[1, 0] - ma[1, 1], mb[0, 0] - mb[1, 0], mb[0, 1] - mb[1, 1]]
+    )
     c = C.ravel()
     odd = [
         sum(s * v for s, v in zip(signs, c, strict=True))
@@ -123,11 +125,11 @@ def margin_linear(p_ref: np.ndarray):
     """The margin as a linear functional, with the placement and σ of the reference population."""
     t = truth(p_ref)
     sigma = np.sign(t["shifts"])
-    signs = [
+    signs = next(
         s
         for s in itertools.product((1, -1), repeat=4)
         if np.prod(s) < 0 and np.isclose(np.dot(s, t["C"].ravel()), t["s_odd"])
-    ][0]
+    )
 
     def f(p):
         tp = truth(p)
@@ -204,6 +206,14 @@ def flip_null() -> np.ndarray:
     return latent([independent(pa1, pb1), independent(pa2, pb2)], [0.5, 0.5])
 
 
+def flip_delta() -> np.ndarray:
+    """Independent runs (many discordant seeds); only A1 shifts, by 0.2 (three shifts exactly 0):
+    the case where the bootstrap of Σ|d̂_t| is biased up and under-covers."""
+    pa1, pb1 = np.array([[0.7, 0.6], [0.4, 0.4]]), np.array([[0.6, 0.3], [0.6, 0.3]])
+    pa2, pb2 = np.array([[0.3, 0.2], [0.5, 0.5]]), np.array([[0.2, 0.8], [0.2, 0.8]])
+    return latent([independent(pa1, pb1), independent(pa2, pb2)], [0.5, 0.5])
+
+
 # --- the checks -------------------------------------------------------------------------------
 def run(p, n, reps, seed=0):
     a, b = sample(p, n, reps, np.random.default_rng(seed))
@@ -240,6 +250,7 @@ def test_models_are_what_they_claim() -> None:
     np.testing.assert_allclose(t["shifts"], [0.2, 0, 0, 0], atol=1e-12)
     assert truth(lhv_null())["delta"] == pytest.approx(0, abs=1e-12)
     assert truth(flip_null())["delta"] == pytest.approx(0, abs=1e-12)
+    np.testing.assert_allclose(truth(flip_delta())["shifts"], [0.2, 0, 0, 0], atol=1e-12)
     t = truth(degenerate(WIDTH1))
     assert t["S"] == pytest.approx(-1.9) and t["margin"] == pytest.approx(-0.1)
 
@@ -261,6 +272,7 @@ NON_NULLS = {
     "degenerate width-1, 95 %": (lambda: degenerate(WIDTH1), (10,)),
     "degenerate S=4 signaling, 95 %": (lambda: degenerate(SIG4), (10,)),
     "Δ = 0.2, three shifts 0": (lhv_delta, (20, 200)),
+    "Δ = 0.2, three shifts 0, runs flip": (flip_delta, (20, 200)),
     "margin > 0": (lambda: 0.6 * margin_null() + 0.4 * PR, (50,)),
 }
 
