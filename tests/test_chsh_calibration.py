@@ -260,7 +260,7 @@ def test_models_are_what_they_claim() -> None:
 #: the kink below n ~ 100, where the intersection-union test is conservative by design; at kinks
 #: and for the exact (discrete) signaling tests only the upper bound applies.
 NULLS = {
-    "S=2 regular": (s_null, "p_value", 20),
+    "S=2 regular": (s_null, "p_value", 50),
     "margin=0 regular": (margin_null, "cbd_p_value", 200),
     "margin=0, shift A1 = 0": (lambda: margin_null((0,)), "cbd_p_value", None),
     "margin=0, three shifts 0": (lambda: margin_null((0, 2, 3)), "cbd_p_value", None),
