@@ -16,7 +16,8 @@ Larsson, PRL 115, 150401, 2015) calls the system contextual iff ``s_odd > 2 + Δ
 
 Inference (seeds are the independent unit; with common random numbers a seed's four runs form one
 observation). Every statistic is a mean over seeds of an integer per-seed value ``y`` of known
-range, summed exactly (:mod:`gradcomp._exact`):
+range, summed exactly from per-cell configuration counts (:mod:`gradcomp._cbd`,
+:mod:`gradcomp._exact`):
 
 * ``S`` interval and ``p_value`` (H1: S > 2): Student t on the per-seed S after Hall's (1992)
   skewness correction (nearly-solved cells are strongly skewed). Where the per-seed S has zero
@@ -50,7 +51,6 @@ extra dims) if any of its eight outcomes there is NaN; ``n_seeds`` counts the se
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Hashable
 from typing import Any
 
@@ -58,6 +58,17 @@ import numpy as np
 import xarray as xr
 
 from gradcomp import _dims
+from gradcomp._cbd import (
+    CONFIGS,
+    FLIPS,
+    OUTCOMES,
+    PLACEMENTS,
+    S_SIGNS,
+    Forms,
+    delta_bounds,
+    shift_intervals,
+)
+from gradcomp._cbd import margin as cbd_margin
 from gradcomp._dims import ALICE, BOB, SEED, SETTINGS
 from gradcomp._exact import clopper_pearson, mcnemar_exact, mean_bound, mean_pvalue
 
@@ -67,13 +78,6 @@ __all__ = ["LABELS", "SHIFT", "SHIFTS", "bootstrap_means", "estimate"]
 #: dimension needs its own name)
 SHIFT = "marginal"
 SHIFTS = ["A1: B1−B2", "A2: B1−B2", "B1: A1−A2", "B2: A1−A2"]
-
-#: sign of each C_ij in S (pairs in the order 11, 12, 21, 22)
-S_SIGNS = np.array([1.0, 1.0, 1.0, -1.0])
-#: the eight odd sign placements L_k (one minus sign at k, then three minus signs: all but k)
-PLACEMENTS = np.concatenate([1 - 2 * np.eye(4), 2 * np.eye(4) - 1])
-#: σ ∈ {±1}⁴, so that Σ|d_t| = max_σ σ·d
-SIGMAS = np.array(list(itertools.product((1.0, -1.0), repeat=4)))
 
 LABELS: dict[str, tuple[str, str]] = {
     "C": ("correlator ⟨ab⟩", "1"),
@@ -176,102 +180,6 @@ def bootstrap_means(
     return out
 
 
-def features(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-seed integer features ``(..., 8)`` from outcomes ``(..., 2, 2)`` (alice, bob).
-
-    ``x11, x12, x21, x22`` (products ``a_ij b_ij``) and the per-seed shifts
-    ``a11 − a12, a21 − a22, b11 − b21, b12 − b22`` (in the order of :data:`SHIFTS`).
-    """
-    x = (a * b).reshape(*a.shape[:-2], 4)
-    d = np.stack(
-        [
-            a[..., 0, 0] - a[..., 0, 1],
-            a[..., 1, 0] - a[..., 1, 1],
-            b[..., 0, 0] - b[..., 1, 0],
-            b[..., 0, 1] - b[..., 1, 1],
-        ],
-        axis=-1,
-    )
-    return np.concatenate([x, d], axis=-1)
-
-
-#: the 256 outcome configurations of one seed (a11, a12, a21, a22, b11, b12, b21, b22)
-_OUTCOMES = np.array(list(itertools.product((-1.0, 1.0), repeat=8)))
-#: their features (products and per-seed shifts)
-_CONFIGS = features(_OUTCOMES[:, :4].reshape(-1, 2, 2), _OUTCOMES[:, 4:].reshape(-1, 2, 2))
-#: does Alice's / Bob's / either outcome flip with the remote setting (per configuration)
-_A_FLIP = (_CONFIGS[:, 4:6] != 0).any(1)
-_B_FLIP = (_CONFIGS[:, 6:] != 0).any(1)
-_FLIPS = np.stack([_A_FLIP, _B_FLIP, _A_FLIP | _B_FLIP], axis=1).astype(float)
-
-
-class _Forms:
-    """Linear forms ``y = z·w + c`` of the per-seed features, summed exactly over seeds.
-
-    A seed's eight outcomes take one of 256 configurations, so every sum over seeds is a
-    product of the per-cell configuration counts (E, 256) with the form's value per
-    configuration: exact integers, and the per-seed range of ``y`` comes for free.
-    """
-
-    def __init__(self, counts: np.ndarray, n: np.ndarray) -> None:
-        self.counts, self.n = counts, n  # (E, 256), (E,)
-
-    def sums(self, w: np.ndarray, c: float = 0.0) -> tuple[np.ndarray, ...]:
-        """``Σy, Σy², Σy³`` (E, K) and the range ``lo, hi`` (K,) of the forms ``w`` (K, 8)."""
-        values = _CONFIGS @ np.atleast_2d(w).T + c  # (256, K)
-        s1, s2, s3 = (self.counts @ values**k for k in (1, 2, 3))
-        return s1, s2, s3, values.min(0), values.max(0)
-
-
-def _shift_intervals(n10, n01, n, error: float) -> tuple[np.ndarray, np.ndarray]:
-    """Simultaneous ``1 − error`` intervals of the four shifts ``2 (p10 − p01)``.
-
-    Bonferroni over eight Clopper–Pearson intervals (p10 and p01 of each shift).
-    """
-    lo10, hi10 = clopper_pearson(n10, n[:, None], 1 - error / 8)
-    lo01, hi01 = clopper_pearson(n01, n[:, None], 1 - error / 8)
-    return 2 * (lo10 - hi01), 2 * (hi10 - lo01)
-
-
-def _delta_bounds(d_lo: np.ndarray, d_hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Projection of boxes ``[d_lo, d_hi]`` (E, 4) onto ``Σ|d_t|``."""
-    low = np.where(d_lo > 0, d_lo, np.where(d_hi < 0, -d_hi, 0.0)).sum(-1)
-    return low, np.maximum(np.abs(d_lo), np.abs(d_hi)).sum(-1)
-
-
-def _margin(forms: _Forms, alpha: float, n10, n01) -> dict[str, np.ndarray]:
-    """CbD margin: p-value, lower bound (IUT over σ, moment selection over k) and upper bound."""
-    beta = alpha / 20
-    n = forms.n[:, None]
-    # pre-test: drop placement k if some j has L_j > L_k significantly (Bonferroni over the 7 j)
-    diff = (PLACEMENTS[:, None, :] - PLACEMENTS[None, :, :]).reshape(64, 4)
-    s1, s2, s3, lo, _ = forms.sums(np.pad(diff, ((0, 0), (0, 4))))
-    p_dom = mean_pvalue(s1, s2, s3, n, 0, np.minimum(lo, -1.0)).reshape(-1, 8, 8)  # (E, j, k)
-    p_dom[:, np.arange(8), np.arange(8)] = 1.0
-    keep = (p_dom.min(1) >= beta / 7) | (forms.n < 2)[:, None]  # (E, k)
-    n_keep = keep.sum(-1, keepdims=True)  # ≥ 1: the estimated maximum is never dominated
-
-    w = np.concatenate(
-        [np.repeat(PLACEMENTS, 16, axis=0), -np.tile(SIGMAS, (8, 1))], axis=1
-    )  # (128, 8): ℓ_kσ = L_k − σ·d − 2
-    s1, s2, s3, lo, hi = forms.sums(w, -2.0)
-    p_k = mean_pvalue(s1, s2, s3, n, 0, lo).reshape(-1, 8, 16).max(-1)
-    p = np.where(keep, p_k, np.inf).min(-1) * n_keep[:, 0] + beta
-    error = (alpha / 2 - beta) / n_keep  # (E, 1)
-    lcb = np.full(s1.shape, np.nan)
-    for e in np.unique(error):  # at most eight distinct levels
-        rows = error[:, 0] == e
-        lcb[rows] = mean_bound(s1[rows], s2[rows], s3[rows], n[rows], float(e), lo, hi, "lower")
-    m_lo = np.where(keep, lcb.reshape(-1, 8, 16).min(-1), -np.inf).max(-1)
-
-    # upper bound: max_k UCB(L_k) at alpha/4 minus the lower bound of Δ at alpha/4
-    s1, s2, s3, lo, hi = forms.sums(np.pad(PLACEMENTS, ((0, 0), (0, 4))))
-    ucb = mean_bound(s1, s2, s3, n, alpha / 4, lo, hi, "upper").max(-1)
-    d_lo, d_hi = _shift_intervals(n10, n01, forms.n, alpha / 4)
-    m_hi = ucb - 2 - _delta_bounds(d_lo, d_hi)[0]
-    return {"cbd_p_value": np.minimum(p, 1.0), "cbd_margin_lo": m_lo, "cbd_margin_hi": m_hi}
-
-
 def estimate(
     a,
     b,
@@ -336,19 +244,19 @@ def estimate(
             "diverged run): nothing to estimate"
         )
     valid = n >= 2
-    # configuration index of each seed (the order of _CONFIGS), 256 for a dropped seed
+    # configuration index of each seed (the order of CONFIGS), 256 for a dropped seed
     code = np.where(
         used, (np.nan_to_num(out) > 0).astype(np.int64) @ (1 << np.arange(7, -1, -1)), 256
     )
     cells = code.shape[0]
     counts = np.bincount((code + 257 * np.arange(cells)[:, None]).ravel(), minlength=257 * cells)
-    forms = _Forms(counts.reshape(cells, 257)[:, :256].astype(float), n)
+    forms = Forms(counts.reshape(cells, 257)[:, :256].astype(float), n)
 
     with np.errstate(divide="ignore", invalid="ignore"):
         nan_if = np.where(valid, 1.0, np.nan)
-        feat = forms.counts @ _CONFIGS  # (E, 8) exact sums of the features
+        feat = forms.counts @ CONFIGS  # (E, 8) exact sums of the features
         xsum, dsum = feat[:, :4], feat[:, 4:]
-        dsq = forms.counts @ _CONFIGS[:, 4:] ** 2
+        dsq = forms.counts @ CONFIGS[:, 4:] ** 2
         C = xsum / n[:, None] * nan_if[:, None]
         c_lo, c_hi = clopper_pearson((xsum + n[:, None]) / 2, n[:, None], confidence)
         s1, s2, s3, lo, hi = (v[..., 0] for v in forms.sums(np.pad(S_SIGNS, (0, 4))[None]))
@@ -366,13 +274,13 @@ def estimate(
         delta = np.abs(shift).sum(-1)
         shift_p = np.where(valid[:, None], mcnemar_exact(n10, n01), np.nan)
         signaling_p = np.minimum(1.0, 4 * shift_p.min(-1))
-        d_lo, d_hi = _delta_bounds(*_shift_intervals(n10, n01, n, alpha))
-        margin = _margin(forms, alpha, n10, n01)
+        d_lo, d_hi = delta_bounds(*shift_intervals(n10, n01, n, alpha))
+        margin = cbd_margin(forms, alpha, n10, n01)
 
-        marg = forms.counts @ _OUTCOMES / n[:, None] * nan_if[:, None]  # (E, 8)
+        marg = forms.counts @ OUTCOMES / n[:, None] * nan_if[:, None]  # (E, 8)
         mean_a, mean_b = marg[:, :4], marg[:, 4:]
         if paired:
-            fa, fb, fr = (forms.counts @ _FLIPS / n[:, None] * nan_if[:, None]).T
+            fa, fb, fr = (forms.counts @ FLIPS / n[:, None] * nan_if[:, None]).T
         else:
             fa = fb = fr = np.full(n.shape, np.nan)
 
