@@ -1,22 +1,52 @@
-"""CHSH statistics of ±1 outcomes, with intervals, the signaling measure and the CbD criterion.
+"""CHSH statistics of ±1 outcomes: S, signaling Δ and the CbD margin, with valid intervals.
 
 Outcomes ``a`` (Alice's head) and ``b`` (Bob's head) have dimensions ``(seed, alice, bob, ...)``;
 settings are 1 and 2. For setting pair (i, j), ``C_ij = ⟨a b⟩`` over seeds, and
 
     S = C11 + C12 + C21 − C22                                   (Clauser, Horne, Shimony, Holt 1969)
 
-Without signaling, and with each seed's outcomes fixed by shared randomness, |S| ≤ 2. Heads that
-share weights may signal: Alice's marginal may depend on Bob's setting. The signaling measure is
+The four marginal shifts (signaling: a head's marginal depends on the remote setting) are
 
-    Δ = Σ_i |⟨A_i⟩_{B=1} − ⟨A_i⟩_{B=2}| + Σ_j |⟨B_j⟩_{A=1} − ⟨B_j⟩_{A=2}|
+    d = (⟨A1⟩_B1 − ⟨A1⟩_B2, ⟨A2⟩_B1 − ⟨A2⟩_B2, ⟨B1⟩_A1 − ⟨B1⟩_A2, ⟨B2⟩_A1 − ⟨B2⟩_A2),
+    Δ = Σ_t |d_t|,   s_odd = max_k |ΣC − 2 C_k|   (the eight sums with an odd number of minus signs)
 
-and the Contextuality-by-Default criterion (Kujala, Dzhafarov, Larsson, PRL 115, 150401, 2015)
-calls the system contextual only when S > 2 + Δ, i.e. ``cbd_margin = S − (2 + Δ) > 0``.
-NCnet (Zhao, Wu, Hou 2026, arXiv 2603.04451) reports S of training outcomes across capacity.
+and the Contextuality-by-Default criterion for the rank-4 cyclic system (Kujala, Dzhafarov,
+Larsson, PRL 115, 150401, 2015) calls the system contextual iff ``s_odd > 2 + Δ``, i.e.
+``cbd_margin = s_odd − (2 + Δ) > 0``. NCnet: Zhao, Wu, Hou 2026, arXiv 2603.04451.
 
-Intervals are percentile bootstrap intervals over seeds: with common random numbers
-(``paired=True``) a seed's four runs are resampled together; the resampling weights are drawn
-once and shared by every extra dimension (width, step), so all extra dims cost one matrix product.
+Inference (seeds are the independent unit; with common random numbers a seed's four runs form one
+observation). Every statistic is a mean over seeds of an integer per-seed value ``y`` of known
+range, summed exactly from per-cell configuration counts (:mod:`gradcomp._cbd`,
+:mod:`gradcomp._exact`):
+
+* ``S`` interval and ``p_value`` (H1: S > 2): Student t on the per-seed S after Hall's (1992)
+  skewness correction (nearly-solved cells are strongly skewed). Where the per-seed S has zero
+  variance the exact worst-case bound over distributions on [−4, 4] is used instead
+  (``S_degenerate``); ``S_trivial`` marks cells where every |C| = 1, so S is fixed by
+  construction (all solved, or none) and says nothing about the heads. S = 2 and the sign of
+  S − 2 are decided on exact integer sums, so round-off never yields p = 0.
+* ``C_lo, C_hi``: Clopper–Pearson on the share ``p`` of seeds with ``ab = +1`` (``C = 2p − 1``).
+* Shifts: under common random numbers ``d_t = 2 (p10 − p01)`` over discordant seeds.
+  ``shift_p_value``: exact McNemar test (binomial test of ``n10`` of ``n10 + n01`` at 1/2);
+  ``signaling_p_value``: Bonferroni–Holm over the four (FWER-exact, discrete-conservative).
+  ``delta_lo, delta_hi``: projection of simultaneous intervals of the four shifts (each the
+  difference of Clopper–Pearson bounds of p10 and p01, Bonferroni over the eight) onto Σ|·|.
+  Valid where shifts are exactly 0, where a bootstrap of Σ|d̂_t| is not.
+* Margin: ``Δ = max_σ σ·d`` over σ ∈ {±1}⁴, so ``margin = max_k min_σ ℓ_kσ`` with
+  ``ℓ_kσ = L_k(C) − 2 − σ·d``, each a mean of a per-seed integer combination. The test of
+  H1: margin > 0 is an intersection–union test over σ (``p_k = max_σ p_kσ``, as for S) and a
+  union over the placements k, Bonferroni over the k not dominated in a pre-test at level β
+  (two-step moment selection, Romano, Shaikh, Wolf 2014, Econometrica 82, 1979):
+  ``cbd_p_value = β + |K̂| min_{k∈K̂} p_k`` with β = (1 − confidence)/20. ``cbd_margin_lo`` is the
+  same construction as a lower bound at (1 − confidence)/2; ``cbd_margin_hi = max_k UCB(L_k) − 2 −
+  Δ_lo`` with the error split between the two bounds.
+* ``paired=False`` (the four pairs use different seeds): quadruples formed by seed index are
+  i.i.d. draws of independent runs, so every procedure above stays valid (less powerful); the
+  remote flip fractions are NaN.
+
+NaN outcomes mark diverged or missing runs: a seed is dropped from a cell (an element of the
+extra dims) if any of its eight outcomes there is NaN; ``n_seeds`` counts the seeds used and
+``n_excluded`` those dropped. Cells with fewer than two usable seeds are NaN (reason in attrs).
 """
 
 from __future__ import annotations
@@ -26,34 +56,59 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from scipy import stats
 
 from gradcomp import _dims
+from gradcomp._cbd import (
+    CONFIGS,
+    FLIPS,
+    OUTCOMES,
+    PLACEMENTS,
+    S_SIGNS,
+    Forms,
+    delta_bounds,
+    shift_intervals,
+)
+from gradcomp._cbd import margin as cbd_margin
 from gradcomp._dims import ALICE, BOB, SEED, SETTINGS
+from gradcomp._exact import clopper_pearson, mcnemar_exact, mean_bound, mean_pvalue
 
-__all__ = ["LABELS", "bootstrap_means", "estimate"]
+__all__ = ["LABELS", "SHIFT", "SHIFTS", "bootstrap_means", "estimate"]
 
-#: sign of each C_ij in S
-SIGNS = np.array([[1.0, 1.0], [1.0, -1.0]])
+#: dimension of the four marginal shifts (the variable ``shift`` holds their values, so the
+#: dimension needs its own name)
+SHIFT = "marginal"
+SHIFTS = ["A1: B1−B2", "A2: B1−B2", "B1: A1−A2", "B2: A1−A2"]
 
 LABELS: dict[str, tuple[str, str]] = {
     "C": ("correlator ⟨ab⟩", "1"),
+    "C_lo": ("lower Clopper–Pearson bound of C", "1"),
+    "C_hi": ("upper Clopper–Pearson bound of C", "1"),
     "S": ("CHSH S = C11 + C12 + C21 − C22", "1"),
     "S_se": ("standard error of S", "1"),
-    "S_lo": ("lower bootstrap bound of S", "1"),
-    "S_hi": ("upper bootstrap bound of S", "1"),
-    "s_odd": ("largest CHSH sign placement", "1"),
+    "S_lo": ("lower bound of S (t, exact where degenerate)", "1"),
+    "S_hi": ("upper bound of S (t, exact where degenerate)", "1"),
+    "S_degenerate": ("per-seed S has zero variance: exact bounds", "1"),
+    "S_trivial": ("every |C| = 1: S fixed by construction", "1"),
+    "s_odd": ("largest odd sign placement max_k |ΣC − 2C_k|", "1"),
     "p_value": ("one-sided p-value of S > 2", "1"),
     "alice_mean": ("Alice's mean outcome", "1"),
     "bob_mean": ("Bob's mean outcome", "1"),
-    "delta": ("signaling measure Δ", "1"),
-    "delta_lo": ("lower bootstrap bound of Δ", "1"),
-    "delta_hi": ("upper bootstrap bound of Δ", "1"),
-    "cbd_margin": ("S − (2 + Δ) (contextual by default when > 0)", "1"),
+    "shift": ("marginal shift with the remote setting", "1"),
+    SHIFT: ("marginal and the remote settings it is compared across", "1"),
+    "shift_p_value": ("exact McNemar p-value of the shift", "1"),
+    "signaling_p_value": ("p-value of any signaling (Holm over shifts)", "1"),
+    "delta": ("signaling measure Δ = Σ|shift|", "1"),
+    "delta_lo": ("lower bound of Δ (simultaneous exact shifts)", "1"),
+    "delta_hi": ("upper bound of Δ (simultaneous exact shifts)", "1"),
+    "cbd_margin": ("s_odd − (2 + Δ) (contextual by default when > 0)", "1"),
+    "cbd_margin_lo": ("lower bound of the CbD margin", "1"),
+    "cbd_margin_hi": ("upper bound of the CbD margin", "1"),
+    "cbd_p_value": ("one-sided p-value of CbD margin > 0", "1"),
     "remote_flip_fraction": ("share of seeds whose outcome flips with the remote setting", "1"),
     "alice_flip_fraction": ("share of seeds whose Alice outcome flips with Bob's setting", "1"),
     "bob_flip_fraction": ("share of seeds whose Bob outcome flips with Alice's setting", "1"),
-    "n_seeds": ("number of seeds", "1"),
+    "n_seeds": ("number of seeds used", "1"),
+    "n_excluded": ("seeds dropped for a NaN outcome", "1"),
 }
 
 
@@ -83,13 +138,17 @@ def _as_outcomes(x, name: str) -> xr.DataArray:
             )
     extra = [d for d in da.dims if d not in (SEED, ALICE, BOB)]
     da = da.sel({ALICE: list(SETTINGS), BOB: list(SETTINGS)}).transpose(SEED, ALICE, BOB, *extra)
-    values = da.values
-    if not np.all(np.isin(values, (-1, 1))):
-        bad = np.unique(values[~np.isin(values, (-1, 1))])[:5]
-        raise ValueError(f"{name} must contain only −1 and +1 outcomes; found {bad.tolist()}")
+    values = da.values.astype(float)
+    ok = np.isin(values, (-1, 1)) | np.isnan(values)
+    if not ok.all():
+        bad = np.unique(values[~ok])[:5]
+        raise ValueError(
+            f"{name} must contain only −1 and +1 outcomes (NaN for a missing run); "
+            f"found {bad.tolist()}"
+        )
     if da.sizes[SEED] < 2:
         raise ValueError(f"need at least two seeds to estimate S, got {da.sizes[SEED]}")
-    return da
+    return da.copy(data=values)
 
 
 def bootstrap_means(
@@ -101,8 +160,8 @@ def bootstrap_means(
     replicate mean is ``w @ x / N`` (one matrix product for all trailing dims).
 
     Args:
-        x: ``(N, groups, ...)`` data when ``groups > 1`` (each group resampled independently,
-            e.g. setting pairs without common seeds), else ``(N, ...)``.
+        x: ``(N, groups, ...)`` data when ``groups > 1`` (each group resampled independently),
+            else ``(N, ...)``.
         n_boot: number of replicates.
         rng: random generator.
         groups: number of independently resampled groups along axis 1.
@@ -121,50 +180,49 @@ def bootstrap_means(
     return out
 
 
-def _delta(mean_a: np.ndarray, mean_b: np.ndarray) -> np.ndarray:
-    """Δ from marginal means shaped ``(..., alice, bob, extra...)`` at axes (-2-e, -1-e)."""
-    return np.abs(mean_a[..., :, 0, :] - mean_a[..., :, 1, :]).sum(-2) + np.abs(
-        mean_b[..., 0, :, :] - mean_b[..., 1, :, :]
-    ).sum(-2)
-
-
 def estimate(
     a,
     b,
     *,
     confidence: float = 0.95,
-    n_boot: int = 2000,
-    seed: int = 0,
+    n_boot: int | None = None,
+    seed: int | None = None,
     paired: bool = True,
 ) -> xr.Dataset:
     """CHSH statistics of outcomes ``a``, ``b`` with dims ``(seed, alice, bob, ...)``.
 
+    The formulas and methods are those of the module docstring (Kujala, Dzhafarov, Larsson, PRL
+    115, 150401, 2015 for the CbD criterion); every interval is two-sided at ``confidence``.
+
     Args:
-        a: Alice's outcomes (−1/+1), a DataArray (or array in that dim order).
+        a: Alice's outcomes (−1/+1, NaN for a diverged or missing run), a DataArray (or array in
+            that dim order).
         b: Bob's outcomes, same dims and shape.
-        confidence: level of the bootstrap intervals.
-        n_boot: bootstrap replicates.
-        seed: seed of the bootstrap's generator.
-        paired: seeds are common to the four setting pairs (common random numbers): resample a
-            seed's quadruple as a whole, use the per-seed S for the standard error, and report the
-            remote flip fractions. With ``False`` each pair is resampled on its own and the flip
-            fractions are NaN.
+        confidence: level of the intervals.
+        n_boot, seed: ignored (kept for compatibility: the intervals are Student t or exact and
+            do not resample).
+        paired: seeds are common to the four setting pairs (common random numbers). With
+            ``False`` the pairs use different seeds; quadruples are formed by seed index (valid
+            since they are independent) and the remote flip fractions are NaN.
 
     Returns:
-        Dataset with ``C``, ``alice_mean``, ``bob_mean`` (dims ``alice, bob, ...``) and ``S``,
-        ``S_se``, ``S_lo``, ``S_hi``, ``s_odd``, ``p_value`` (one-sided, Student t on the standard
-        error, H0: S ≤ 2), ``delta``, ``delta_lo``, ``delta_hi``, ``cbd_margin``,
-        ``remote_flip_fraction``, ``alice_flip_fraction``, ``bob_flip_fraction``, ``n_seeds``
-        (dims ``...``): the extra dims of the input.
+        Dataset with ``C``, ``C_lo``, ``C_hi``, ``alice_mean``, ``bob_mean`` (dims ``alice, bob,
+        ...``); ``shift``, ``shift_p_value`` (dims ``marginal, ...``, labelled by
+        :data:`SHIFTS`); and ``S``, ``S_se``, ``S_lo``, ``S_hi``, ``S_degenerate``,
+        ``S_trivial``, ``s_odd``, ``p_value`` (one-sided, H1: S > 2),
+        ``delta``, ``delta_lo``, ``delta_hi``, ``signaling_p_value``, ``cbd_margin``,
+        ``cbd_margin_lo``, ``cbd_margin_hi``, ``cbd_p_value`` (one-sided, H1: margin > 0),
+        ``remote_flip_fraction``, ``alice_flip_fraction``, ``bob_flip_fraction``, ``n_seeds``,
+        ``n_excluded`` (dims ``...``: the extra dims of the input).
 
     Raises:
-        ValueError: values other than ±1, a missing setting pair, mismatched shapes, fewer than
-            two seeds, or a bad ``confidence``/``n_boot``.
+        ValueError: values other than ±1 or NaN, a missing setting pair, mismatched shapes, fewer
+            than two seeds, no cell with two usable seeds, or a bad ``confidence``.
     """
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    if n_boot < 10:
-        raise ValueError(f"n_boot must be at least 10, got {n_boot}")
+    del n_boot, seed
+    if not 0.5 < confidence < 1:
+        raise ValueError(f"confidence must be in (0.5, 1), got {confidence}")
+    alpha = 1 - confidence
     da_a, da_b = _as_outcomes(a, "a"), _as_outcomes(b, "b")
     if da_a.dims != da_b.dims or da_a.shape != da_b.shape:
         raise ValueError(f"a and b must have the same dims and shape: {da_a.sizes} vs {da_b.sizes}")
@@ -173,84 +231,130 @@ def estimate(
             raise ValueError(f"a and b have different {d!r} coordinates")
     extra = list(da_a.dims[3:])
     ext_shape = da_a.shape[3:]
-    n = da_a.sizes[SEED]
-    A = da_a.values.astype(float).reshape(n, 2, 2, -1)
-    B = da_b.values.astype(float).reshape(n, 2, 2, -1)
-    ab = A * B
-    C = ab.mean(0)  # (2, 2, E)
-    S = np.einsum("ij,ije->e", SIGNS, C)
-    total = C.sum((0, 1))
-    s_odd = (total[None] - 2 * C.reshape(4, -1)).max(0)
-    if paired:
-        s_seed = np.einsum("ij,nije->ne", SIGNS, ab)
-        S_se = s_seed.std(0, ddof=1) / np.sqrt(n)
-    else:
-        S_se = np.sqrt(ab.var(0, ddof=1).sum((0, 1)) / n)
-    mean_a, mean_b = A.mean(0), B.mean(0)
-    delta = _delta(mean_a, mean_b)
+    n_all = da_a.sizes[SEED]
+    # (E, seed, 8) outcomes a11, a12, a21, a22, b11, b12, b21, b22: cells first
+    out = np.concatenate(
+        [np.moveaxis(da.values.reshape(n_all, 4, -1), -1, 0) for da in (da_a, da_b)], axis=-1
+    )
+    used = ~np.isnan(out).any(-1)  # (E, seed)
+    n = used.sum(-1).astype(float)
+    if not (n >= 2).any():
+        raise ValueError(
+            "no cell has two seeds whose four runs all have finite outcomes (NaN marks a "
+            "diverged run): nothing to estimate"
+        )
+    valid = n >= 2
+    # configuration index of each seed (the order of CONFIGS), 256 for a dropped seed
+    code = np.where(
+        used, (np.nan_to_num(out) > 0).astype(np.int64) @ (1 << np.arange(7, -1, -1)), 256
+    )
+    cells = code.shape[0]
+    counts = np.bincount((code + 257 * np.arange(cells)[:, None]).ravel(), minlength=257 * cells)
+    forms = Forms(counts.reshape(cells, 257)[:, :256].astype(float), n)
 
-    rng = np.random.default_rng(seed)
-    stacked = np.stack([ab, A, B], axis=-1)  # (N, 2, 2, E, 3)
-    if paired:
-        reps = bootstrap_means(stacked, n_boot, rng)
-    else:
-        reps = bootstrap_means(stacked.reshape(n, 4, -1), n_boot, rng, groups=4)
-        reps = reps.reshape(n_boot, 2, 2, *stacked.shape[3:])
-    S_b = np.einsum("ij,bije->be", SIGNS, reps[..., 0])
-    delta_b = _delta(reps[..., 1], reps[..., 2])
-    q = [(1 - confidence) / 2, (1 + confidence) / 2]
-    S_lo, S_hi = np.quantile(S_b, q, axis=0)
-    d_lo, d_hi = np.quantile(delta_b, q, axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        z = (S - 2) / S_se
-    p = np.where(S_se > 0, stats.t.sf(np.nan_to_num(z), df=n - 1), np.where(S > 2, 0.0, 1.0))
+        nan_if = np.where(valid, 1.0, np.nan)
+        feat = forms.counts @ CONFIGS  # (E, 8) exact sums of the features
+        xsum, dsum = feat[:, :4], feat[:, 4:]
+        dsq = forms.counts @ CONFIGS[:, 4:] ** 2
+        C = xsum / n[:, None] * nan_if[:, None]
+        c_lo, c_hi = clopper_pearson((xsum + n[:, None]) / 2, n[:, None], confidence)
+        s1, s2, s3, lo, hi = (v[..., 0] for v in forms.sums(np.pad(S_SIGNS, (0, 4))[None]))
+        S = s1 / n * nan_if
+        S_se = np.sqrt(np.maximum(n * s2 - s1 * s1, 0) / (n * n * (n - 1))) * nan_if
+        S_lo = mean_bound(s1, s2, s3, n, alpha / 2, lo, hi, "lower")
+        S_hi = mean_bound(s1, s2, s3, n, alpha / 2, lo, hi, "upper")
+        p_value = mean_pvalue(s1, s2, s3, n, 2, lo)
+        degenerate = valid & (n * s2 - s1 * s1 == 0)
+        trivial = valid & (np.abs(xsum) == n[:, None]).all(-1)
+        s_odd = np.abs(xsum @ PLACEMENTS.T).max(-1) / n * nan_if
 
-    if paired:
-        a_flip = (A[:, :, 0] != A[:, :, 1]).any(1)  # (N, E)
-        b_flip = (B[:, 0, :] != B[:, 1, :]).any(1)
-        fa, fb, fr = a_flip.mean(0), b_flip.mean(0), (a_flip | b_flip).mean(0)
-    else:
-        fa = fb = fr = np.full(S.shape, np.nan)
+        n10, n01 = (dsum / 2 + dsq / 4) / 2, (dsq / 4 - dsum / 2) / 2
+        shift = dsum / n[:, None] * nan_if[:, None]
+        delta = np.abs(shift).sum(-1)
+        shift_p = np.where(valid[:, None], mcnemar_exact(n10, n01), np.nan)
+        signaling_p = np.minimum(1.0, 4 * shift_p.min(-1))
+        d_lo, d_hi = delta_bounds(*shift_intervals(n10, n01, n, alpha))
+        margin = cbd_margin(forms, alpha, n10, n01)
+
+        marg = forms.counts @ OUTCOMES / n[:, None] * nan_if[:, None]  # (E, 8)
+        mean_a, mean_b = marg[:, :4], marg[:, 4:]
+        if paired:
+            fa, fb, fr = (forms.counts @ FLIPS / n[:, None] * nan_if[:, None]).T
+        else:
+            fa = fb = fr = np.full(n.shape, np.nan)
 
     coords: dict[Hashable, Any] = {d: da_a[d] for d in extra if d in da_a.coords}
-    coords.update({ALICE: list(SETTINGS), BOB: list(SETTINGS)})
+    coords.update({ALICE: list(SETTINGS), BOB: list(SETTINGS), SHIFT: SHIFTS})
 
     def scalar(v: np.ndarray) -> tuple[list[Hashable], np.ndarray]:
         return extra, np.asarray(v).reshape(ext_shape)
 
     def pair(v: np.ndarray) -> tuple[list[Hashable], np.ndarray]:
-        return [ALICE, BOB, *extra], np.asarray(v).reshape(2, 2, *ext_shape)
+        return [ALICE, BOB, *extra], np.moveaxis(np.asarray(v), 0, -1).reshape(2, 2, *ext_shape)
+
+    def per_shift(v: np.ndarray) -> tuple[list[Hashable], np.ndarray]:
+        return [SHIFT, *extra], np.moveaxis(np.asarray(v), 0, -1).reshape(4, *ext_shape)
 
     ds = xr.Dataset(
         {
             "C": pair(C),
+            "C_lo": pair(2 * c_lo - 1),
+            "C_hi": pair(2 * c_hi - 1),
             "S": scalar(S),
             "S_se": scalar(S_se),
             "S_lo": scalar(S_lo),
             "S_hi": scalar(S_hi),
+            "S_degenerate": scalar(degenerate),
+            "S_trivial": scalar(trivial),
             "s_odd": scalar(s_odd),
-            "p_value": scalar(p),
+            "p_value": scalar(p_value),
             "alice_mean": pair(mean_a),
             "bob_mean": pair(mean_b),
+            "shift": per_shift(shift),
+            "shift_p_value": per_shift(shift_p),
+            "signaling_p_value": scalar(signaling_p),
             "delta": scalar(delta),
-            "delta_lo": scalar(d_lo),
-            "delta_hi": scalar(d_hi),
-            "cbd_margin": scalar(S - (2 + delta)),
+            "delta_lo": scalar(d_lo * nan_if),
+            "delta_hi": scalar(d_hi * nan_if),
+            "cbd_margin": scalar(s_odd - (2 + delta)),
+            "cbd_margin_lo": scalar(margin["cbd_margin_lo"] * nan_if),
+            "cbd_margin_hi": scalar(margin["cbd_margin_hi"] * nan_if),
+            "cbd_p_value": scalar(margin["cbd_p_value"] * nan_if),
             "remote_flip_fraction": scalar(fr),
             "alice_flip_fraction": scalar(fa),
             "bob_flip_fraction": scalar(fb),
-            "n_seeds": scalar(np.full(S.shape, n, dtype=np.int64)),
+            "n_seeds": scalar(n.astype(np.int64)),
+            "n_excluded": scalar((n_all - n).astype(np.int64)),
         },
         coords=coords,
     )
+    n_bad = int((~valid).sum())
     ds.attrs.update(
         {
             "confidence": float(confidence),
-            "n_boot": int(n_boot),
-            "interval": "percentile bootstrap over seeds"
-            + (" (quadruples resampled together)" if paired else " (each pair on its own)"),
+            "interval": "S: Student t on the per-seed S with Hall's skewness correction, exact "
+            "worst-case bound on [-4, 4] where it has zero variance (S_degenerate); "
+            "C: Clopper-Pearson; delta: projection of "
+            "simultaneous exact shift intervals (Bonferroni over 8 Clopper-Pearson bounds)",
+            "margin_method": "s_odd - (2 + delta) (Kujala, Dzhafarov, Larsson 2015); test and "
+            "lower bound: intersection-union over sigma of t/exact bounds of L_k - 2 - sigma.d, "
+            f"Bonferroni over placements kept by a pre-test at beta = {alpha / 20:g} "
+            "(Romano-Shaikh-Wolf two-step), p = beta + |K| min_k max_sigma p; upper bound: "
+            "max_k UCB(L_k) - 2 - delta_lo, each at (1 - confidence)/4",
+            "signaling_test": "exact McNemar per shift (binomial test of discordant seeds); "
+            "combined: Holm (= 4 x smallest p), FWER-exact, discrete-conservative",
             "sign_convention": "S = C11 + C12 + C21 - C22",
             "paired": int(paired),
+            "pairing": "common random numbers: a seed's four runs are one observation"
+            if paired
+            else "independent seeds per pair: quadruples formed by seed index",
+            "missing": "a seed is dropped from a cell if any of its outcomes there is NaN",
         }
     )
+    if n_bad:
+        ds.attrs["note"] = (
+            f"{n_bad} of {valid.size} cell(s) have fewer than two seeds with finite outcomes; "
+            "their statistics are NaN"
+        )
     return _dims.annotate(ds, LABELS)
