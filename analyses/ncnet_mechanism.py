@@ -253,7 +253,7 @@ def summarize_width(
             **_chsh(ds, args.n_boot, paired).data_vars,
             **_mean_ci(per_seed_conflict, "conflict_share"),
             **_mean_ci(amp.mean((ALICE, BOB)), "osc_amplitude"),
-            "osc_seed_share": (amp > 1e-5).where(amp.notnull()).mean((SEED, ALICE, BOB)),
+            "osc_seed_share": (amp > 1e-5).where(amp.notnull()).mean((SEED, ALICE, BOB, TASK)),
             "reversal_rate": osc["reversal_rate"].drop_attrs().mean((SEED, ALICE, BOB)),
             "train_acc": ds["acc"].drop_attrs().mean((SEED, ALICE, BOB, TASK)),
         }
@@ -646,8 +646,19 @@ def _label(node: xr.Dataset) -> None:
 
 
 def _f(x, nd: int = 3) -> float | None:
+    """``x`` rounded to ``nd`` decimals (None if undefined)."""
     x = float(x)
     return round(x, nd) if np.isfinite(x) else None
+
+
+def _p(x) -> float | None:
+    """A p- or q-value to 3 significant digits, so that a small one does not read as 0."""
+    x = float(x)
+    return float(f"{x:.3g}") if np.isfinite(x) else None
+
+
+def _round(key: str, x, nd: int = 3) -> float | None:
+    return _p(x) if key.endswith(("p_value", "_p", "_q")) else _f(x, nd)
 
 
 def summary(tree: xr.DataTree, args: argparse.Namespace, wall_s: float) -> dict:
@@ -655,7 +666,7 @@ def summary(tree: xr.DataTree, args: argparse.Namespace, wall_s: float) -> dict:
     crit = int(tree.attrs["critical_width"])
     node = {k: tree[k].to_dataset() for k in tree.children}
     tr = node["traces"].sel({WIDTH: crit}).isel({STEP: -1})
-    at_crit = {k: _f(tr[k]) for k in CHSH_VARS if k in tr}
+    at_crit = {k: _round(k, tr[k]) for k in CHSH_VARS if k in tr}
     sense = node["sensing_loss"].sel({WIDTH: crit})
     acc = sense["accuracy"]
     first = acc.isel({STEP: 0})
@@ -694,7 +705,7 @@ def summary(tree: xr.DataTree, args: argparse.Namespace, wall_s: float) -> dict:
                 node["traces"]["osc_seed_share"].sel({WIDTH: w}).isel({STEP: -1})
             ),
             "swing_amplitude_last_step": _f(
-                node["traces"]["osc_amplitude"].sel({WIDTH: w}).isel({STEP: -1}), 6
+                node["traces"]["osc_amplitude"].sel({WIDTH: w}).isel({STEP: -1}).mean(TASK), 6
             ),
         }
         for w in node["traces"][WIDTH].values
@@ -727,7 +738,7 @@ def summary(tree: xr.DataTree, args: argparse.Namespace, wall_s: float) -> dict:
     lag = node["lagged"]
     lags = {
         f"n={int(w)}": {
-            k: _f(lag[k].sel({WIDTH: w}))
+            k: _round(k, lag[k].sel({WIDTH: w}))
             for k in (
                 "lead_asymmetry",
                 "lead_asymmetry_lo",
@@ -741,7 +752,7 @@ def summary(tree: xr.DataTree, args: argparse.Namespace, wall_s: float) -> dict:
     corr = node["correlation"]
     cors = {
         str(a): {
-            k: _f(corr[k].sel({ANALYSIS: a}), 1 if k == "n_eff" else 3)
+            k: _round(k, corr[k].sel({ANALYSIS: a}), 1 if k == "n_eff" else 3)
             for k in ("pearson", "pearson_lo", "pearson_hi", "pearson_p", "pearson_q", "n_eff")
         }
         for a in corr[ANALYSIS].values
@@ -752,7 +763,7 @@ def summary(tree: xr.DataTree, args: argparse.Namespace, wall_s: float) -> dict:
         for w in sw[WIDTH].values:
             p = sw.sel({"lr": lr, WIDTH: w})
             entry = {
-                k: _f(p[k], 6 if "osc" in k else 3)
+                k: _round(k, p[k], 6 if "osc" in k else 3)
                 for k in sw.data_vars
                 if "feature" not in p[k].dims
             }
@@ -845,7 +856,7 @@ def report(tree: xr.DataTree) -> str:
         for w in sw[WIDTH].values:
             p = sw.sel({"lr": lr, WIDTH: w})
             lines.append(
-                f"lr {float(lr):g} n={int(w)}: S = {float(p['S']):.2f}, detrended amp = "
+                f"lr {float(lr):g} n={int(w)}: S = {float(p['S']):.2f}, detrended RMS = "
                 f"{float(p['osc_detrended']):.2e}, hf share = {float(p['hf_share']):.2f}, "
                 f"reversing blocks = {float(p['reversing_share']):.2f}, sensing from "
                 f"oscillation best {float(p['sense_max'].sel(feature='osc_amplitude')):.2f}, "
