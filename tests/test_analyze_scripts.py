@@ -241,3 +241,31 @@ def test_units_are_ranked_within_each_run_before_averaging() -> None:
                 ranked = sorted(range(4), key=lambda u: -f[s, a, b, :, u].mean())
                 ref[a, b] += np.array([f[s, a, b, :, u] for u in ranked]) / 3
     np.testing.assert_allclose(out.values, ref, rtol=1e-12)
+
+
+def _resolve(tree: dict, path: str):
+    """Walk ``path`` (keys joined by ".", keys may contain ".") through nested dicts."""
+    if path in tree:
+        return tree[path]
+    for key in sorted(tree, key=len, reverse=True):
+        if path.startswith(key + ".") and isinstance(tree[key], dict):
+            return _resolve(tree[key], path[len(key) + 1 :])
+    raise KeyError(path)
+
+
+def test_every_mechanism_placeholder_in_the_docs_is_a_key_of_the_committed_summary() -> None:
+    """README / docs quote the mechanism numbers as «key.path» of the committed summary."""
+    import re
+
+    from _scripts import ROOT
+
+    summary = json.loads((ROOT / "analyses/summaries/ncnet_mechanism.json").read_text())
+    found = 0
+    for doc in ("README.md", "docs/analyze.md"):
+        for path in re.findall(r"«([^»]+)»", (ROOT / doc).read_text()):
+            if path == "…":
+                continue
+            _resolve(summary, path)  # raises KeyError for a number the script does not make
+            found += 1
+    assert found > 0  # until the lead fills the numbers in
+    assert {"command", "machine", "load_average_1min", "wall_s"} <= set(summary)
