@@ -265,7 +265,7 @@ def sensing_by_own_setting(
     initialisations per setting pair) is drawn dashed.
     """
     d = sensing.sel({WIDTH: width}) if WIDTH in sensing.dims else sensing
-    styles = {1: {"color": "tab:blue"}, 2: {"color": "tab:orange"}}
+    own_colors = {1: "tab:blue", 2: "tab:orange"}
     for own in d[OWN].values:
         e = d.sel({OWN: own})
         m = e[["accuracy", "accuracy_lo", "accuracy_hi"]].mean(TASK)
@@ -276,7 +276,7 @@ def sensing_by_own_setting(
             m["accuracy_lo"],
             m["accuracy_hi"],
             f"n = {width}, own setting {int(own)}",
-            **styles.get(int(own), {}),
+            color=own_colors.get(int(own)),
         )
         if "q_value" in e:
             sig = (e["q_value"] < alpha).all(TASK)
@@ -285,7 +285,7 @@ def sensing_by_own_setting(
                 m["accuracy"].values[sig.values],
                 "o",
                 ms=3,
-                **styles.get(int(own), {}),
+                color=own_colors.get(int(own)),
             )
     ax.plot(d[STEP], d["null_hi"].mean((TASK, OWN)), color="k", ls=":", lw=0.8, label="null 95%")
     if control is not None:
