@@ -12,15 +12,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 from matplotlib.axes import Axes
+from matplotlib.ticker import NullFormatter
 
-from gradcomp._dims import ALICE, BOB, STEP, TASK, UNIT, WIDTH
+from gradcomp._dims import ALICE, BOB, OWN, STEP, TASK, UNIT, WIDTH
 
 __all__ = [
     "conflict_over_training",
     "correlation_panel",
     "lagged_panel",
+    "lr_blocks_panel",
+    "lr_panel",
     "oscillation_over_training",
     "s_over_training",
+    "sensing_by_own_setting",
     "sensing_over_time",
     "unit_map",
 ]
@@ -71,21 +75,39 @@ def s_over_training(
     return ax
 
 
-def conflict_over_training(
-    traces: xr.Dataset, ax: Axes, widths: Sequence[int], control: xr.Dataset | None = None
-) -> Axes:
-    """Share of runs whose A and B gradients on the shared layer conflict (cosine < 0)."""
-    _series(traces, "conflict_share", widths, ax, control)
-    ax.set_ylabel("gradient conflict share")
+def conflict_over_training(traces: xr.Dataset, ax: Axes, widths: Sequence[int]) -> Axes:
+    """Share of runs whose A and B gradients on the shared layer conflict (cosine < 0).
+
+    No unshared control is drawn: without a shared layer the A/B Gram is 0 by construction.
+    """
+    _series(traces, "conflict_share", widths, ax)
+    ax.text(
+        0.02,
+        0.03,
+        "unshared control: 0 by construction (no shared layer)",
+        fontsize=7,
+        transform=ax.transAxes,
+    )
+    ax.set_ylabel("share of runs with conflicting A/B gradients")
     ax.set_ylim(-0.02, 1.02)
     _time_axis(ax)
     return ax
 
 
-def oscillation_over_training(traces: xr.Dataset, ax: Axes, widths: Sequence[int]) -> Axes:
-    """Loss oscillation amplitude (seed mean, mean of the two heads) per width."""
-    _series(traces, "osc_amplitude", widths, ax)
-    ax.set_ylabel("loss oscillation amplitude")
+def oscillation_over_training(
+    traces: xr.Dataset, ax: Axes, widths: Sequence[int], window: int | None = None
+) -> Axes:
+    """Loss oscillation amplitude (seed mean, mean of the two heads) per width.
+
+    The analyzer's value at a step covers the trailing ``window`` steps; with ``window`` it is
+    drawn at the window's centre (step − (window − 1) / 2), so a rise is not shifted to the
+    right edge of the plot.
+    """
+    data = traces
+    if window is not None:
+        data = traces.assign_coords({STEP: traces[STEP] - (window - 1) / 2})
+    _series(data, "osc_amplitude", widths, ax)
+    ax.set_ylabel("loss swing amplitude (seed mean)")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     _time_axis(ax)
     return ax
@@ -109,6 +131,7 @@ def unit_map(units: xr.Dataset, ax: Axes, width: int, alice: int = 2, bob: int =
         rasterized=True,
     )
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("training step")
     ax.set_yticks(range(d.sizes[UNIT]))
     ax.set_ylabel("unit rank (0 = most contested)")
@@ -179,15 +202,21 @@ def sensing_over_time(
 
 
 def lagged_panel(lag: xr.Dataset, ax: Axes, widths: Sequence[int]) -> Axes:
-    """r(k) between Δ conflict share and Δ CHSH contribution; k > 0: conflict leads."""
+    """r(k) between Δ conflict share and Δ CHSH contribution; k > 0: conflict leads.
+
+    The legend gives each width's lead asymmetry with its BH q-value (over widths), when present.
+    """
     colors = _colors(list(lag[WIDTH].values))
     for w in widths:
         d = lag.sel({WIDTH: w})
-        _band(ax, d["lag"], d["r"], d["r_lo"], d["r_hi"], f"n = {w}", color=colors[w])
+        label = f"n = {w}"
+        if "lead_asymmetry_q" in d:
+            label += f", asym. {float(d['lead_asymmetry']):+.2f} ({_q(d['lead_asymmetry_q'])})"
+        _band(ax, d["lag"], d["r"], d["r_lo"], d["r_hi"], label, color=colors[w])
     ax.axhline(0, color="k", lw=0.8)
     ax.axvline(0, color="k", lw=0.5, ls=":")
-    ax.set_xlabel("lag k (steps; k > 0: conflict leads S)")
-    ax.set_ylabel("corr(Δconflict_t, ΔS_{t+k})")
+    ax.set_xlabel("lag $k$ (steps; $k > 0$: conflict leads S)")
+    ax.set_ylabel(r"corr($\Delta c_t$, $\Delta S_{t+k}$)")
     return ax
 
 
@@ -202,11 +231,122 @@ def correlation_panel(corr: xr.Dataset, ax: Axes) -> Axes:
         r[ok], y[ok], xerr=[r[ok] - lo[ok], hi[ok] - r[ok]], fmt="o", color="k", ms=4, capsize=2
     )
     ax.plot(r[~ok], y[~ok], "o", mfc="white", color="k", ms=4)
-    for yi, n, ri in zip(y, corr["n_eff"].values, r, strict=True):
+    qs = corr["pearson_q"].values if "pearson_q" in corr else np.full(len(names), np.nan)
+    for yi, n, ri, q in zip(y, corr["n_eff"].values, r, qs, strict=True):
         text = f"n_eff={n:.0f}" if np.isfinite(n) and np.isfinite(ri) else "undefined"
+        if np.isfinite(q):
+            text += f", {_q(q)}"
         ax.text(1.02, yi, text, fontsize=7, va="center", transform=ax.get_yaxis_transform())
     ax.axvline(0, color="k", lw=0.8)
     ax.set_yticks(y, names, fontsize=7)
     ax.set_xlim(-1, 1)
     ax.set_xlabel("Pearson r (95% bootstrap CI)")
+    return ax
+
+
+def _q(q) -> str:
+    """``"q = 0.03"`` or ``"q < 0.001"``."""
+    q = float(q)
+    return "q n/a" if not np.isfinite(q) else f"q = {q:.2g}" if q >= 0.001 else "q < 0.001"
+
+
+def sensing_by_own_setting(
+    sensing: xr.Dataset,
+    ax: Axes,
+    width: int,
+    control: xr.Dataset | None = None,
+    alpha: float = 0.05,
+) -> Axes:
+    """Decoding accuracy of the remote setting from a head's own loss, per own setting.
+
+    Means over the two heads; filled markers: windows whose Benjamini–Hochberg q-value (over
+    head x own setting x window) is below ``alpha`` for both heads; the dotted line is the
+    permutation null's 95% quantile; ``control`` (e.g. the unshared net with independent
+    initialisations per setting pair) is drawn dashed.
+    """
+    d = sensing.sel({WIDTH: width}) if WIDTH in sensing.dims else sensing
+    own_colors = {1: "tab:blue", 2: "tab:orange"}
+    for own in d[OWN].values:
+        e = d.sel({OWN: own})
+        m = e[["accuracy", "accuracy_lo", "accuracy_hi"]].mean(TASK)
+        _band(
+            ax,
+            m[STEP],
+            m["accuracy"],
+            m["accuracy_lo"],
+            m["accuracy_hi"],
+            f"n = {width}, own setting {int(own)}",
+            color=own_colors.get(int(own)),
+        )
+        if "q_value" in e:
+            sig = (e["q_value"] < alpha).all(TASK)
+            ax.plot(
+                m[STEP].values[sig.values],
+                m["accuracy"].values[sig.values],
+                "o",
+                ms=3,
+                color=own_colors.get(int(own)),
+            )
+    ax.plot(d[STEP], d["null_hi"].mean((TASK, OWN)), color="k", ls=":", lw=0.8, label="null 95%")
+    if control is not None:
+        c = control[["accuracy", "accuracy_lo", "accuracy_hi"]].mean((TASK, OWN))
+        _band(
+            ax,
+            c[STEP],
+            c["accuracy"],
+            c["accuracy_lo"],
+            c["accuracy_hi"],
+            "unshared, independent inits",
+            **CONTROL_STYLE,
+        )
+    ax.axhline(0.5, color="k", lw=0.8)
+    ax.set_ylim(0.2, 1.02)
+    ax.set_ylabel("remote-setting decoding accuracy")
+    ax.set_xlabel("training step (window end)")
+    return ax
+
+
+def lr_panel(
+    sweep: xr.Dataset,
+    ax: Axes,
+    name: str,
+    feature: str | None = None,
+    log: bool = False,
+    style: str = "o-",
+    suffix: str = "",
+) -> Axes:
+    """One quantity of the learning-rate sweep against lr, one line per width.
+
+    ``name`` is a variable of the ``lr_sweep`` node; an interval is drawn when ``name_lo`` /
+    ``name_hi`` exist; ``feature`` picks the decoded trace of the sensing summaries.
+    """
+    colors = _colors(list(sweep[WIDTH].values))
+    for w in sweep[WIDTH].values:
+        d = sweep.sel({WIDTH: w})
+        if feature is not None:
+            d = d.sel(feature=feature)
+        x = d["lr"].values
+        y = d[name].values
+        label = f"n = {int(w)}{suffix}"
+        line = ax.plot(x, y, style, color=colors[int(w)], label=label, ms=4)[0]
+        if f"{name}_lo" in d:
+            lo, hi = d[f"{name}_lo"].values, d[f"{name}_hi"].values
+            ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt="none", color=line.get_color(), lw=1)
+    ax.set_xscale("log")
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_xticks(sweep["lr"].values, [f"{v:g}" for v in sweep["lr"].values])
+    ax.minorticks_off()
+    return ax
+
+
+def lr_blocks_panel(blocks: xr.Dataset, ax: Axes, width: int, name: str = "osc_detrended") -> Axes:
+    """A per-block oscillation measure over training at one width, one line per lr."""
+    cmap = plt.get_cmap("plasma")
+    lrs = blocks["lr"].values
+    for i, lr in enumerate(lrs):
+        d = blocks[name].sel({"lr": lr, WIDTH: width})
+        ax.plot(d[STEP], d, color=cmap(0.85 * i / max(len(lrs) - 1, 1)), label=f"lr = {lr:g}")
+    ax.set_xlabel("training step (block end)")
     return ax
