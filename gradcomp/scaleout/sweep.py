@@ -40,6 +40,7 @@ async def _identity(address: str, timeout: float) -> Any:
     import asyncio
 
     from distributed.comm import connect as comm_connect
+    from distributed.comm.addressing import parse_address, parse_host_port
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -47,13 +48,29 @@ async def _identity(address: str, timeout: float) -> Any:
     def left() -> float:
         return max(0.01, deadline - loop.time())
 
+    silent = OSError("it accepted the connection but gave no Dask reply: not a Dask scheduler?")
+    try:
+        scheme, loc = parse_address(address)
+        host, port = parse_host_port(loc) if scheme == "tcp" else (None, None)
+    except (ValueError, TypeError) as err:
+        raise _BadAddress(str(err)) from None
+    if host is not None:  # plain TCP first: tells "nobody there" from "not Dask"
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), left())
+        except (TimeoutError, asyncio.TimeoutError):
+            raise OSError("no connection within the timeout: is the host reachable?") from None
+        writer.close()
     try:
         comm = await asyncio.wait_for(comm_connect(address, timeout=timeout), left())
     except (ValueError, TypeError) as err:  # raised before any connection is tried
         raise _BadAddress(str(err)) from None
+    except (TimeoutError, asyncio.TimeoutError):
+        raise silent from None
     try:
         await asyncio.wait_for(comm.write({"op": "identity", "reply": True}), left())
         return await asyncio.wait_for(comm.read(), left())
+    except (TimeoutError, asyncio.TimeoutError):
+        raise silent from None
     finally:
         comm.abort()
 
@@ -81,10 +98,9 @@ def check_scheduler(address: str, timeout: float = 5.0) -> None:
                 f"bad Dask scheduler address {address!r} ({err}); use tcp://HOST:PORT"
             ) from None
         except Exception as err:  # every failure means: no scheduler there
-            if isinstance(err, (TimeoutError, asyncio.TimeoutError)):
-                why = "no Dask reply (is it a Dask scheduler?)"
-            else:
-                why = " ".join(f"{type(err).__name__}: {err}".split())[:200]
+            why = " ".join(str(err).split())[:200] or type(err).__name__
+            if type(err) is not OSError:
+                why = f"{type(err).__name__}: {why}"
             raise ConnectionError(
                 f"could not reach the Dask scheduler at {address} within {timeout:g} s ({why}); "
                 "check the address and that the scheduler runs"
@@ -314,6 +330,8 @@ def sweep(
     chunks = grid.chunks()
     done, corrupt = st.done(chunks, verify)
     todo = [c for c in chunks if c.key not in done]
+    if todo and client is None and scheduler is not None:
+        check_scheduler(scheduler, connect_timeout)  # before the progress bar: errors are 1 line
     bar = _Progress(len(chunks), len(done), progress)
     if corrupt:
         bar.bar.write(f"recomputing {len(corrupt)} corrupt or half-written chunk(s)")
