@@ -202,6 +202,8 @@ SWEEP_BAD = [
     (["--experiment", "lora", "--axis", "rank=0"], r"rank must be a positive integer"),
     (["--experiment", "lora", "--axis", "lr=0.1"], r"needs a 'rank' grid axis"),
     (["--experiment", "lora", "--axis", "rank=1", "--set", "steps=0"], r"steps must be at"),
+    (["--experiment", "lora", "--axis", "rank=1", "--set", 'languages=["en","zz"]'], r"'zz'"),
+    (["--experiment", "gradcomp.scaleout:Toy", "--axis", "width=1", "--set", "x=1"], r"'x'"),
 ]
 
 
@@ -209,6 +211,12 @@ SWEEP_BAD = [
 def test_sweep_bad_input_fails_before_the_cluster(capsys, tmp_path, extra, match) -> None:
     fails(capsys, sweep(tmp_path, *extra), match)
     assert not (tmp_path / "s" / "store.json").exists()  # no configuration lock
+
+
+def test_sweep_store_under_a_file(capsys, tmp_path) -> None:
+    (tmp_path / "f").write_text("x")
+    args = ["sweep", "--store", str(tmp_path / "f" / "s"), "--axis", "width=2", "--no-progress"]
+    fails(capsys, args, r"cannot write the sweep store")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")

@@ -192,9 +192,10 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as err:
         raise CommandError(str(err)) from None
+    # the data first: nothing after training may lose them
+    save(lambda p: ds.to_netcdf(p, engine="h5netcdf"), out, what="the dataset", name="ncnet")
     print(table(ds))
     print(f"backend: {ds.attrs['backend']}")
-    save(lambda p: ds.to_netcdf(p, engine="h5netcdf"), out, what="the dataset", name="ncnet")
     print(f"wrote {out}")
     if fig is not None:
         from gradcomp.plot.chsh import figure

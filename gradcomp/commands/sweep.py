@@ -155,7 +155,10 @@ def make_experiment(name: str, settings: dict[str, Any]) -> Any:
         factory = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as err:
         raise ValueError(f"--experiment {name}: {type(err).__name__}: {err}") from None
-    return factory(**settings)
+    try:
+        return factory(**settings)
+    except TypeError as err:  # e.g. an unknown --set key
+        raise ValueError(f"--experiment {name}: {err}") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -199,6 +199,9 @@ def _check_lora_cell(exp: LoraSweepExperiment, cell: dict[str, Any]) -> None:
     cfg = dataclasses.replace(exp.base, ranks=(rank,), **overrides)
     cfg.validate()  # LoraExperiment's own checks
     _finite_lr(cfg)
+    from gradcomp.lora.data import validate_languages
+
+    validate_languages(list(cfg.languages))
 
 
 def _device_of(experiment: Any) -> str | None:
