@@ -242,3 +242,21 @@ def test_damaged_consolidated_file_is_rebuilt_from_the_chunks(tmp_path, keep) ->
     xr.testing.assert_equal(ds[["a", "b"]].load(), ref[["a", "b"]].transpose(*ds.a.dims))
     ds.close()
     assert target.stat().st_size == len(raw)
+
+
+def test_check_cells_uses_the_experiments_own_validator() -> None:
+    import importlib
+    from dataclasses import dataclass
+
+    check_cells = importlib.import_module("gradcomp.scaleout.sweep").check_cells
+
+    @dataclass(frozen=True)
+    class Picky(Toy):
+        def validate(self, cell: dict) -> None:
+            if cell["width"] == 3:
+                raise ValueError("width 3 is\nnot allowed")
+
+    check_cells(Picky(), Grid.build({"width": [1, 2]}, range(4), 2))
+    with pytest.raises(ValueError, match=r"^grid cell width=3,lr=0.5: width 3 is not allowed$"):
+        check_cells(Picky(), Grid.build({"width": [2, 3], "lr": [0.5]}, range(4), 2))
+    check_cells(Toy(), Grid.build({"width": [3]}, range(4), 2))  # no validator: nothing to check

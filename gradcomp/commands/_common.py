@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 __all__ = [
+    "NETCDF_SUFFIXES",
     "CommandError",
     "check_device",
     "check_output",

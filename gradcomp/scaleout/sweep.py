@@ -163,9 +163,9 @@ def connect(
 
 
 def _integer(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if value < 1:
+    """``value`` as an int if it is a positive whole number (``3`` or ``3.0``), else raise."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (ok and math.isfinite(value) and value == int(value) and value >= 1):
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
 
