@@ -194,7 +194,9 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(
             f"interrupted; finished chunks are kept in {args.store}: rerun to resume", status=130
         ) from None
-    except (ValueError, OSError, RuntimeError, TypeError) as err:
+    except (ValueError, TypeError) as err:  # bad input or a store of another configuration
+        raise CommandError(str(err), status=2) from None
+    except (OSError, RuntimeError) as err:  # no scheduler, a full disk, failed chunks
         raise CommandError(str(err)) from None
     print(f"{args.store}: {dict(ds.sizes)}")
     return 0
