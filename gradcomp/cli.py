@@ -1,20 +1,36 @@
 """The ``gradcomp`` command line: one sub-command per module in ``gradcomp.commands``.
 
 Each command module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``.
+Bad input, an unusable device or path and a failed write end as one line on stderr
+(``gradcomp COMMAND: error: ...``) and a non-zero exit status, never a traceback:
+``run`` raises :class:`gradcomp.commands._common.CommandError` for them.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 from collections.abc import Sequence
+from typing import NoReturn
+
+from gradcomp.commands._common import CommandError, one_line
+
+__all__ = ["COMMANDS", "Parser", "build_parser", "main"]
 
 #: command modules, in the order ``gradcomp --help`` lists them
 COMMANDS = ("ncnet", "lora", "sweep")
 
 
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line (``PROG: error: ...``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="gradcomp",
         description="Gradient competition between tasks: ensembles, CHSH statistics, figures.",
     )
@@ -33,10 +49,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``gradcomp`` command."""
+    """Entry point of the ``gradcomp`` command; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as err:  # --help (0) or a usage error (2), already printed
+        return err.code if isinstance(err.code, int) else 2
     if not hasattr(args, "_run"):
         parser.print_help()
         return 2
-    return int(args._run(args) or 0)
+    prog = f"gradcomp {args.command}"
+    try:
+        return int(args._run(args) or 0)
+    except CommandError as err:
+        print(f"{prog}: error: {err.message}", file=sys.stderr)
+        return err.status
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130

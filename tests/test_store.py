@@ -204,3 +204,59 @@ def test_importing_gradcomp_and_scaleout_does_not_import_dask() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_store_without_chunks_binds_no_configuration(tmp_path) -> None:
+    grid = Grid.build(AXES, range(0, 7), 7)
+    ChunkStore(tmp_path / "s", CONFIG, grid)  # e.g. a sweep that failed before its first chunk
+    assert not (tmp_path / "s" / "store.json").exists()
+    other = {**CONFIG, "experiment_config": {"noise": 0.2}}
+    st = ChunkStore(tmp_path / "s", other, grid)  # the corrected sweep is not refused
+    c = grid.chunks()[0]
+    st.write(c, run_chunk(c, Toy(noise=0.2))[1])
+    assert json.loads((tmp_path / "s" / "store.json").read_text())["config"] == other
+    # a store.json left by an older version with no finished chunk does not lock either
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "store.json").write_text(
+        json.dumps({"format": 2, "config_hash": "0" * 64, "config": {}, "grid": {}})
+    )
+    ChunkStore(tmp_path / "t", CONFIG, grid)
+    # once a chunk is stored, a different configuration is refused, in one line
+    with pytest.raises(ConfigMismatchError) as info:
+        ChunkStore(tmp_path / "s", CONFIG, grid)
+    assert "\n" not in str(info.value) and "noise: store has 0.2" in str(info.value)
+
+
+@pytest.mark.parametrize("keep", [0, 100, 0.5, -1])
+def test_damaged_consolidated_file_is_rebuilt_from_the_chunks(tmp_path, keep) -> None:
+    exp, seeds = Toy(), range(0, 14)
+    grid = Grid.build(AXES, seeds, 7)
+    fill(tmp_path / "s", grid, exp)
+    open_store(tmp_path / "s").close()
+    target = tmp_path / "s" / "consolidated.nc"
+    raw = target.read_bytes()
+    cut = int(len(raw) * keep) if isinstance(keep, float) else keep % len(raw)
+    target.write_bytes(raw[:cut])  # truncated: empty, mid-header, half, one byte short
+    ds = open_store(tmp_path / "s")
+    ref = reference(exp, AXES, seeds)
+    xr.testing.assert_equal(ds[["a", "b"]].load(), ref[["a", "b"]].transpose(*ds.a.dims))
+    ds.close()
+    assert target.stat().st_size == len(raw)
+
+
+def test_check_cells_uses_the_experiments_own_validator() -> None:
+    import importlib
+    from dataclasses import dataclass
+
+    check_cells = importlib.import_module("gradcomp.scaleout.sweep").check_cells
+
+    @dataclass(frozen=True)
+    class Picky(Toy):
+        def validate(self, cell: dict) -> None:
+            if cell["width"] == 3:
+                raise ValueError("width 3 is\nnot allowed")
+
+    check_cells(Picky(), Grid.build({"width": [1, 2]}, range(4), 2))
+    with pytest.raises(ValueError, match=r"^grid cell width=3,lr=0.5: width 3 is not allowed$"):
+        check_cells(Picky(), Grid.build({"width": [2, 3], "lr": [0.5]}, range(4), 2))
+    check_cells(Toy(), Grid.build({"width": [3]}, range(4), 2))  # no validator: nothing to check

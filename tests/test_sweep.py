@@ -131,6 +131,40 @@ def test_unreachable_scheduler_errors_quickly(tmp_path) -> None:
         )  # fmt: skip
 
 
+def test_live_service_that_is_not_dask_fails_within_the_timeout(tmp_path) -> None:
+    """A TCP service that accepts and says nothing: Client() alone would wait forever."""
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(4)
+        t = time.perf_counter()
+        with pytest.raises(ConnectionError, match="accepted the connection but gave no Dask"):
+            sweep(
+                Toy(), tmp_path / "s", axes=AXES, seeds=range(8),
+                scheduler=f"tcp://127.0.0.1:{srv.getsockname()[1]}", connect_timeout=1.5,
+                progress=False,
+            )  # fmt: skip
+        assert time.perf_counter() - t < 1.5 + 3
+    assert not (tmp_path / "s" / "store.json").exists()
+
+
+def test_bad_cells_fail_before_the_cluster(tmp_path) -> None:
+    from gradcomp import ncnet
+    from gradcomp.scaleout import NCnetExperiment
+
+    exp = NCnetExperiment(ncnet.NCnetConfig(steps=5))
+    for axes, match in [
+        ({"width": [2, 0]}, r"grid cell width=0: width must be a positive integer"),
+        ({"lr": [0.5]}, r"needs a 'width' grid axis"),
+        ({"width": [2], "lr": [0.5, float("nan")]}, r"not finite"),
+        ({"width": [2], "lr": [float("inf")]}, r"not finite"),
+        ({"width": [2], "steps": [-1]}, r"grid cell width=2,steps=-1: steps must be"),
+    ]:
+        # an unreachable scheduler would raise ConnectionError: the cells are checked first
+        with pytest.raises(ValueError, match=match):
+            sweep(exp, tmp_path / "s", axes=axes, seeds=range(4), scheduler="tcp://127.0.0.1:1")
+    assert not (tmp_path / "s").exists()
+
+
 def test_killed_worker_loses_nothing(client, tmp_path) -> None:
     seeds, store = range(0, 96), tmp_path / "s"
     slow = Toy(sleep=0.15)

@@ -12,6 +12,16 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from gradcomp.commands._common import (
+    CommandError,
+    check_device,
+    check_output,
+    finite_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
+
 NAME = "lora"
 HELP = "Train LoRA ensembles over ranks x settings x seeds on real words; estimate S per rank."
 
@@ -31,23 +41,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     size.add_argument("--tiny", action="store_true", help="smoke setting (under a minute, CPU)")
     size.add_argument("--small", action="store_true", help="small CPU setting (a few minutes)")
     parser.add_argument("--model", help="local model directory (default: bundled MiniLM)")
-    parser.add_argument("--num-layers", type=int, help="keep only the first N encoder layers")
-    parser.add_argument("--ranks", type=int, nargs="+", help="LoRA ranks (default 1 2 4 8 16)")
-    parser.add_argument("--seeds", type=int, help="seeds per rank and setting pair")
-    parser.add_argument("--steps", type=int, help="training steps")
-    parser.add_argument("--lr", type=float, help="Adam learning rate")
-    parser.add_argument("--batch-size", type=int, help="words per step (0: full batch)")
-    parser.add_argument("--every", type=int, help="record statistics every k steps")
-    parser.add_argument("--threshold", type=float, help="accuracy a head needs for outcome +1")
+    parser.add_argument(
+        "--num-layers", type=positive_int, help="keep only the first N encoder layers"
+    )
+    parser.add_argument(
+        "--ranks", type=positive_int, nargs="+", help="LoRA ranks (default 1 2 4 8 16)"
+    )
+    parser.add_argument("--seeds", type=positive_int, help="seeds per rank and setting pair")
+    parser.add_argument("--steps", type=positive_int, help="training steps")
+    parser.add_argument("--lr", type=positive_float, help="Adam learning rate")
+    parser.add_argument("--batch-size", type=nonnegative_int, help="words per step (0: full batch)")
+    parser.add_argument("--every", type=positive_int, help="record statistics every k steps")
+    parser.add_argument(
+        "--threshold", type=finite_float, help="accuracy a head needs for outcome +1"
+    )
     parser.add_argument("--outcome-on", choices=["heldout", "train"], help="accuracy of outcome")
     parser.add_argument("--languages", nargs="+", help="wordfreq language codes")
     parser.add_argument("--task", action="append", default=[], help="e.g. A2=freq:4.5")
-    parser.add_argument("--per-language", type=int, help="words drawn per language")
+    parser.add_argument("--per-language", type=positive_int, help="words drawn per language")
     parser.add_argument("--ffn", action="store_true", help="also adapt feed-forward projections")
     parser.add_argument("--method", choices=["auto", "vmap", "loop"], help="ensemble method")
     parser.add_argument("--device", help="torch device, e.g. cuda")
-    parser.add_argument("--n-boot", type=int, default=999, help="bootstrap resamples")
-    parser.add_argument("--out", default="results", help="output directory (default results/)")
+    parser.add_argument("--n-boot", type=positive_int, default=999, help="bootstrap resamples")
+    parser.add_argument(
+        "--out",
+        default="results",
+        help="output directory (default results/): lora_rank.nc and lora_rank_summary.nc",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="overwrite the output files if they exist"
+    )
 
 
 def config_from_args(args: argparse.Namespace):  # -> LoraExperiment
@@ -84,21 +107,63 @@ def config_from_args(args: argparse.Namespace):  # -> LoraExperiment
     return LoraExperiment(**kw)
 
 
+def outputs(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The checked ``(dataset file, summary file)`` in ``--out``; raises before any work."""
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out {out} is a file; --out names a directory", status=2)
+    return (
+        check_output(out / "lora_rank.nc", flag="--out", suffixes=(".nc",), force=args.force),
+        check_output(
+            out / "lora_rank_summary.nc", flag="--out", suffixes=(".nc",), force=args.force
+        ),
+    )
+
+
+def check(cfg) -> None:  # cfg: LoraExperiment
+    """The experiment's own checks, and the languages, as one-line errors (cheap: no model)."""
+    from gradcomp.lora.data import validate_languages
+
+    try:
+        cfg.validate()
+        validate_languages(list(cfg.languages))
+    except ValueError as err:
+        raise CommandError(str(err), status=2) from None
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from gradcomp.commands._common import save
     from gradcomp.lora import run as run_experiment
     from gradcomp.lora.summary import summarize
 
+    if args.n_boot < 10:
+        raise CommandError(f"--n-boot must be at least 10, got {args.n_boot}", status=2)
+    try:
+        cfg = config_from_args(args)
+    except (ValueError, argparse.ArgumentTypeError) as err:
+        raise CommandError(str(err), status=2) from None
+    check(cfg)
+    check_device(cfg.device)
+    data_file, summary_file = outputs(args)
     if args.device is None or args.device == "cpu":
         torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
-    cfg = config_from_args(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ds = run_experiment(cfg, progress=True)
-    ds.to_netcdf(out / "lora_rank.nc", engine="h5netcdf")
-    summary = summarize(ds, n_boot=args.n_boot)
-    summary.to_netcdf(out / "lora_rank_summary.nc", engine="h5netcdf")
+    try:
+        ds = run_experiment(cfg, progress=True)
+    except ValueError as err:  # the model, tasks and adapters are checked before training
+        raise CommandError(str(err)) from None
+    save(lambda p: ds.to_netcdf(p, engine="h5netcdf"), data_file, what="the ensemble", name="lora")
+    try:
+        summary = summarize(ds, n_boot=args.n_boot)
+    except ValueError as err:
+        raise CommandError(f"{err} (the ensemble is in {data_file})") from None
+    save(
+        lambda p: summary.to_netcdf(p, engine="h5netcdf"),
+        summary_file,
+        what="the summary",
+        name="lora_summary",
+    )
     end = summary.isel(step=-1)
     print(f"{'rank':>5} {'S':>7} {'S_lo':>7} {'S_hi':>7} {'delta':>7} {'held-out acc':>13}")
     for r in end["rank"].values:
@@ -108,5 +173,5 @@ def run(args: argparse.Namespace) -> int:
             f"{float(e.delta):7.3f} {float(e.generalization):13.3f}"
         )
     print(f"method: {ds.attrs['method']}; config: {dataclasses.asdict(cfg)}")
-    print(f"wrote {out / 'lora_rank.nc'} and {out / 'lora_rank_summary.nc'}")
+    print(f"wrote {data_file} and {summary_file}")
     return 0

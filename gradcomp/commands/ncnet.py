@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
+
+from gradcomp.commands._common import (
+    NETCDF_SUFFIXES,
+    CommandError,
+    check_device,
+    check_output,
+    figure_formats,
+    positive_float,
+    positive_int,
+)
 
 NAME = "ncnet"
 HELP = (
@@ -49,12 +58,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--seeds",
-        type=int,
+        type=positive_int,
         default=DEFAULT_SEEDS,
         help=f"seeds per setting pair (default {DEFAULT_SEEDS})",
     )
     p.add_argument("--steps", type=int, default=2000, help="full-batch steps (default 2000)")
-    p.add_argument("--lr", type=float, default=0.5, help="learning rate (default 0.5)")
+    p.add_argument("--lr", type=positive_float, default=0.5, help="learning rate (default 0.5)")
     p.add_argument("--inputs", type=int, default=3, help="number of binary inputs k (default 3)")
     p.add_argument(
         "--alice",
@@ -71,7 +80,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"Bob's tasks for settings 1 and 2 (default {' ; '.join(DEFAULT_BOB)})",
     )
     p.add_argument("--activation", default="tanh", choices=("tanh", "relu", "sigmoid"))
-    p.add_argument("--init-scale", type=float, default=1.0, help="weight std x sqrt(fan_in)")
+    p.add_argument(
+        "--init-scale", type=positive_float, default=1.0, help="weight std x sqrt(fan_in)"
+    )
     p.add_argument("--holdout", type=int, default=0, help="number of held-out input patterns")
     p.add_argument(
         "--unshared",
@@ -95,28 +106,51 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="fast-path backend: compiled C kernel (CPU), torch (any device), or "
         "auto (c on the CPU when a C compiler is found; default)",
     )
-    p.add_argument("--chunk", type=int, default=512, help="seeds per vectorised chunk")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap replicates")
-    p.add_argument("--confidence", type=float, default=0.95, help="interval level")
-    p.add_argument("--out", type=Path, default=Path("results/ncnet.nc"), help="netCDF output")
+    p.add_argument("--chunk", type=positive_int, default=512, help="seeds per vectorised chunk")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--n-boot", type=positive_int, default=2000, help="bootstrap replicates")
+    p.add_argument("--confidence", type=positive_float, default=0.95, help="interval level")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("results/ncnet.nc"),
+        help="netCDF output file (.nc; default results/ncnet.nc)",
+    )
     p.add_argument(
         "--figure",
-        type=Path,
-        default=Path("results/ncnet_capacity.png"),
-        help="figure path (PNG/PDF by suffix); 'none' to skip",
+        default=None,
+        help="figure file (format by suffix: .png, .pdf, .svg, ...; default: next to --out, "
+        "OUT_capacity.png); 'none' to skip",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="overwrite --out and --figure if they exist"
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def outputs(args: argparse.Namespace) -> tuple[Path, Path | None]:
+    """The checked ``(data file, figure file or None)`` of ``args``; raises before any work."""
+    out = check_output(Path(args.out), flag="--out", suffixes=NETCDF_SUFFIXES, force=args.force)
+    if args.figure is not None and str(args.figure).lower() == "none":
+        return out, None
+    fig = Path(args.figure) if args.figure else out.with_name(f"{out.stem}_capacity.png")
+    if fig.resolve() == out.resolve():
+        raise CommandError(f"--figure {fig} is the --out file; give another name", status=2)
+    return out, check_output(fig, flag="--figure", suffixes=figure_formats(), force=args.force)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from gradcomp.commands._common import save
     from gradcomp.ncnet import NCnetConfig
     from gradcomp.ncnet._experiment import capacity, table
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    # every check before training: results are never computed only to be lost
+    if not args.confidence < 1:
+        raise CommandError(f"--confidence must be in (0, 1), got {args.confidence}", status=2)
+    if args.n_boot < 10:
+        raise CommandError(f"--n-boot must be at least 10, got {args.n_boot}", status=2)
     try:
         config = NCnetConfig(
             inputs=args.inputs,
@@ -133,13 +167,15 @@ def run(args: argparse.Namespace) -> int:
             dtype=args.dtype,
         )
     except ValueError as err:
-        raise SystemExit(f"gradcomp ncnet: {err}") from None
-    # fail before training, not after, when the results could not be written
-    for path in (args.out, None if str(args.figure).lower() == "none" else args.figure):
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if not os.access(path.parent, os.W_OK):
-                raise SystemExit(f"gradcomp ncnet: cannot write to {path.parent}")
+        raise CommandError(str(err), status=2) from None
+    check_device(args.device)
+    if args.backend == "c" and torch.device(args.device).type != "cpu":
+        raise CommandError("--backend c runs on the CPU only: use --backend torch", status=2)
+    if args.seeds < 2:
+        raise CommandError(f"--seeds: need at least 2 seeds, got {args.seeds}", status=2)
+    out, fig = outputs(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     try:
         ds = capacity(
@@ -155,16 +191,24 @@ def run(args: argparse.Namespace) -> int:
             backend=args.backend,
         )
     except ValueError as err:
-        raise SystemExit(f"gradcomp ncnet: {err}") from None
+        raise CommandError(str(err)) from None
+    # the data first: nothing after training may lose them
+    save(lambda p: ds.to_netcdf(p, engine="h5netcdf"), out, what="the dataset", name="ncnet")
     print(table(ds))
     print(f"backend: {ds.attrs['backend']}")
-    ds.to_netcdf(args.out, engine="h5netcdf")
-    print(f"wrote {args.out}")
-    if str(args.figure).lower() != "none":
+    print(f"wrote {out}")
+    if fig is not None:
         from gradcomp.plot.chsh import figure
 
-        fig = figure(ds)
-        fig.savefig(args.figure, dpi=150)
-        print(f"wrote {args.figure}")
+        def draw(path: Path) -> None:
+            figure(ds).savefig(path, dpi=150, format=path.suffix[1:].lower())
+
+        try:
+            save(draw, fig, what="the figure", name="ncnet_capacity")
+        except CommandError as err:
+            raise CommandError(
+                f"{err.message} (the data are in {out}; gradcomp.plot.chsh.figure redraws it)"
+            ) from None
+        print(f"wrote {fig}")
     print(f"done in {time.perf_counter() - t0:.1f} s")
     return 0

@@ -11,10 +11,13 @@ Rerunning the same command resumes: finished chunks are skipped.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
-import sys
+import math
 from typing import Any
+
+from gradcomp.commands._common import CommandError, nonnegative_int, positive_float, positive_int
 
 NAME = "sweep"
 HELP = "run a grid (axes × seed chunks) on Dask into a crash-safe, resumable store"
@@ -23,6 +26,16 @@ EXPERIMENTS = ("ncnet", "lora", "toy")
 
 
 def _value(text: str) -> Any:
+    """A number (``2``, ``0.5``, ``1e-3``, ``.5``; never ``nan`` or ``inf``), JSON (``true``,
+    ``[1, 2]``, ``"x"``) or else the text itself."""
+    for parse in (int, float):
+        try:
+            value = parse(text)
+        except ValueError:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        return value
     try:
         return json.loads(text)
     except json.JSONDecodeError:
@@ -33,7 +46,10 @@ def _axis(text: str) -> tuple[str, list[Any]]:
     name, sep, values = text.partition("=")
     if not sep or not name or not values:
         raise argparse.ArgumentTypeError(f"--axis takes NAME=V1,V2,..., got {text!r}")
-    return name, [_value(v) for v in values.split(",")]
+    try:
+        return name, [_value(v.strip()) for v in values.split(",")]
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"--axis {name}: {err}") from None
 
 
 def _seeds(text: str) -> range:
@@ -60,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a grid axis (repeatable), e.g. width=2,3,4 or lr=0.1,0.5",
     )
     parser.add_argument("--seeds", type=_seeds, default=range(2000), help="N or START:STOP")
-    parser.add_argument("--seeds-per-chunk", type=int, default=250)
+    parser.add_argument("--seeds-per-chunk", type=positive_int, default=250)
     parser.add_argument(
         "--set",
         action="append",
@@ -69,19 +85,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="experiment config field (repeatable), e.g. steps=500; for ncnet also device=, "
         "backend=torch|c, threads=, keep=a+b+acc (variables to store)",
     )
-    parser.add_argument("--scheduler", default=None, help="tcp://HOST:PORT of a Dask scheduler")
-    parser.add_argument("--workers", type=int, default=None, help="LocalCluster worker processes")
-    parser.add_argument("--retries", type=int, default=2)
-    parser.add_argument("--connect-timeout", type=float, default=5.0)
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        help="tcp://HOST:PORT of a running Dask scheduler (default: a LocalCluster)",
+    )
+    parser.add_argument(
+        "--workers", type=positive_int, default=None, help="LocalCluster worker processes"
+    )
+    parser.add_argument("--retries", type=nonnegative_int, default=2)
+    parser.add_argument(
+        "--connect-timeout",
+        type=positive_float,
+        default=5.0,
+        help="seconds to reach --scheduler before giving up (default 5)",
+    )
     parser.add_argument("--no-progress", action="store_true")
 
 
 def make_experiment(name: str, settings: dict[str, Any]) -> Any:
-    """The experiment object named ``name`` with config fields ``settings``."""
+    """The experiment object named ``name`` with config fields ``settings``.
+
+    Raises:
+        ValueError: unknown experiment or setting, or a setting its config refuses.
+    """
     from gradcomp.scaleout import NCnetExperiment, Toy
 
+    def build(cls: Any, kw: dict[str, Any]) -> Any:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kw) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown --set key(s) {', '.join(unknown)} for {name}; "
+                f"known: {', '.join(sorted(known))}"
+            )
+        try:
+            return cls(**kw)
+        except TypeError as err:  # a value of the wrong type
+            raise ValueError(f"--set for {name}: {err}") from None
+
     if name == "toy":
-        return Toy(**settings)
+        return build(Toy, settings)
     if name == "ncnet":
         from gradcomp.ncnet import NCnetConfig
 
@@ -94,18 +138,27 @@ def make_experiment(name: str, settings: dict[str, Any]) -> Any:
         for key in ("alice", "bob"):
             if key in settings:
                 settings[key] = tuple(settings[key])
-        return NCnetExperiment(NCnetConfig(**settings), **extra)
+        return NCnetExperiment(build(NCnetConfig, settings), **extra)
     if name == "lora":
         from gradcomp.lora import LoraExperiment
         from gradcomp.scaleout import LoraSweepExperiment
 
         keep = settings.pop("keep", "")
         keep = tuple(keep.split("+") if isinstance(keep, str) and keep else keep)
-        return LoraSweepExperiment(LoraExperiment(**settings), keep=keep)
+        return LoraSweepExperiment(build(LoraExperiment, settings), keep=keep)
     module, sep, attr = name.partition(":")
     if not sep:
-        raise ValueError(f"unknown experiment {name!r}; use {EXPERIMENTS} or module:factory")
-    return getattr(importlib.import_module(module), attr)(**settings)
+        raise ValueError(
+            f"unknown experiment {name!r}; use {', '.join(EXPERIMENTS)} or module:factory"
+        )
+    try:
+        factory = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"--experiment {name}: {type(err).__name__}: {err}") from None
+    try:
+        return factory(**settings)
+    except TypeError as err:  # e.g. an unknown --set key
+        raise ValueError(f"--experiment {name}: {err}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,12 +167,17 @@ def run(args: argparse.Namespace) -> int:
     settings = {}
     for item in args.set:
         key, sep, value = item.partition("=")
-        if not sep:
-            print(f"error: --set takes KEY=VALUE, got {item!r}", file=sys.stderr)
-            return 2
-        settings[key] = _value(value)
+        if not sep or not key:
+            raise CommandError(f"--set takes KEY=VALUE, got {item!r}", status=2)
+        try:
+            settings[key] = _value(value)
+        except argparse.ArgumentTypeError as err:
+            raise CommandError(f"--set {key}: {err}", status=2) from None
     try:
         experiment = make_experiment(args.experiment, settings)
+    except ValueError as err:
+        raise CommandError(str(err), status=2) from None
+    try:
         ds = sweep(
             experiment,
             args.store,
@@ -133,13 +191,12 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
     except KeyboardInterrupt:
-        print(
-            f"interrupted; finished chunks are kept in {args.store}: rerun to resume",
-            file=sys.stderr,
-        )
-        return 130
-    except (ValueError, OSError, RuntimeError, TypeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        raise CommandError(
+            f"interrupted; finished chunks are kept in {args.store}: rerun to resume", status=130
+        ) from None
+    except (ValueError, TypeError) as err:  # bad input or a store of another configuration
+        raise CommandError(str(err), status=2) from None
+    except (OSError, RuntimeError) as err:  # no scheduler, a full disk, failed chunks
+        raise CommandError(str(err)) from None
     print(f"{args.store}: {dict(ds.sizes)}")
     return 0

@@ -144,14 +144,32 @@ def _assemble(root: Path, grid: Grid) -> xr.Dataset:
     return ds
 
 
+def _open_consolidated(target: Path, tag: str) -> xr.Dataset | None:
+    """``target`` opened lazily if it is intact and built from the chunks ``tag`` names, else None.
+
+    A truncated or otherwise unreadable file (a crash or a full disk while it was replaced by
+    another program, a copy cut short) counts as stale: it is rebuilt from the chunks.
+    """
+    if not target.exists():
+        return None
+    try:
+        ds = xr.open_dataset(target, engine="h5netcdf", chunks={})
+    except Exception:  # h5py raises OSError, ValueError, KeyError, ...
+        return None
+    if ds.attrs.get("sweep_chunks_sha256") == tag:
+        return ds
+    ds.close()
+    return None
+
+
 def open_store(
     path: str | os.PathLike[str], *, grid: Grid | None = None, verify: Verify = "size"
 ) -> xr.Dataset:
     """Open a sweep store as one lazily loaded (Dask-backed) Dataset.
 
     The chunks are gathered once into ``consolidated.nc`` (written atomically, rebuilt whenever the
-    set of finished chunks changes; building it holds the grid in memory once) and that one netCDF
-    file is opened lazily.
+    set of finished chunks changes or the file cannot be read; building it holds the grid in memory
+    once) and that one netCDF file is opened lazily.
 
     Args:
         path: the store directory.
@@ -182,11 +200,9 @@ def open_store(
         sums.update((root / "done" / f"{c.key}.json").read_bytes())
     tag = sums.hexdigest()
     target = root / "consolidated.nc"
-    if target.exists():
-        ds = xr.open_dataset(target, engine="h5netcdf", chunks={})
-        if ds.attrs.get("sweep_chunks_sha256") == tag:
-            return ds
-        ds.close()
+    ds = _open_consolidated(target, tag)
+    if ds is not None:
+        return ds
     ds = _assemble(root, grid)
     ds.attrs = {k: _plain(v) if isinstance(v, str) else v for k, v in ds.attrs.items()}
     ds.attrs.update(provenance(meta["config"]))

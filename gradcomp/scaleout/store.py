@@ -2,7 +2,8 @@
 
 Layout of a store directory::
 
-    store.json          format, config hash, config, the grid of the latest sweep
+    store.json          format, config hash, config, the grid of the latest sweep (written with the
+                    first chunk: a store without chunks binds no configuration)
     chunks/<key>.npz    one finished chunk (written once: temp file, fsync, rename)
     done/<key>.json     its done-marker: sha256 and size of the chunk file, written last
 
@@ -18,6 +19,7 @@ import errno
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -90,7 +92,8 @@ class ChunkStore:
         grid: the grid of this sweep (stored, so :func:`open_store` knows which chunks form it).
 
     Raises:
-        ConfigMismatchError: the store holds results of a different config.
+        ConfigMismatchError: the store holds finished chunks of a different config (a store
+            without finished chunks takes the new config).
         PermissionError: the path cannot be written.
     """
 
@@ -111,18 +114,24 @@ class ChunkStore:
                 f"cannot write the sweep store at {self.path} ({err.strerror or err}); "
                 "choose a writable store path"
             ) from err
+        self._lock = threading.Lock()
+        self._meta_written = False
         meta = self.path / "store.json"
-        if meta.exists():
+        has_chunks = any(p.name.endswith(".json") for p in os.scandir(self.path / "done"))
+        if meta.exists() and has_chunks:
             old = json.loads(meta.read_text())
             if old.get("config_hash") != self.hash:
                 lines = _diff(old.get("config", {}), self.config) or ["(hash differs)"]
                 raise ConfigMismatchError(
                     f"the store at {self.path} holds results of a different configuration "
-                    f"(hash {old.get('config_hash', '?')[:12]} vs {self.hash[:12]}):\n  "
-                    + "\n  ".join(lines)
-                    + "\nUse a new store path for this configuration (results are never mixed)."
+                    f"(hash {old.get('config_hash', '?')[:12]} vs {self.hash[:12]}): "
+                    + "; ".join(lines)
+                    + ". Use a new store path for this configuration (results are never mixed)."
                 )
-        self._write_meta()
+        if has_chunks:
+            self._write_meta()  # records this sweep's grid
+        # else: store.json is written with the first chunk, so a sweep that stored nothing
+        # (bad input, an unreachable scheduler) leaves no configuration behind
         for tmp in (self.path / "chunks").glob(".*.tmp.*"):
             tmp.unlink(missing_ok=True)  # left by a driver killed mid-write
         for tmp in (self.path / "done").glob(".*.tmp.*"):
@@ -136,6 +145,7 @@ class ChunkStore:
             "grid": json.loads(self.grid.to_json()),
         }
         _atomic_write(self.path / "store.json", json.dumps(meta, indent=1).encode())
+        self._meta_written = True
 
     def chunk_path(self, key: str) -> Path:
         """Where chunk ``key`` lives."""
@@ -178,6 +188,10 @@ class ChunkStore:
         """
         key = chunk.key
         try:
+            if not self._meta_written:
+                with self._lock:  # chunks are written from a few threads at once
+                    if not self._meta_written:
+                        self._write_meta()
             self.marker_path(key).unlink(missing_ok=True)
             _atomic_write(self.chunk_path(key), payload)
             marker = {

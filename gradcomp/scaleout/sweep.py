@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
+import math
 import os
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -14,11 +17,11 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from gradcomp.scaleout.chunkio import open_store, run_chunk
-from gradcomp.scaleout.experiments import Experiment
+from gradcomp.scaleout.experiments import Experiment, LoraSweepExperiment, NCnetExperiment
 from gradcomp.scaleout.grid import Chunk, Grid
 from gradcomp.scaleout.store import ChunkStore, Verify
 
-__all__ = ["connect", "sweep"]
+__all__ = ["check_cells", "check_scheduler", "connect", "sweep"]
 
 
 def _machine_cores() -> int:
@@ -26,6 +29,88 @@ def _machine_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+class _BadAddress(Exception):
+    """A scheduler address that Dask cannot parse."""
+
+
+async def _identity(address: str, timeout: float) -> Any:
+    """The reply of the server at ``address`` to Dask's ``identity`` request, within ``timeout``."""
+    import asyncio
+
+    from distributed.comm import connect as comm_connect
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+
+    def left() -> float:
+        return max(0.01, deadline - loop.time())
+
+    silent = OSError("it accepted the connection but gave no Dask reply: not a Dask scheduler?")
+    try:
+        scheme, loc = parse_address(address)
+        host, port = parse_host_port(loc) if scheme == "tcp" else (None, None)
+    except (ValueError, TypeError) as err:
+        raise _BadAddress(str(err)) from None
+    if host is not None:  # plain TCP first: tells "nobody there" from "not Dask"
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), left())
+        except (TimeoutError, asyncio.TimeoutError):
+            raise OSError("no connection within the timeout: is the host reachable?") from None
+        writer.close()
+    try:
+        comm = await asyncio.wait_for(comm_connect(address, timeout=timeout), left())
+    except (ValueError, TypeError) as err:  # raised before any connection is tried
+        raise _BadAddress(str(err)) from None
+    except (TimeoutError, asyncio.TimeoutError):
+        raise silent from None
+    try:
+        await asyncio.wait_for(comm.write({"op": "identity", "reply": True}), left())
+        return await asyncio.wait_for(comm.read(), left())
+    except (TimeoutError, asyncio.TimeoutError):
+        raise silent from None
+    finally:
+        comm.abort()
+
+
+def check_scheduler(address: str, timeout: float = 5.0) -> None:
+    """Raise unless a Dask scheduler answers at ``address`` within ``timeout`` seconds.
+
+    ``distributed.Client`` waits without a bound for the handshake of a server that accepts the
+    connection but does not speak Dask's protocol (an HTTP server, say); this probe bounds every
+    step (connect, handshake, an ``identity`` request) by one deadline.
+
+    Raises:
+        ValueError: ``address`` is not a Dask address (e.g. no port, an unknown scheme).
+        ConnectionError: nothing answered as a Dask scheduler within ``timeout`` (one line).
+    """
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    # a fresh event loop in its own thread: works whether or not the caller runs one
+    with ThreadPoolExecutor(1, thread_name_prefix="gradcomp-probe") as pool:
+        try:
+            reply = pool.submit(asyncio.run, _identity(address, timeout)).result()
+        except _BadAddress as err:
+            raise ValueError(
+                f"bad Dask scheduler address {address!r} ({err}); use tcp://HOST:PORT"
+            ) from None
+        except Exception as err:  # every failure means: no scheduler there
+            why = " ".join(str(err).split())[:200] or type(err).__name__
+            if type(err) is not OSError:
+                why = f"{type(err).__name__}: {why}"
+            raise ConnectionError(
+                f"could not reach the Dask scheduler at {address} within {timeout:g} s ({why}); "
+                "check the address and that the scheduler runs"
+            ) from None
+    kind = reply.get("type") if isinstance(reply, dict) else None
+    if kind != "Scheduler":
+        raise ConnectionError(
+            f"{address} answered, but as a Dask {kind or 'peer'}, not a scheduler; "
+            "give the scheduler's address"
+        )
 
 
 @contextlib.contextmanager
@@ -39,8 +124,8 @@ def connect(
     LocalCluster of ``n_workers`` single-threaded worker processes (default: one per core).
 
     Raises:
-        ConnectionError: ``scheduler`` cannot be reached within ``timeout`` seconds.
-        ValueError: both ``client`` and ``scheduler`` given.
+        ConnectionError: ``scheduler`` is not a Dask scheduler answering within ``timeout`` s.
+        ValueError: both ``client`` and ``scheduler`` given, or a malformed ``scheduler``.
     """
     from distributed import Client, LocalCluster
 
@@ -50,13 +135,14 @@ def connect(
         yield client
         return
     if scheduler is not None:
+        check_scheduler(scheduler, timeout)
         try:
             c = Client(scheduler, timeout=timeout, set_as_default=False)
         except (OSError, TimeoutError) as err:
             raise ConnectionError(
                 f"could not reach the Dask scheduler at {scheduler} within {timeout:g} s "
                 f"({type(err).__name__}: {err}); check the address and that the scheduler runs"
-            ) from err
+            ) from None
         try:
             yield c
         finally:
@@ -74,6 +160,89 @@ def connect(
         Client(cluster, set_as_default=False) as c,
     ):
         yield c
+
+
+def _integer(name: str, value: Any) -> int:
+    """``value`` as an int if it is a positive whole number (``3`` or ``3.0``), else raise."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (ok and math.isfinite(value) and value == int(value) and value >= 1):
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _finite_lr(cfg: Any) -> None:
+    lr = getattr(cfg, "lr", None)
+    if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite positive number, got {lr!r}")
+
+
+def _check_ncnet_cell(exp: NCnetExperiment, cell: dict[str, Any]) -> None:
+    """What ``NCnetExperiment.__call__`` would refuse on a worker, checked on the driver."""
+    if "width" not in cell:
+        raise ValueError("the NCnet experiment needs a 'width' grid axis (e.g. width=2,3,4)")
+    _integer("width", cell["width"])
+    overrides = {k: v for k, v in cell.items() if k != "width"}
+    cfg = dataclasses.replace(exp.base, **overrides)  # runs NCnetConfig's own checks
+    _finite_lr(cfg)
+    if exp.backend not in ("torch", "c"):
+        raise ValueError(f"backend must be 'torch' or 'c' (pinned), got {exp.backend!r}")
+    if not isinstance(exp.threads, int) or isinstance(exp.threads, bool) or exp.threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {exp.threads!r}")
+
+
+def _check_lora_cell(exp: LoraSweepExperiment, cell: dict[str, Any]) -> None:
+    """What ``LoraSweepExperiment.__call__`` would refuse on a worker, checked on the driver."""
+    if "rank" not in cell:
+        raise ValueError("the LoRA experiment needs a 'rank' grid axis (e.g. rank=1,2,4)")
+    rank = _integer("rank", cell["rank"])
+    overrides = {k: v for k, v in cell.items() if k != "rank"}
+    cfg = dataclasses.replace(exp.base, ranks=(rank,), **overrides)
+    cfg.validate()  # LoraExperiment's own checks
+    _finite_lr(cfg)
+    from gradcomp.lora.data import validate_languages
+
+    validate_languages(list(cfg.languages))
+
+
+def _device_of(experiment: Any) -> str | None:
+    if isinstance(experiment, NCnetExperiment):
+        return str(experiment.device)
+    if isinstance(experiment, LoraSweepExperiment):
+        return str(experiment.base.device)
+    return None
+
+
+def check_cells(experiment: Experiment, grid: Grid, *, local: bool = True) -> None:
+    """Check every cell of ``grid`` with the experiment's own validator, before any work.
+
+    The validator is ``experiment.validate(cell)`` when the experiment defines one; NCnet and LoRA
+    cells are checked by building each cell's config (so its ``__post_init__``/``validate``
+    checks run) plus the grid axis itself (``width``/``rank``: a positive integer). The device is
+    parsed, and with ``local`` (a LocalCluster on this machine) also checked to be available.
+
+    Raises:
+        ValueError: one line naming the first bad cell.
+    """
+    from gradcomp._device import check_device
+
+    device = _device_of(experiment)
+    if device is not None:
+        check_device(device, available=local)
+    validate = getattr(experiment, "validate", None)
+    if not callable(validate):
+        if isinstance(experiment, NCnetExperiment):
+            validate = functools.partial(_check_ncnet_cell, experiment)
+        elif isinstance(experiment, LoraSweepExperiment):
+            validate = functools.partial(_check_lora_cell, experiment)
+        else:
+            return
+    for cell in grid.cells():
+        try:
+            validate(dict(cell))
+        except (ValueError, TypeError) as err:
+            where = ",".join(f"{k}={v}" for k, v in cell) or "(no axes)"
+            text = " ".join(str(err).split())
+            raise ValueError(f"grid cell {where}: {text}") from None
 
 
 class _Progress:
@@ -140,7 +309,9 @@ def sweep(
         The whole store as one lazy Dataset (:func:`open_store`).
 
     Raises:
-        ValueError: bad grid (unknown axis, empty range) or experiment.
+        ValueError: bad grid (unknown axis, empty range), experiment, or a cell the
+            experiment's validator refuses (:func:`check_cells`): raised before the store is
+            written or a cluster starts.
         ConfigMismatchError: ``store`` holds results of a different config.
         PermissionError: ``store`` is not writable.
         ConnectionError: ``scheduler`` unreachable.
@@ -152,6 +323,7 @@ def sweep(
             f"{experiment!r} is not an experiment (needs name, axes(), config(), __call__)"
         )
     grid = Grid.build(axes or {}, seeds, seeds_per_chunk, allowed=experiment.axes())
+    check_cells(experiment, grid, local=client is None and scheduler is None)
     config = {
         "experiment": experiment.name,
         "experiment_config": experiment.config(),
@@ -161,6 +333,8 @@ def sweep(
     chunks = grid.chunks()
     done, corrupt = st.done(chunks, verify)
     todo = [c for c in chunks if c.key not in done]
+    if todo and client is None and scheduler is not None:
+        check_scheduler(scheduler, connect_timeout)  # before the progress bar: errors are 1 line
     bar = _Progress(len(chunks), len(done), progress)
     if corrupt:
         bar.bar.write(f"recomputing {len(corrupt)} corrupt or half-written chunk(s)")
