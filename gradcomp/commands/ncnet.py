@@ -99,6 +99,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap replicates")
     p.add_argument("--confidence", type=float, default=0.95, help="interval level")
+    p.add_argument(
+        "--max-diverged",
+        type=float,
+        default=0.05,
+        help="largest share of diverged runs (non-finite loss or parameters) per width before "
+        "refusing; below it they are left out of S and counted in the table (default 0.05)",
+    )
     p.add_argument("--out", type=Path, default=Path("results/ncnet.nc"), help="netCDF output")
     p.add_argument(
         "--figure",
@@ -153,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
             chunk=args.chunk,
             progress=not args.no_progress,
             backend=args.backend,
+            max_diverged=args.max_diverged,
         )
     except ValueError as err:
         raise SystemExit(f"gradcomp ncnet: {err}") from None
