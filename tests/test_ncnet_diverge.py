@@ -221,3 +221,35 @@ def test_progress_warmup_is_a_tenth_or_the_first_chunk(monkeypatch) -> None:
     run(cfg, [1], 4, progress=False, backend="torch")
     run(cfg, [1], 40, chunk=2, progress=False, backend="torch")
     assert seen == [(50, 5), (1000, 50)]
+
+
+# --- sweeps --------------------------------------------------------------------------------------
+
+
+def test_sweep_chunks_carry_diverged_through_the_store(tmp_path: Path) -> None:
+    from gradcomp.scaleout import ChunkStore, Grid, NCnetExperiment, open_store
+    from gradcomp.scaleout.chunkio import _tally, run_chunk
+
+    base = NCnetConfig(**BLOWUP)
+    exp = NCnetExperiment(base, keep=("a", "b"))
+    grid = Grid.build({"width": WIDTHS}, range(0, 16), 6, allowed=exp.axes())
+    st = ChunkStore(tmp_path / "s", {"experiment": "ncnet", "config": exp.config()}, grid)
+    for c in grid.chunks():
+        _, payload, tally = run_chunk(c, exp)
+        st.write(c, payload)
+        part = exp(c.cell, c.seeds)
+        assert set(part.data_vars) == {"a", "b", "diverged"}
+        last = part.isel(step=-1)
+        ok = ~last.diverged.any(["alice", "bob"]).values
+        if ok.any():  # the progress bar's running S leaves diverged seeds out
+            ab = (last.a * last.b).values[ok].sum(0)
+            np.testing.assert_array_equal(tally[0], ab)
+            assert tally[1] == ok.sum()
+        else:
+            assert tally is None
+    ds = open_store(tmp_path / "s").load()
+    ref = run(base, WIDTHS, range(16), progress=False, backend="torch")
+    for var in ("a", "b", "diverged"):
+        xr.testing.assert_equal(ds[var], ref[var].transpose(*ds[var].dims))
+    assert ds.diverged.dtype == bool and ds.diverged.any() and not ds.diverged.all()
+    assert _tally(ref.isel(width=0)) is not None
