@@ -199,10 +199,10 @@ def test_progress_bars_have_distinct_labels_and_no_early_eta(capsys) -> None:
     buf = io.StringIO()
     bar = _Bar(total=100, warmup=10, file=buf, mininterval=0, desc="x")
     bar.update(1)
-    assert bar.bar_format == _Bar.NO_ETA and "estimating" in buf.getvalue()
+    assert bar.estimating and "estimating" in buf.getvalue()
     assert "<" not in buf.getvalue().split("\r")[-1]  # no remaining-time field yet
     bar.update(9)
-    assert bar.bar_format is None
+    assert not bar.estimating
     bar.update(1)
     assert "<" in buf.getvalue().split("\r")[-1]  # now the estimate shows
     bar.close()

@@ -101,8 +101,8 @@ def capacity(
         cest["diverged_share"] = cshare
         renamed = {v: CONTROL_PREFIX + str(v) for v in cest.data_vars}
         cvars = cest.rename(renamed)
-        for name in ("a", "b", "diverged"):
-            cvars[CONTROL_PREFIX + name] = ctrl[name]
+        for var in ("a", "b", "diverged"):
+            cvars[CONTROL_PREFIX + var] = ctrl[var]
         labels = {
             CONTROL_PREFIX + k: (f"{v[0]} (unshared control)", v[1])
             for k, v in {

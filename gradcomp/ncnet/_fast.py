@@ -299,9 +299,9 @@ def _trace(config, XT, L, Gu, H, Y, wp, train, held, params, gidx, G) -> dict[st
 
     ``diverged (G, B)``: a parameter or a task loss of the run is not finite at this step.
     """
-    V = params[2]
+    W, b, V, c = params
     out = {"loss": (torch.nn.functional.softplus(L) - Y * L).mul_(wp).sum(1)}  # (G, 2, B)
-    out["diverged"] = nonfinite_runs(*params, gidx, G) | ~torch.isfinite(out["loss"]).all(1)
+    out["diverged"] = nonfinite_runs(W, b, V, c, gidx, G) | ~torch.isfinite(out["loss"]).all(1)
     correct = ((L > 0).to(L.dtype) == Y).to(L.dtype)
     out["acc"] = (correct * train).sum(1) / train.sum()
     if held.sum() > 0:

@@ -147,11 +147,13 @@ class _Bar(tqdm):
 
     def __init__(self, *, warmup: int, **kw) -> None:
         self.warmup = warmup
+        self.estimating = True
         super().__init__(unit="step", leave=False, bar_format=self.NO_ETA, **kw)
 
     def update(self, n: float | None = 1) -> bool | None:
-        if not self.disable and self.bar_format == self.NO_ETA and self.n + (n or 0) >= self.warmup:
-            self.bar_format = None
+        if self.estimating and not self.disable and self.n + (n or 0) >= self.warmup:
+            self.estimating = False
+            self.bar_format = None  # tqdm's default: with the time estimate
         return super().update(n)
 
 
