@@ -49,7 +49,7 @@ def check_share(
         share: ``diverged_share`` at the reported step, one value per cell (e.g. per width).
         max_diverged: the largest share accepted, in [0, 1].
         lr: the learning rate, named in the message.
-        what: the experiment, e.g. ``"ncnet"``.
+        what: the experiment, e.g. ``"ncnet"`` ("... of the ncnet runs at width 3 ...").
         cell: the cell dimension of ``share`` (``"width"``, ``"rank"``), named in the message.
     """
     if not 0 <= max_diverged <= 1:
@@ -60,7 +60,7 @@ def check_share(
     worst = int(np.nanargmax(values))
     at = share[cell].values.ravel()[worst] if cell in share.coords else "?"
     raise ValueError(
-        f"{what}: {values[worst]:.1%} of the runs at {cell} {at} diverged (non-finite loss or "
+        f"{values[worst]:.1%} of the {what} runs at {cell} {at} diverged (non-finite loss or "
         f"parameters) at learning rate {lr:g}, more than max_diverged = {max_diverged:g}; use a "
         f"smaller learning rate (e.g. {lr / 10:g}), or raise max_diverged to report S over the "
         "seeds whose runs all stayed finite"

@@ -83,7 +83,9 @@ def test_huge_learning_rate_flags_members_and_summary_refuses():
     assert not flags.sel(step=0).any() and flags.sel(step=2).all()
     np.testing.assert_array_equal(np.isnan(ds["a"]), ds["diverged"])
     np.testing.assert_array_equal(np.isnan(ds["b"]), ds["diverged"])
-    with pytest.raises(ValueError, match=r"100.0% of the runs at rank 1 .*learning rate 1e\+30"):
+    with pytest.raises(
+        ValueError, match=r"100.0% of the lora runs at rank 1 .*learning rate 1e\+30"
+    ):
         summarize(ds, n_boot=20)
     s = summarize(ds, n_boot=20, max_diverged=1.0)
     assert float(s["diverged_share"].sel(rank=1, step=2)) == 1.0
