@@ -48,7 +48,8 @@ def test_vmap_trainer_equals_the_loop_run_by_run(weights) -> None:
     kw = {"steps": 25, "lr": 0.1, "trace_steps": [0, 3, 25], "units": True}
     fv, tv = train(prob, params, data, **kw)
     fl, tl = train_loop(prob, params, data, **kw)
-    assert set(tv) == set(tl) == {"loss", "sq", "gram", "unit_gram"}
+    assert set(tv) == set(tl) == {"loss", "sq", "gram", "unit_gram", "diverged"}
+    assert not tv["diverged"].any()
     for k in fv:
         torch.testing.assert_close(fv[k], fl[k], rtol=1e-10, atol=1e-12)
     for k in tv:
@@ -58,6 +59,26 @@ def test_vmap_trainer_equals_the_loop_run_by_run(weights) -> None:
     assert tv["unit_gram"].shape == (3, 5, 3, 4, 2, 2)
     # the trained runs actually moved
     assert not torch.allclose(fv["W1"], params["W1"])
+
+
+def test_divergence_is_flagged_per_run_from_its_first_nonfinite_step() -> None:
+    prob = _toy_problem()
+    params, data = _toy_batch(4)
+    params["heads"][1] *= 1e200  # run 1: loss overflows at once
+    params["W2"][2, 0, 0] = float("nan")  # run 2: a NaN parameter from the start
+    data["y"][3] *= 1e100  # run 3: finite at step 0, overflows after some updates
+    kw = {"steps": 6, "lr": 0.1, "trace_steps": [0, 1, 2, 6]}
+    _, tv = train(prob, params, data, **kw)
+    _, tl = train_loop(prob, params, data, **kw)
+    torch.testing.assert_close(tv["diverged"], tl["diverged"], rtol=0, atol=0)
+    flags = tl["diverged"].numpy()  # (trace, run)
+    assert flags.dtype == bool
+    assert not flags[:, 0].any() and flags[:, 1].all() and flags[:, 2].all()
+    assert not flags[0, 3] and flags[-1, 3]
+    assert (np.diff(flags.astype(int), axis=0) >= 0).all()  # once diverged, always diverged
+    # a flag equals "some loss or parameter was non-finite at a traced step so far"
+    finite_loss = torch.isfinite(tl["loss"]).all(-1).numpy()
+    assert (flags >= ~finite_loss).all()
 
 
 def test_one_run_does_not_depend_on_the_others() -> None:

@@ -176,6 +176,25 @@ def test_vmap_ensemble_equals_per_seed_loop(dtype, rtol, atol):
     assert v.loss[:, 0].std() > 0  # the members differ
 
 
+def test_diverged_members_are_flagged_alike_by_vmap_and_loop():
+    model = LoraHeads(add_lora(tiny_bert(torch.float32), 2))
+    data, init = _problem(model, steps=4)
+    name = next(n for n in init if ".lora_A" in n)
+    init[name][1, 0, 0] = float("nan")  # member 1 is NaN from the start; the others train
+    every = lambda t: t % 2 == 0  # noqa: E731
+    groups = lora_layers(model)
+    for lr in (1e-2, 1e30):
+        v = ens.train_vmap(model, init, data, groups, lr=lr, schedule=every)
+        lo = ens.train_loop(model, init, data, groups, lr=lr, schedule=every)
+        assert v.diverged.dtype == bool and v.diverged.shape == (8, 3)
+        np.testing.assert_array_equal(v.diverged, lo.diverged)
+        assert v.diverged[1].all()  # NaN parameters: flagged from step 0
+        if lr < 1:
+            assert not np.delete(v.diverged, 1, axis=0).any()  # no member is harmed by another
+        else:
+            assert not v.diverged[[0, *range(2, 8)], 0].any() and v.diverged[:, -1].all()
+
+
 def _naive_gram(model, params, ids, mask, y, groups):
     """Obviously correct: load a member's parameters, plain forward, autograd.grad per task."""
     with torch.no_grad():

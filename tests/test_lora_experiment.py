@@ -39,7 +39,8 @@ def test_tiny_experiment_dataset(tiny):
     assert dict(ds["a"].sizes) == {"rank": 2, "seed": 2, "alice": 2, "bob": 2, "step": 5}
     assert ds["gram"].dims == ("rank", "seed", "alice", "bob", "step", "layer", "task", "task_j")
     assert list(ds["task"].values) == ["A", "B"] and ds["layer"].values[-1] == "all"
-    assert set(np.unique(ds["a"].values)) <= {-1, 1} and ds["a"].dtype == np.int8
+    assert set(np.unique(ds["a"].values)) <= {-1, 1} and ds["a"].dtype == np.float32
+    assert ds["diverged"].dims == ds["a"].dims and not ds["diverged"].any()
     # the outcome is the held-out accuracy rule at every step
     assert ds.attrs["outcome_rule"] == "+1 when held-out accuracy >= 0.6"
     rule = np.where(ds["heldout_acc"].sel(task="A") >= 0.6 - 1e-12, 1, -1)
@@ -70,6 +71,26 @@ def test_tiny_summary_and_figure(tiny, tmp_path):
     args = ["--summary", str(out / "lora_rank_summary.nc"), "--out", str(png), "--dpi", "40"]
     assert load_script("figures/lora_rank.py").main(args) == 0
     assert png.stat().st_size > 1000
+
+
+def test_huge_learning_rate_flags_members_and_summary_refuses():
+    """lr = 1e30: every member's LoRA product overflows after the first Adam step."""
+    from gradcomp.lora.summary import summarize
+
+    cfg = LoraExperiment.tiny(ranks=(1,), n_seeds=2, steps=2, every=1, per_language=8, lr=1e30)
+    ds = run(cfg)
+    flags = ds["diverged"].sel(rank=1)
+    assert not flags.sel(step=0).any() and flags.sel(step=2).all()
+    np.testing.assert_array_equal(np.isnan(ds["a"]), ds["diverged"])
+    np.testing.assert_array_equal(np.isnan(ds["b"]), ds["diverged"])
+    with pytest.raises(
+        ValueError, match=r"100.0% of the lora runs at rank 1 .*learning rate 1e\+30"
+    ):
+        summarize(ds, n_boot=20)
+    s = summarize(ds, n_boot=20, max_diverged=1.0)
+    assert float(s["diverged_share"].sel(rank=1, step=2)) == 1.0
+    assert int(s["n_excluded"].sel(rank=1, step=2)) == 2 and np.isnan(float(s["S"][0, -1]))
+    assert float(s["diverged_share"].sel(rank=1, step=0)) == 0.0
 
 
 def test_cli_options_reach_the_config():

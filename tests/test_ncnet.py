@@ -153,7 +153,9 @@ def small_run() -> xr.Dataset:
 def test_dataset_layout(small_run: xr.Dataset, tmp_path: Path) -> None:
     ds = small_run
     assert ds.a.dims == ("width", "seed", "alice", "bob", "step")
-    assert ds.a.dtype == np.int8 and set(np.unique(ds.a.values)) <= {-1, 1}
+    assert ds.a.dtype == np.float32 and set(np.unique(ds.a.values)) <= {-1, 1}
+    assert ds.diverged.dims == ds.a.dims and ds.diverged.dtype == bool
+    assert not ds.diverged.any()
     assert ds.gram.dims == ("width", "seed", "alice", "bob", "step", "layer", "task", "task_j")
     assert ds.layer.values.tolist() == ["hidden", "all"]
     assert ds.task.values.tolist() == ["A", "B"]

@@ -12,6 +12,7 @@ from gradcomp.commands._common import (
     check_device,
     check_output,
     figure_formats,
+    fraction,
     positive_float,
     positive_int,
 )
@@ -111,6 +112,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-boot", type=positive_int, default=2000, help="bootstrap replicates")
     p.add_argument("--confidence", type=positive_float, default=0.95, help="interval level")
     p.add_argument(
+        "--max-diverged",
+        type=fraction,
+        default=0.05,
+        help="largest share of diverged runs (non-finite loss or parameters) per width before "
+        "refusing; below it they are left out of S and counted in the table (default 0.05)",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         default=Path("results/ncnet.nc"),
@@ -189,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
             chunk=args.chunk,
             progress=not args.no_progress,
             backend=args.backend,
+            max_diverged=args.max_diverged,
         )
     except ValueError as err:
         raise CommandError(str(err)) from None

@@ -21,7 +21,11 @@ def train_loop(
     trace_steps: Sequence[int],
     units: bool = False,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Same contract as :func:`gradcomp.ensemble.train`, computed run by run in a Python loop."""
+    """Same contract as :func:`gradcomp.ensemble.train`, computed run by run in a Python loop.
+
+    ``traces["diverged"]`` is computed here on its own: run r is flagged from the first traced
+    step at which a parameter or task loss of it is not finite.
+    """
     when = set(int(s) for s in trace_steps)
     shared = list(dict.fromkeys(n for names in problem.layers.values() for n in names))
     runs = next(iter(params.values())).shape[0]
@@ -31,12 +35,18 @@ def train_loop(
         p = {k: v[r].detach().clone().requires_grad_(True) for k, v in params.items()}
         d = {k: v[r] for k, v in data.items()}
         records = []
+        diverged = False  # from the first traced step with a non-finite parameter or loss on
         for t in range(steps + 1):
             if t in when:
                 losses = problem.task_losses(p, d)
+                finite = bool(torch.isfinite(losses).all()) and all(
+                    bool(torch.isfinite(v).all()) for v in p.values()
+                )
+                diverged = diverged or not finite
                 rec = {
                     "loss": losses.detach(),
                     **{k: v.detach() for k, v in problem.metrics(p, d).items()},
+                    "diverged": torch.tensor(diverged),
                 }
                 if shared:
                     per_task: dict[str, list[torch.Tensor]] = {n: [] for n in shared}

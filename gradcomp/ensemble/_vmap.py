@@ -61,6 +61,10 @@ def train(
 
     Returns:
         ``(final_params, traces)`` where ``traces[name]`` has shape ``(len(trace_steps), R, ...)``.
+        ``traces["diverged"]`` (bool ``(len(trace_steps), R)``) flags run r from the first traced
+        step at which one of its parameters or task losses is not finite. Parameters are checked
+        at the traced steps only, which misses nothing: θ − lr·g is non-finite wherever θ is, so
+        a non-finite parameter stays non-finite (and the last step is traced when it is listed).
     """
     params = {k: v.detach().clone() for k, v in params.items()}
     when = sorted(set(int(s) for s in trace_steps))
@@ -70,9 +74,16 @@ def train(
     trace = vmap(_trace_fn(problem, units))
     records: list[dict[str, torch.Tensor]] = []
     todo = set(when)
+    diverged = None
     for t in range(steps + 1):
         if t in todo:
-            records.append({k: v.detach() for k, v in trace(params, data).items()})
+            rec = {k: v.detach() for k, v in trace(params, data).items()}
+            bad = ~torch.isfinite(rec["loss"].reshape(len(rec["loss"]), -1)).all(1)
+            for v in params.values():
+                bad |= ~torch.isfinite(v.reshape(len(v), -1)).all(1)
+            diverged = bad if diverged is None else diverged | bad
+            rec["diverged"] = diverged
+            records.append(rec)
         if t == steps:
             break
         g = step_grad(params, data)

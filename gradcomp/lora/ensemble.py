@@ -15,6 +15,12 @@ At every recorded step the per-task gradients ``g_A = ∇L_A``, ``g_B = ∇L_B``
 parameters give the Gram matrix ``G_ij = <g_i, g_j>`` per adapted module (``layer``) and for all of
 them together (``"all"``, the sum of the per-module Grams), as in ``gradcomp.record``; the training
 gradient is ``g_A + g_B`` (heads: their own task's gradient), so recording never changes training.
+
+Divergence: a member is ``diverged`` at a recorded step when one of its task losses was not
+finite at any step so far (the losses are computed at every step, so this is checked at every
+step) or one of its trainable parameters is not finite now. Checking parameters at recorded
+steps only misses nothing: Adam's update θ ← θ − lr·m̂/(√v̂ + ε) keeps a non-finite entry
+non-finite, and the final step is always recorded.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ __all__ = [
     "Batches",
     "Trace",
     "batch_order",
+    "concat",
     "gram",
     "init_member",
     "member_table",
@@ -42,6 +49,8 @@ __all__ = [
 ]
 
 TASKS = ("A", "B")
+#: the per-member arrays of a :class:`Trace`
+FIELDS = ("loss", "acc", "heldout_acc", "gram", "diverged")
 
 
 @dataclass
@@ -69,7 +78,8 @@ class Trace:
     """What an ensemble run returns, member-major (``K`` members, ``S`` recorded steps).
 
     ``loss``, ``acc``, ``heldout_acc``: ``(K, S, 2)``; ``gram``: ``(K, S, n_layers, 2, 2)`` with
-    ``layers`` naming axis 2 (last entry ``"all"``); ``steps``: the recorded step numbers.
+    ``layers`` naming axis 2 (last entry ``"all"``); ``diverged``: ``(K, S)`` bool (see the
+    module docstring); ``steps``: the recorded step numbers.
     """
 
     steps: list[int]
@@ -78,6 +88,7 @@ class Trace:
     acc: np.ndarray
     heldout_acc: np.ndarray
     gram: np.ndarray
+    diverged: np.ndarray
 
 
 def member_table(n_seeds: int) -> np.ndarray:
@@ -184,15 +195,28 @@ def _run(
     n_steps = data.order.shape[1] - 1
     steps = [t for t in range(n_steps) if schedule(t)] + [n_steps]
     recorded = set(steps)
-    rows: dict[str, list[torch.Tensor]] = {"loss": [], "acc": [], "heldout_acc": [], "gram": []}
+    rows: dict[str, list[torch.Tensor]] = {
+        "loss": [],
+        "acc": [],
+        "heldout_acc": [],
+        "gram": [],
+        "diverged": [],
+    }
     names = list(params)
     leaves = [params[n] for n in names]
+    bad_loss = torch.zeros(data.order.shape[0], dtype=torch.bool, device=data.order.device)
     for t in range(n_steps + 1):
         idx = data.order[:, t]  # (K, batch)
         ids, mask = data.ids[idx], data.mask[idx]
         y = torch.gather(data.labels, 2, idx[:, None, :].expand(-1, 2, -1))
         losses = f_loss(params, ids, mask, y)  # (K, 2)
+        bad_loss |= ~torch.isfinite(losses.detach()).all(1)  # every step: one small op
         if t in recorded:
+            with torch.no_grad():
+                bad = bad_loss.clone()
+                for n in names:
+                    bad |= ~torch.isfinite(params[n].reshape(len(bad), -1)).all(1)
+            rows["diverged"].append(bad)
             per_task = []
             for i in range(len(TASKS)):
                 gt = torch.autograd.grad(
@@ -219,9 +243,7 @@ def _run(
             params[n].grad = total
         opt.step()
     stack = {k: torch.stack(v, dim=1).cpu().numpy() for k, v in rows.items()}
-    return Trace(
-        steps, [*groups, ALL], stack["loss"], stack["acc"], stack["heldout_acc"], stack["gram"]
-    )
+    return Trace(steps, [*groups, ALL], **{k: stack[k] for k in FIELDS})
 
 
 def _zero_if_none(g: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
@@ -290,11 +312,10 @@ def train_loop(
                 eval_chunk=eval_chunk,
             )
         )
-    first = traces[0]
-    cat = {
-        f: np.concatenate([getattr(tr, f) for tr in traces])
-        for f in ("loss", "acc", "heldout_acc", "gram")
-    }
-    return Trace(
-        first.steps, first.layers, cat["loss"], cat["acc"], cat["heldout_acc"], cat["gram"]
-    )
+    return concat(traces)
+
+
+def concat(traces: list[Trace]) -> Trace:
+    """Members of several traces (same steps and layers) as one trace, in order."""
+    cat = {f: np.concatenate([getattr(tr, f) for tr in traces]) for f in FIELDS}
+    return Trace(traces[0].steps, traces[0].layers, **cat)

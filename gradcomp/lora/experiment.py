@@ -4,8 +4,9 @@ For each LoRA rank, every seed is trained in all four setting pairs (Alice's hea
 Bob's on B1 or B2; common random numbers: the seed fixes LoRA and head initialisation and data
 order), as one vectorised ensemble (:func:`gradcomp.lora.ensemble.train_vmap`) or the per-seed
 loop. The outcome of a head is +1 when its accuracy on the held-out words reaches ``threshold``,
-else −1, read at every recorded step. The result has the variables and dims of the NCnet ensemble
-(``docs/data-model.md``) plus a leading ``rank`` dimension.
+else −1, read at every recorded step; NaN once the member diverged (``diverged``: a non-finite
+loss or parameter, see :mod:`gradcomp.lora.ensemble`). The result has the variables and dims of
+the NCnet ensemble (``docs/data-model.md``) plus a leading ``rank`` dimension.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from gradcomp.lora.ensemble import (
     Batches,
     Trace,
     batch_order,
+    concat,
     init_member,
     member_table,
     train_loop,
@@ -39,8 +41,9 @@ from gradcomp.schedule import linear
 __all__ = ["LABELS", "LoraExperiment", "run", "to_dataset"]
 
 LABELS: dict[str, tuple[str, str]] = {
-    "a": ("Alice's outcome", "1"),
-    "b": ("Bob's outcome", "1"),
+    "a": ("Alice's outcome (NaN: diverged)", "1"),
+    "b": ("Bob's outcome (NaN: diverged)", "1"),
+    "diverged": ("run diverged (non-finite loss or parameters at or before this step)", "1"),
     "acc": ("training accuracy", "1"),
     "heldout_acc": ("held-out accuracy", "1"),
 }
@@ -182,11 +185,7 @@ def _train_rank(
             stacklevel=3,
         )
         return train_loop(model, init, data, groups, lr=cfg.lr, schedule=schedule), "loop"
-    cat = {
-        f: np.concatenate([getattr(p, f) for p in parts])
-        for f in ("loss", "acc", "heldout_acc", "gram")
-    }
-    return Trace(parts[0].steps, parts[0].layers, **cat), "vmap"
+    return concat(parts), "vmap"
 
 
 def _rows(data: Batches, sl: slice) -> Batches:
@@ -213,10 +212,13 @@ def to_dataset(traces: dict[int, Trace], cfg: LoraExperiment) -> xr.Dataset:
             return x.reshape(*shape, *x.shape[1:])
 
         acc_for_outcome = tr.heldout_acc if cfg.outcome_on == "heldout" else tr.acc
-        solved = np.where(r(acc_for_outcome) >= cfg.threshold - 1e-12, 1, -1).astype(np.int8)
+        solved = np.where(r(acc_for_outcome) >= cfg.threshold - 1e-12, 1.0, -1.0)
+        diverged = r(tr.diverged)
+        solved = np.where(diverged[..., None], np.nan, solved).astype(np.float32)
         norm, cosine = cosine_from_gram(tr.gram)
         ds = xr.Dataset(
             {
+                "diverged": (member, diverged),
                 "a": (member, solved[..., 0]),
                 "b": (member, solved[..., 1]),
                 "loss": ((*member, TASK), r(tr.loss)),

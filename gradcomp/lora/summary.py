@@ -15,11 +15,14 @@ correlation is the one to quote, and ``outcome_on="train"`` gives the link witho
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import xarray as xr
 
 from gradcomp._dims import ALICE, ALL, BOB, LAYER, RANK, SEED, STEP, TASK, TASK_J, annotate
+from gradcomp._diverged import LABELS as DIVERGED_LABELS
+from gradcomp._diverged import MAX_DIVERGED, check_share, diverged_share, estimate_finite
 from gradcomp._provenance import provenance
 
 __all__ = ["LABELS", "summarize"]
@@ -39,35 +42,61 @@ LABELS: dict[str, tuple[str, str]] = {
     },
     **{f"rho_S_{k}": (f"partial Spearman correlation of S and {k}", "1") for k in LINKS},
     **{f"n_eff_S_{k}": (f"effective sample size, S and {k}", "1") for k in LINKS},
+    **DIVERGED_LABELS,
 }
 _RUNS = (SEED, ALICE, BOB)
 
 
-def summarize(ds: xr.Dataset, *, window: int | None = None, n_boot: int = 999) -> xr.Dataset:
+def summarize(
+    ds: xr.Dataset,
+    *,
+    window: int | None = None,
+    n_boot: int = 999,
+    max_diverged: float = MAX_DIVERGED,
+) -> xr.Dataset:
     """Summarise a LoRA ensemble (``gradcomp.lora.run``) per rank and step.
+
+    Diverged members (``diverged``; NaN outcomes) are left out of S: a seed with a diverged run
+    is dropped from that (rank, step) cell (``n_seeds`` used, ``n_excluded`` left out), and
+    ``diverged_share`` is the share of the cell's runs that diverged. Generalization averages
+    the members that did not diverge.
 
     Args:
         ds: the ensemble Dataset (dims ``rank, seed, alice, bob, step``).
         window: window (traced steps) of the conflict, oscillation and sensing analyzers;
             default ``min(10, n_steps)`` (at least 4).
         n_boot: bootstrap resamples of the correlation intervals.
+        max_diverged: the largest ``diverged_share`` accepted at the last step, in any rank.
+
+    Raises:
+        ValueError: more than ``max_diverged`` of a rank's runs diverged (naming the learning
+            rate).
 
     Returns:
-        Dataset over ``(rank, step)`` with the CHSH variables, ``generalization``,
+        Dataset over ``(rank, step)`` with the CHSH variables, ``diverged_share``,
+        ``n_excluded``, ``generalization``,
         ``generalization_gap``, ``conflict_cosine``, ``conflict_frequency``,
         ``osc_amplitude``, ``sensing_accuracy(rank, task)`` (with 5 seeds or more; otherwise
         ``attrs["sensing"]`` says why it is absent) and the scalar links ``r_S_<name>`` (with
         ``_lo``, ``_hi``), ``rho_S_<name>``, ``n_eff_S_<name>``.
     """
     from gradcomp.analyze import conflict, correlate, oscillation, sensing
-    from gradcomp.chsh import estimate
 
     n_steps = ds.sizes[STEP]
     window = window or max(4, min(10, n_steps))
-    out = estimate(ds["a"], ds["b"], n_boot=n_boot)
+    share = diverged_share(ds["diverged"]) if "diverged" in ds else None
+    if share is not None:
+        lr = json.loads(ds.attrs.get("config", "{}")).get("lr", float("nan"))
+        last = share.isel({STEP: -1}) if STEP in share.dims else share
+        check_share(last, max_diverged=max_diverged, lr=float(lr), what="lora", cell=RANK)
+    # TODO(chsh): chsh.estimate(ds["a"], ds["b"], ...) once it leaves out NaN (diverged) quadruples
+    out = estimate_finite(ds["a"], ds["b"], n_boot=n_boot)
     out = out.transpose(RANK, STEP, ...) if STEP in out.dims else out
-    out["generalization"] = ds["heldout_acc"].mean((*_RUNS, TASK))
-    out["generalization_gap"] = (ds["acc"] - ds["heldout_acc"]).mean((*_RUNS, TASK))
+    if share is not None:
+        out["diverged_share"] = share
+    alive = ~ds["diverged"] if "diverged" in ds else True
+    out["generalization"] = ds["heldout_acc"].where(alive).mean((*_RUNS, TASK))
+    out["generalization_gap"] = (ds["acc"] - ds["heldout_acc"]).where(alive).mean((*_RUNS, TASK))
     pair = {LAYER: ALL, TASK: "A", TASK_J: "B"}
     conf = conflict(ds, window=min(window, n_steps))
     out["conflict_cosine"] = conf["cosine"].sel(pair, drop=True).mean(_RUNS)

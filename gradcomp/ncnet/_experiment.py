@@ -11,6 +11,8 @@ import xarray as xr
 
 from gradcomp import _dims, chsh
 from gradcomp._dims import STEP, WIDTH
+from gradcomp._diverged import LABELS as DIVERGED_LABELS
+from gradcomp._diverged import MAX_DIVERGED, check_share, diverged_share, estimate_finite
 from gradcomp.ncnet._config import NCnetConfig
 from gradcomp.ncnet._run import run
 
@@ -32,8 +34,14 @@ def capacity(
     chunk: int | None = None,
     progress: bool = True,
     backend: str = "auto",
+    max_diverged: float = MAX_DIVERGED,
 ) -> xr.Dataset:
     """Run NCnet over widths and attach :func:`gradcomp.chsh.estimate` at every traced step.
+
+    Diverged runs (``diverged``: a non-finite loss or parameter; their outcomes are NaN) are left
+    out of S: a seed with a diverged run is dropped from that (width, step) cell, ``n_seeds``
+    counts the seeds used and ``n_excluded`` those left out, and ``diverged_share`` is the share
+    of the cell's runs that diverged.
 
     Args:
         config: the experiment (``config.unshared`` selects the main experiment's architecture).
@@ -41,31 +49,68 @@ def capacity(
         control: also run the same experiment with unshared hidden layers and store its
             estimate at the last step, and its final outcomes, as ``unshared_*`` variables.
         n_boot, confidence: bootstrap settings of the estimate.
+        max_diverged: the largest ``diverged_share`` accepted at the last step, in any width (of
+            the main run or the control); above it a ``ValueError`` names the learning rate.
 
     Returns:
-        The run Dataset merged with the estimate (``S``, ``S_lo``, ... with dims ``width, step``).
+        The run Dataset merged with the estimate (``S``, ``S_lo``, ..., ``n_excluded``,
+        ``diverged_share`` with dims ``width, step``).
+
+    Raises:
+        ValueError: more than ``max_diverged`` of a width's runs diverged (before the control
+            runs).
     """
-    ds = run(config, widths, seeds, device=device, chunk=chunk, progress=progress, backend=backend)
-    est = chsh.estimate(ds.a, ds.b, n_boot=n_boot, confidence=confidence)
+    label = "ncnet " + ("unshared" if config.unshared else "shared")
+    ds = run(
+        config,
+        widths,
+        seeds,
+        device=device,
+        chunk=chunk,
+        progress=f"{label} widths {widths[0]}..{widths[-1]}" if progress else False,
+        backend=backend,
+    )
+    share = diverged_share(ds.diverged)
+    check_share(
+        share.isel({STEP: -1}), max_diverged=max_diverged, lr=config.lr, what="ncnet", cell=WIDTH
+    )
+    # TODO(chsh): chsh.estimate(ds.a, ds.b, ...) once it leaves out NaN (diverged) quadruples
+    est = estimate_finite(ds.a, ds.b, n_boot=n_boot, confidence=confidence)
+    est["diverged_share"] = share
     out = xr.merge([ds, est], combine_attrs="override")
     out.attrs.update({f"chsh_{k}": v for k, v in est.attrs.items()})
+    out.attrs["max_diverged"] = float(max_diverged)
     if control and not config.unshared:
         ctrl_cfg = replace(config, unshared=True, trace_every=(config.steps,), units=False)
         ctrl = run(
-            ctrl_cfg, widths, seeds, device=device, chunk=chunk, progress=progress, backend=backend
+            ctrl_cfg,
+            widths,
+            seeds,
+            device=device,
+            chunk=chunk,
+            progress=f"control: unshared widths {widths[0]}..{widths[-1]}" if progress else False,
+            backend=backend,
         )
-        ca, cb = ctrl.a.isel({STEP: -1}, drop=True), ctrl.b.isel({STEP: -1}, drop=True)
-        cest = chsh.estimate(ca, cb, n_boot=n_boot, confidence=confidence)
+        ctrl = ctrl.isel({STEP: -1}, drop=True)
+        cshare = diverged_share(ctrl.diverged)
+        check_share(
+            cshare, max_diverged=max_diverged, lr=config.lr, what="ncnet control", cell=WIDTH
+        )
+        # TODO(chsh): chsh.estimate once it leaves out NaN (diverged) quadruples
+        cest = estimate_finite(ctrl.a, ctrl.b, n_boot=n_boot, confidence=confidence)
+        cest["diverged_share"] = cshare
         renamed = {v: CONTROL_PREFIX + str(v) for v in cest.data_vars}
         cvars = cest.rename(renamed)
-        cvars[CONTROL_PREFIX + "a"] = ca
-        cvars[CONTROL_PREFIX + "b"] = cb
+        for var in ("a", "b", "diverged"):
+            cvars[CONTROL_PREFIX + var] = ctrl[var]
         labels = {
             CONTROL_PREFIX + k: (f"{v[0]} (unshared control)", v[1])
             for k, v in {
                 **chsh.LABELS,
+                **DIVERGED_LABELS,
                 "a": ("Alice's outcome", "1"),
                 "b": ("Bob's outcome", "1"),
+                "diverged": ("run diverged", "1"),
             }.items()
         }
         for name in cvars.data_vars:
@@ -75,14 +120,20 @@ def capacity(
 
 
 def table(ds: xr.Dataset) -> str:
-    """A plain-text table per width of the last traced step (and the control, when present)."""
+    """A plain-text table per width of the last traced step (and the control, when present).
+
+    ``diverged`` is the share of the width's runs that diverged and ``excl`` the number of seeds
+    left out of S for it (see :func:`capacity`).
+    """
     last = ds.isel({STEP: -1}) if STEP in ds.dims else ds
     conf = float(ds.attrs.get("chsh_confidence", 0.95))
+    n_total = ds.sizes["seed"] if "seed" in ds.dims else int(last.n_seeds.max())
     lines = [
         f"NCnet CHSH at step {int(last[STEP]) if STEP in last.coords else '?'}, "
-        f"{int(last.n_seeds.max())} seeds per setting pair; interval {conf:.0%} bootstrap",
+        f"{n_total} seeds per setting pair; interval {conf:.0%} bootstrap",
         f"{'width':>5} {'S':>6} {'[lo, hi]':>15} {'delta':>6} {'2+delta':>7} {'CbD margin':>10} "
-        f"{'p(S>2)':>7} {'flips':>6} {'P(a=+1) 11/12/21/22':>20} {'P(b=+1) 11/12/21/22':>20}",
+        f"{'p(S>2)':>7} {'flips':>6} {'P(a=+1) 11/12/21/22':>20} {'P(b=+1) 11/12/21/22':>20} "
+        f"{'diverged':>8} {'excl':>4}",
     ]
     for w in last[WIDTH].values:
         r = last.sel({WIDTH: w})
@@ -92,17 +143,29 @@ def table(ds: xr.Dataset) -> str:
             f"{int(w):>5} {float(r.S):>+6.3f} [{float(r.S_lo):+6.3f},{float(r.S_hi):+6.3f}] "
             f"{float(r.delta):>6.3f} {2 + float(r.delta):>7.3f} {float(r.cbd_margin):>+10.3f} "
             f"{float(r.p_value):>7.3g} {float(r.remote_flip_fraction):>6.3f} "
-            f"{'/'.join(f'{x:.2f}' for x in pa):>20} {'/'.join(f'{x:.2f}' for x in pb):>20}"
+            f"{'/'.join(f'{x:.2f}' for x in pa):>20} {'/'.join(f'{x:.2f}' for x in pb):>20} "
+            f"{_diverged_cells(r)}"
         )
     p = CONTROL_PREFIX
     if p + "S" in ds:
         lines.append("unshared control (each head its own n hidden units):")
-        lines.append(f"{'width':>5} {'S':>6} {'[lo, hi]':>15} {'delta':>6} {'CbD margin':>10}")
+        lines.append(
+            f"{'width':>5} {'S':>6} {'[lo, hi]':>15} {'delta':>6} {'CbD margin':>10} "
+            f"{'diverged':>8} {'excl':>4}"
+        )
         for w in ds[WIDTH].values:
             r = ds.sel({WIDTH: w})
             lines.append(
                 f"{int(w):>5} {float(r[p + 'S']):>+6.3f} "
                 f"[{float(r[p + 'S_lo']):+6.3f},{float(r[p + 'S_hi']):+6.3f}] "
-                f"{float(r[p + 'delta']):>6.3f} {float(r[p + 'cbd_margin']):>+10.3f}"
+                f"{float(r[p + 'delta']):>6.3f} {float(r[p + 'cbd_margin']):>+10.3f} "
+                f"{_diverged_cells(r, p)}"
             )
     return "\n".join(lines)
+
+
+def _diverged_cells(r: xr.Dataset, prefix: str = "") -> str:
+    """``diverged`` (share of runs) and ``excl`` (seeds left out of S) of one table row."""
+    share = float(r[prefix + "diverged_share"]) if prefix + "diverged_share" in r else np.nan
+    excl = int(r[prefix + "n_excluded"]) if prefix + "n_excluded" in r else 0
+    return f"{share:>8.1%} {excl:>4}"

@@ -22,6 +22,14 @@ of a vectorised kernel (where ``exp`` is computed by other code than in the vect
 
 ``backend="c"`` runs the same step in the compiled kernel ``_kernel.c`` (SIMD lanes of 16 runs,
 OpenMP over width groups and lane blocks) between traced steps; the traces are computed here.
+
+Divergence: at every traced step a run is flagged when one of its parameters or task losses is
+not finite, and stays flagged from then on (its outcome is NaN). Checking the parameters only at
+the traced steps misses nothing: the update θ ← θ − lr·g keeps a non-finite entry non-finite
+(inf − x is ±inf or NaN, NaN stays NaN), so a parameter that went non-finite between two traced
+steps is still non-finite at the next one (the last step is always traced). Losses exist only at
+traced steps, so a loss that overflows while the parameters stay finite counts from the first
+traced step where it is non-finite.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ import torch
 from gradcomp.ncnet._config import NCnetConfig
 from gradcomp.ncnet._model import head_mask, init_params, run_data
 
-__all__ = ["PAD", "SETTING_PAIRS", "train_fast"]
+__all__ = ["PAD", "SETTING_PAIRS", "nonfinite_runs", "train_fast"]
 
 SETTING_PAIRS = ((1, 1), (1, 2), (2, 1), (2, 2))
 #: the seed axis is padded to a multiple of this (see the module docstring)
@@ -90,6 +98,18 @@ def _group_sum(
     return torch.stack([x[bounds[g] : bounds[g + 1]].sum(0) for g in range(G)])
 
 
+def nonfinite_runs(W, b, V, c, gidx: torch.Tensor, G: int) -> torch.Tensor:
+    """``(G, B)`` bool: run r of width group g has a non-finite parameter.
+
+    ``W (U, k, B)``, ``b (U, 1, B)``, ``V (U, 2, B)`` per unit (unit u in group ``gidx[u]``) and
+    ``c (G, 2, B)``.
+    """
+    bad_unit = ~(torch.isfinite(W).all(1) & torch.isfinite(b).all(1) & torch.isfinite(V).all(1))
+    bad = torch.zeros(G, W.shape[-1], dtype=torch.int32, device=W.device)
+    bad.index_add_(0, gidx, bad_unit.to(torch.int32))  # integer counts: exact on any device
+    return (bad > 0) | ~torch.isfinite(c).all(1)
+
+
 def _act_grad(h: torch.Tensor, name: str) -> torch.Tensor:
     """act'(z) written in terms of h = act(z)."""
     if name == "tanh":
@@ -140,7 +160,8 @@ def train_fast(
 
     Returns:
         Traces with shape ``(trace, width, setting, seed, ...)``: ``loss``, ``acc``,
-        ``outcome`` (``(..., task)``), ``heldout_acc`` when patterns are held out, ``gram``
+        ``outcome`` (``(..., task)``, ±1 float32, NaN once the run diverged), ``diverged``
+        (bool, see the module docstring), ``heldout_acc`` when patterns are held out, ``gram``
         ``(..., task, task_j)`` and, with ``config.units``, ``unit_gram``
         ``(..., unit, task, task_j)`` NaN-padded to the largest width.
     """
@@ -200,14 +221,15 @@ def train_fast(
             when,
             progress,
             lambda: records.append(
-                _trace(config, XT, *_unpack(forward()), Y, wp, train, held, V, gidx, G)
+                _trace(config, XT, *_unpack(forward()), Y, wp, train, held, (W, b, V, c), gidx, G)
             ),
         )
     else:
         for t in range(config.steps + 1):
             H, L, Gd, Gu = forward()
             if t in when:
-                records.append(_trace(config, XT, L, Gu, H, Y, wp, train, held, V, gidx, G))
+                params = (W, b, V, c)
+                records.append(_trace(config, XT, L, Gu, H, Y, wp, train, held, params, gidx, G))
             if t == config.steps:
                 break
             dc = Gd.sum(1)
@@ -272,9 +294,14 @@ def _train_compiled(config, W, b, V, c, mask, m, X, y, wp, K, when, progress, re
         record()
 
 
-def _trace(config, XT, L, Gu, H, Y, wp, train, held, V, gidx, G) -> dict[str, torch.Tensor]:
-    """Losses, accuracies and per-task Gram statistics of the hidden layer at one step."""
+def _trace(config, XT, L, Gu, H, Y, wp, train, held, params, gidx, G) -> dict[str, torch.Tensor]:
+    """Losses, accuracies, divergence and per-task Gram statistics of the hidden layer at one step.
+
+    ``diverged (G, B)``: a parameter or a task loss of the run is not finite at this step.
+    """
+    W, b, V, c = params
     out = {"loss": (torch.nn.functional.softplus(L) - Y * L).mul_(wp).sum(1)}  # (G, 2, B)
+    out["diverged"] = nonfinite_runs(W, b, V, c, gidx, G) | ~torch.isfinite(out["loss"]).all(1)
     correct = ((L > 0).to(L.dtype) == Y).to(L.dtype)
     out["acc"] = (correct * train).sum(1) / train.sum()
     if held.sum() > 0:
@@ -307,5 +334,7 @@ def _collect(records, widths, m, K, threshold) -> dict[str, np.ndarray]:
                 start += mg
             a = pad
         out[name] = a
-    out["outcome"] = np.where(out["acc"] >= threshold - 1e-6, 1, -1).astype(np.int8)
+    out["diverged"] = np.logical_or.accumulate(out["diverged"], axis=0)  # from its first step on
+    solved = np.where(out["acc"] >= threshold - 1e-6, 1.0, -1.0).astype(np.float32)
+    out["outcome"] = np.where(out["diverged"][..., None], np.float32(np.nan), solved)
     return out

@@ -23,14 +23,22 @@
 
 #ifdef REAL_DOUBLE
 #define EXP exp
+#define EXP_MAX 700.0
 #else
 #define EXP expf
+#define EXP_MAX 88.0f
 #endif
 
+/* exp(min(x, EXP_MAX)): never +inf. Under -ffast-math gcc divides by a reciprocal estimate plus a
+ * Newton step, which turns 1 / inf into 0 * (2 - inf * 0) = NaN: an overflowing exp in a saturated
+ * unit made finite runs NaN (float32, large learning rates). The cap changes no result: for
+ * x > EXP_MAX the quotients below are < 2e-38 (float; 1e-304 double), flushed or negligible. */
+static inline REAL exp_capped(REAL x) { return EXP(x < (REAL)EXP_MAX ? x : (REAL)EXP_MAX); }
+
 static inline REAL act_f(REAL z, int act) {
-    if (act == 0) return (REAL)1 - (REAL)2 / (EXP((REAL)2 * z) + (REAL)1); /* tanh */
-    if (act == 1) return z > 0 ? z : (REAL)0;                              /* relu */
-    return (REAL)1 / ((REAL)1 + EXP(-z));                                  /* sigmoid */
+    if (act == 0) return (REAL)1 - (REAL)2 / (exp_capped((REAL)2 * z) + (REAL)1); /* tanh */
+    if (act == 1) return z > 0 ? z : (REAL)0;                                     /* relu */
+    return (REAL)1 / ((REAL)1 + exp_capped(-z));                                  /* sigmoid */
 }
 
 static inline REAL act_grad(REAL h, int act) {
@@ -85,8 +93,9 @@ static inline __attribute__((always_inline)) void block(REAL *W, REAL *b, REAL *
             const REAL y0 = Y[(p * 2 + 0) * 4 + s], y1 = Y[(p * 2 + 1) * 4 + s], wpp = wp[p];
 #pragma omp simd
             for (int l = 0; l < LANES; l++) {
-                gd[(p * 2) * LANES + l] = wpp * ((REAL)1 / ((REAL)1 + EXP(-L0[l])) - y0);
-                gd[(p * 2 + 1) * LANES + l] = wpp * ((REAL)1 / ((REAL)1 + EXP(-L1[l])) - y1);
+                gd[(p * 2) * LANES + l] = wpp * ((REAL)1 / ((REAL)1 + exp_capped(-L0[l])) - y0);
+                gd[(p * 2 + 1) * LANES + l] =
+                    wpp * ((REAL)1 / ((REAL)1 + exp_capped(-L1[l])) - y1);
             }
         }
         for (int j = 0; j < n * k * LANES; j++) dw[j] = 0;

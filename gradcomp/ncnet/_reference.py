@@ -80,5 +80,7 @@ def train_reference(
                 a = full
             arrs.append(a)
         out[name] = np.stack(arrs, axis=1)
-    out["outcome"] = out.pop("outcome").astype(np.int8)
+    solved = out.pop("outcome").astype(np.float32)
+    out["diverged"] = out["diverged"].astype(bool)
+    out["outcome"] = np.where(out["diverged"][..., None], np.float32(np.nan), solved)
     return out

@@ -24,8 +24,9 @@ TASKS = ("A", "B")  # heads: Alice's and Bob's
 HIDDEN = "hidden"
 
 LABELS: dict[str, tuple[str, str]] = {
-    "a": ("Alice's outcome (+1: task solved)", "1"),
-    "b": ("Bob's outcome (+1: task solved)", "1"),
+    "a": ("Alice's outcome (+1: task solved; NaN: diverged)", "1"),
+    "b": ("Bob's outcome (+1: task solved; NaN: diverged)", "1"),
+    "diverged": ("run diverged (non-finite parameter or loss at or before this step)", "1"),
     "acc": ("training accuracy", "1"),
     "heldout_acc": ("held-out accuracy", "1"),
 }
@@ -58,7 +59,7 @@ def run(
     *,
     device: str | torch.device = "cpu",
     chunk: int | None = None,
-    progress: bool = True,
+    progress: bool | str = True,
     method: str = "fast",
     backend: str = "auto",
 ) -> xr.Dataset:
@@ -73,7 +74,9 @@ def run(
         seeds: a number of seeds (``range(seeds)``) or the seed values.
         device: torch device (``"cpu"``, ``"cuda"``).
         chunk: seeds per vectorised chunk (bounds memory); ``None`` for all at once.
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar (a string: show it with this label). Its time estimate
+            appears once 10 % of the steps or the first chunk are done (the first steps include
+            warm-up and tracing, and gave estimates many times too long).
         method: ``"fast"`` (hand-derived, all widths fused), ``"vmap"`` (generic torch.func
             trainer) or ``"loop"`` (one run at a time; the test reference).
         backend: for ``method="fast"``: ``"torch"`` (any device), ``"c"`` (the compiled CPU
@@ -84,7 +87,10 @@ def run(
 
     Returns:
         Dataset with dims ``width, seed, alice, bob, step`` (+ ``task``, ``layer``, ``task_j``,
-        ``unit``): ``a``, ``b`` (±1 int8), ``loss``, ``acc``, ``heldout_acc`` (with holdout),
+        ``unit``): ``a``, ``b`` (±1 float32, NaN for a diverged run), ``diverged`` (bool: a
+        parameter or task loss of the run was non-finite at or before this step; parameters are
+        checked at the traced steps, which is exact, see :mod:`gradcomp.ncnet._fast`), ``loss``,
+        ``acc``, ``heldout_acc`` (with holdout),
         ``gram``, ``grad_norm``, ``cosine`` (layers ``hidden`` and ``all``, identical for NCnet)
         and ``unit_gram`` (with ``config.units``), labelled, with provenance in ``attrs``.
     """
@@ -95,13 +101,20 @@ def run(
         backend = resolve_backend(backend, device, config.torch_dtype)
     else:
         backend = "torch"
+    if backend == "c":  # build the kernel before the clock starts (and fail before any work)
+        from gradcomp.ncnet._compiled import load
+
+        load(config.torch_dtype)
     parts = list(chunks(seeds, chunk))
-    bar = tqdm(
-        total=len(parts) * config.steps * (1 if method == "fast" else len(widths)),
-        desc=f"ncnet widths {widths[0]}..{widths[-1]}",
-        unit="step",
+    per_chunk = config.steps * (1 if method == "fast" else len(widths))
+    kind = "unshared" if config.unshared else "shared"
+    bar = _Bar(
+        total=len(parts) * per_chunk,
+        warmup=min(per_chunk, -(-len(parts) * per_chunk // 10)),
+        desc=progress
+        if isinstance(progress, str)
+        else f"ncnet {kind} widths {widths[0]}..{widths[-1]}",
         disable=not progress,
-        leave=False,
     )
     outs = []
     with bar:
@@ -121,6 +134,27 @@ def run(
     ds.attrs["method"] = method
     ds.attrs["backend"] = backend
     return ds
+
+
+class _Bar(tqdm):
+    """A tqdm step bar that shows no time estimate until ``warmup`` steps are done.
+
+    The first updates cover one step each (traced steps are log-spaced) and pay for the first
+    trace and warm-up: their rate extrapolated to the whole run read e.g. 54 min for a 40 s run.
+    """
+
+    NO_ETA = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, estimating...]"
+
+    def __init__(self, *, warmup: int, **kw) -> None:
+        self.warmup = warmup
+        self.estimating = True
+        super().__init__(unit="step", leave=False, bar_format=self.NO_ETA, **kw)
+
+    def update(self, n: float | None = 1) -> bool | None:
+        if self.estimating and not self.disable and self.n + (n or 0) >= self.warmup:
+            self.estimating = False
+            self.bar_format = None  # tqdm's default: with the time estimate
+        return super().update(n)
 
 
 def resolve_backend(
@@ -167,6 +201,7 @@ def _to_dataset(config, widths, seeds, tr) -> xr.Dataset:
 
     base = [WIDTH, SEED, ALICE, BOB, STEP]
     data = {
+        "diverged": (base, arrange(tr["diverged"])),
         "a": (base, arrange(tr["outcome"][..., 0])),
         "b": (base, arrange(tr["outcome"][..., 1])),
         "loss": ([*base, TASK], arrange(tr["loss"])),

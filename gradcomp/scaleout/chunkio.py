@@ -29,16 +29,20 @@ AXIS_LABELS: dict[str, tuple[str, str]] = {
 
 
 def _tally(ds: xr.Dataset) -> tuple[np.ndarray, int] | None:
-    """Σ_seeds a·b at the last step per (alice, bob), and the seed count: for the progress bar."""
+    """Σ_seeds a·b at the last step per (alice, bob), and the seed count: for the progress bar.
+
+    Seeds with a NaN outcome (a diverged run) are left out, as in the estimate of S.
+    """
     if not {"a", "b"} <= set(ds.data_vars):
         return None
-    ab = ds["a"].astype(np.int64) * ds["b"].astype(np.int64)
-    if STEP in ab.dims:
-        ab = ab.isel({STEP: -1})
-    ab = ab.sum(SEED).transpose(ALICE, BOB, ...)
-    if ab.ndim != 2:
+    a, b = ds["a"], ds["b"]
+    if STEP in a.dims:
+        a, b = a.isel({STEP: -1}), b.isel({STEP: -1})
+    ok = (a.notnull() & b.notnull()).all([ALICE, BOB])
+    ab = (a * b).where(ok, 0).astype(np.int64).sum(SEED).transpose(ALICE, BOB, ...)
+    if ab.ndim != 2 or ok.ndim != 1 or not ok.any():
         return None
-    return ab.values, int(ds.sizes[SEED])
+    return ab.values, int(ok.sum())
 
 
 def run_chunk(chunk: Chunk, experiment: Any) -> tuple[str, bytes, Any]:

@@ -132,7 +132,8 @@ class NCnetExperiment:
         base: the base ``NCnetConfig``.
         device: torch device string for the workers.
         threads: torch intra-op threads per worker process (1: one core per worker).
-        keep: variables to store (e.g. ``("a", "b", "acc")``); empty: all of them.
+        keep: variables to store (e.g. ``("a", "b", "acc")``); empty: all of them. The per-run
+            ``diverged`` flag is stored whenever ``a`` or ``b`` is (their NaN means diverged).
         backend: ``ncnet.run``'s backend, pinned (never ``"auto"``): ``"auto"`` picks the compiled
             kernel only where a C compiler exists, so workers on different machines would compute
             (slightly, and in chaotic runs visibly) different float32 results.
@@ -180,7 +181,7 @@ class NCnetExperiment:
             backend=self.backend,
         )
         ds = ds.squeeze("width", drop=True) if "width" in ds.dims else ds
-        return ds[list(self.keep)] if self.keep else ds
+        return ds[_kept(self.keep)] if self.keep else ds
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,7 @@ class LoraSweepExperiment:
     Args:
         base: the base ``gradcomp.lora.LoraExperiment`` (its ``ranks``/``n_seeds``/``first_seed``
             are replaced per chunk).
-        keep: variables to store; empty: all of them.
+        keep: variables to store; empty: all of them (``diverged`` comes with ``a``, ``b``).
     """
 
     base: Any
@@ -227,4 +228,10 @@ class LoraSweepExperiment:
             **overrides,
         )
         ds = lora.run(cfg).squeeze("rank", drop=True)
-        return ds[list(self.keep)] if self.keep else ds
+        return ds[_kept(self.keep)] if self.keep else ds
+
+
+def _kept(keep: tuple[str, ...]) -> list[str]:
+    """The variables to store: ``keep``, plus ``diverged`` when outcomes are kept."""
+    extra = ["diverged"] if {"a", "b"} & set(keep) and "diverged" not in keep else []
+    return [*keep, *extra]
