@@ -10,7 +10,7 @@ import pytest
 import xarray as xr
 
 from gradcomp import chsh
-from gradcomp._diverged import check_share, estimate_finite
+from gradcomp._diverged import check_share
 from gradcomp.ncnet import NCnetConfig, run
 from gradcomp.ncnet._compiled import available
 from gradcomp.ncnet._experiment import capacity, table
@@ -115,16 +115,6 @@ def test_estimate_leaves_out_seeds_with_a_diverged_run(blowup_capacity: xr.Datas
     assert "diverged" in text.splitlines()[1] and "excl" in text.splitlines()[1]
     row = next(r for r in text.splitlines()[2:] if r.split()[0] == "3")
     assert f"{float(ds.diverged_share.sel(width=3).isel(step=-1)):.1%}" in row
-
-
-def test_without_divergence_the_estimate_is_unchanged() -> None:
-    rng = np.random.default_rng(0)
-    dims = ("width", "seed", "alice", "bob", "step")
-    a = xr.DataArray(rng.choice([-1.0, 1.0], (2, 30, 2, 2, 3)), dims=dims)
-    b = xr.DataArray(rng.choice([-1.0, 1.0], (2, 30, 2, 2, 3)), dims=dims)
-    got = estimate_finite(a, b, n_boot=100)
-    xr.testing.assert_allclose(got.drop_vars("n_excluded"), chsh.estimate(a, b, n_boot=100))
-    assert (got.n_excluded == 0).all()
 
 
 def test_refuses_above_max_diverged_naming_the_learning_rate() -> None:

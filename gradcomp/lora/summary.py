@@ -20,9 +20,10 @@ from typing import Any
 
 import xarray as xr
 
+from gradcomp import chsh
 from gradcomp._dims import ALICE, ALL, BOB, LAYER, RANK, SEED, STEP, TASK, TASK_J, annotate
 from gradcomp._diverged import LABELS as DIVERGED_LABELS
-from gradcomp._diverged import MAX_DIVERGED, check_share, diverged_share, estimate_finite
+from gradcomp._diverged import MAX_DIVERGED, check_share, diverged_share
 from gradcomp._provenance import provenance
 
 __all__ = ["LABELS", "summarize"]
@@ -89,8 +90,7 @@ def summarize(
         lr = json.loads(ds.attrs.get("config", "{}")).get("lr", float("nan"))
         last = share.isel({STEP: -1}) if STEP in share.dims else share
         check_share(last, max_diverged=max_diverged, lr=float(lr), what="lora", cell=RANK)
-    # TODO(chsh): chsh.estimate(ds["a"], ds["b"], ...) once it leaves out NaN (diverged) quadruples
-    out = estimate_finite(ds["a"], ds["b"], n_boot=n_boot)
+    out = chsh.estimate(ds["a"], ds["b"], n_boot=n_boot)
     out = out.transpose(RANK, STEP, ...) if STEP in out.dims else out
     if share is not None:
         out["diverged_share"] = share

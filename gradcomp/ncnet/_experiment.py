@@ -12,7 +12,7 @@ import xarray as xr
 from gradcomp import _dims, chsh
 from gradcomp._dims import STEP, WIDTH
 from gradcomp._diverged import LABELS as DIVERGED_LABELS
-from gradcomp._diverged import MAX_DIVERGED, check_share, diverged_share, estimate_finite
+from gradcomp._diverged import MAX_DIVERGED, check_share, diverged_share
 from gradcomp.ncnet._config import NCnetConfig
 from gradcomp.ncnet._run import run
 
@@ -74,8 +74,7 @@ def capacity(
     check_share(
         share.isel({STEP: -1}), max_diverged=max_diverged, lr=config.lr, what="ncnet", cell=WIDTH
     )
-    # TODO(chsh): chsh.estimate(ds.a, ds.b, ...) once it leaves out NaN (diverged) quadruples
-    est = estimate_finite(ds.a, ds.b, n_boot=n_boot, confidence=confidence)
+    est = chsh.estimate(ds.a, ds.b, n_boot=n_boot, confidence=confidence)
     est["diverged_share"] = share
     out = xr.merge([ds, est], combine_attrs="override")
     out.attrs.update({f"chsh_{k}": v for k, v in est.attrs.items()})
@@ -96,8 +95,7 @@ def capacity(
         check_share(
             cshare, max_diverged=max_diverged, lr=config.lr, what="ncnet control", cell=WIDTH
         )
-        # TODO(chsh): chsh.estimate once it leaves out NaN (diverged) quadruples
-        cest = estimate_finite(ctrl.a, ctrl.b, n_boot=n_boot, confidence=confidence)
+        cest = chsh.estimate(ctrl.a, ctrl.b, n_boot=n_boot, confidence=confidence)
         cest["diverged_share"] = cshare
         renamed = {v: CONTROL_PREFIX + str(v) for v in cest.data_vars}
         cvars = cest.rename(renamed)
@@ -122,46 +120,58 @@ def capacity(
 def table(ds: xr.Dataset) -> str:
     """A plain-text table per width of the last traced step (and the control, when present).
 
-    ``diverged`` is the share of the width's runs that diverged and ``excl`` the number of seeds
-    left out of S for it (see :func:`capacity`).
+    Each row: the seeds used (``n``), S with its interval and a flag (``D``: degenerate, the
+    interval is an exact bound; ``T``: trivial, every |C| = 1 so S is fixed by construction), Δ
+    with its interval, s_odd, the CbD margin s_odd − (2 + Δ) with its interval and the p-value of
+    "contextual" (margin > 0), the p-value of the exact signaling test, the remote flip fraction,
+    and ``diverged`` (share of the width's runs that diverged) and ``excl`` (seeds left out of S
+    for it; see :func:`capacity`).
     """
     last = ds.isel({STEP: -1}) if STEP in ds.dims else ds
     conf = float(ds.attrs.get("chsh_confidence", 0.95))
     n_total = ds.sizes["seed"] if "seed" in ds.dims else int(last.n_seeds.max())
     lines = [
         f"NCnet CHSH at step {int(last[STEP]) if STEP in last.coords else '?'}, "
-        f"{n_total} seeds per setting pair; interval {conf:.0%} bootstrap",
-        f"{'width':>5} {'S':>6} {'[lo, hi]':>15} {'delta':>6} {'2+delta':>7} {'CbD margin':>10} "
-        f"{'p(S>2)':>7} {'flips':>6} {'P(a=+1) 11/12/21/22':>20} {'P(b=+1) 11/12/21/22':>20} "
-        f"{'diverged':>8} {'excl':>4}",
+        f"{n_total} seeds per setting pair; {conf:.0%} intervals (see chsh.estimate)",
+        _HEADER,
     ]
     for w in last[WIDTH].values:
-        r = last.sel({WIDTH: w})
-        pa = ((r.a + 1) / 2).mean("seed").values.ravel() if "a" in r else np.full(4, np.nan)
-        pb = ((r.b + 1) / 2).mean("seed").values.ravel() if "b" in r else np.full(4, np.nan)
-        lines.append(
-            f"{int(w):>5} {float(r.S):>+6.3f} [{float(r.S_lo):+6.3f},{float(r.S_hi):+6.3f}] "
-            f"{float(r.delta):>6.3f} {2 + float(r.delta):>7.3f} {float(r.cbd_margin):>+10.3f} "
-            f"{float(r.p_value):>7.3g} {float(r.remote_flip_fraction):>6.3f} "
-            f"{'/'.join(f'{x:.2f}' for x in pa):>20} {'/'.join(f'{x:.2f}' for x in pb):>20} "
-            f"{_diverged_cells(r)}"
-        )
+        lines.append(_row(int(w), last.sel({WIDTH: w})))
     p = CONTROL_PREFIX
     if p + "S" in ds:
         lines.append("unshared control (each head its own n hidden units):")
-        lines.append(
-            f"{'width':>5} {'S':>6} {'[lo, hi]':>15} {'delta':>6} {'CbD margin':>10} "
-            f"{'diverged':>8} {'excl':>4}"
-        )
+        lines.append(_HEADER)
         for w in ds[WIDTH].values:
-            r = ds.sel({WIDTH: w})
-            lines.append(
-                f"{int(w):>5} {float(r[p + 'S']):>+6.3f} "
-                f"[{float(r[p + 'S_lo']):+6.3f},{float(r[p + 'S_hi']):+6.3f}] "
-                f"{float(r[p + 'delta']):>6.3f} {float(r[p + 'cbd_margin']):>+10.3f} "
-                f"{_diverged_cells(r, p)}"
-            )
+            lines.append(_row(int(w), ds.sel({WIDTH: w}), p))
+    lines.append(
+        "flags: D = degenerate (every seed alike; exact bounds), T = trivial (every |C| = 1)"
+    )
     return "\n".join(lines)
+
+
+_HEADER = (
+    f"{'width':>5} {'n':>5} {'S':>6} {'[lo, hi]':>15} {'':2} {'delta':>6} {'[lo, hi]':>13} "
+    f"{'s_odd':>6} {'CbD margin':>10} {'[lo, hi]':>15} {'p(ctx)':>7} {'p(sig)':>7} "
+    f"{'flips':>6} {'diverged':>8} {'excl':>4}"
+)
+
+
+def _row(w: int, r: xr.Dataset, prefix: str = "") -> str:
+    """One table row of :func:`table` (``prefix`` selects the control's variables)."""
+
+    def v(name: str) -> float:
+        key = prefix + name
+        return float(r[key]) if key in r else np.nan
+
+    flag = ("D" if v("S_degenerate") == 1 else "") + ("T" if v("S_trivial") == 1 else "")
+    return (
+        f"{w:>5} {int(v('n_seeds')):>5} {v('S'):>+6.3f} [{v('S_lo'):+6.3f},{v('S_hi'):+6.3f}] "
+        f"{flag:2} {v('delta'):>6.3f} [{v('delta_lo'):5.3f},{v('delta_hi'):5.3f}] "
+        f"{v('s_odd'):>6.3f} {v('cbd_margin'):>+10.3f} "
+        f"[{v('cbd_margin_lo'):+6.3f},{v('cbd_margin_hi'):+6.3f}] {v('cbd_p_value'):>7.3g} "
+        f"{v('signaling_p_value'):>7.3g} {v('remote_flip_fraction'):>6.3f} "
+        f"{_diverged_cells(r, prefix)}"
+    )
 
 
 def _diverged_cells(r: xr.Dataset, prefix: str = "") -> str:
