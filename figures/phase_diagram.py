@@ -22,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
+from matplotlib import patheffects
 from matplotlib.axes import Axes
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.image import AxesImage
@@ -43,8 +44,9 @@ def phase_map(data: xr.Dataset, ax: Axes, var: str, center: float, norm: TwoSlop
     """Heat map of ``data[var] − center`` over (width, lr) on a diverging ``norm`` around 0.
 
     Cells show the value and its interval when the data have ``<var>_lo`` / ``<var>_hi``; a
-    black frame, inset so that neighbours stay apart, marks cells whose interval lies above
-    ``center`` (without an interval: whose value does). White lines separate the cells.
+    black frame with a white halo, inset so that neighbours stay apart, marks cells whose
+    interval lies above ``center`` (without an interval: whose value does). White lines
+    separate the cells.
     """
     da = data[var].transpose("width", "lr")
     vals = da.values
@@ -70,7 +72,10 @@ def phase_map(data: xr.Dataset, ax: Axes, var: str, center: float, norm: TwoSlop
             dark = abs(norm(vals[i, j] - center) - 0.5) > 0.35  # deep colour: white text
             ax.text(j, i, text, ha="center", va="center", fontsize=8, color="w" if dark else "k")
             if framed:
-                ax.add_patch(Rectangle((j - 0.42, i - 0.42), 0.84, 0.84, fill=False, lw=2, ec="k"))
+                frame = Rectangle((j - 0.46, i - 0.46), 0.92, 0.92, fill=False, lw=2, ec="k")
+                # a white halo keeps the black frame visible on deep colours
+                frame.set_path_effects([patheffects.withStroke(linewidth=4.5, foreground="w")])
+                ax.add_patch(frame)
     for side in ax.spines.values():
         side.set_linewidth(1.5)
     return im

@@ -123,6 +123,30 @@ CLAIMS: tuple[Claim, ...] = (
             ("16.12", ("load_1min_end",), 0.005),
         )
     ),
+    # the phase diagram (README scale-out section)
+    *(
+        Claim("README.md", text, number, S_PD, key, tol)
+        for text, number, key, tol in (
+            (
+                "160 chunks in 2733 s of wall time on the shared 2-core AMD EPYC VM at a 1-minute "
+                "load of 7.95–7.23",
+                "2733",
+                ("timings", "sweep_wall_s"),
+                0.5,
+            ),
+            ("160 chunks in 2733 s", "160", ("values", "chunks"), 0),
+            ("at a 1-minute load of 7.95–7.23", "7.95", ("load_1min_start",), 0.005),
+            ("at a 1-minute load of 7.95–7.23", "7.23", ("load_1min_end",), 0.005),
+            ("(S from 3.67 to 3.80 over lr 0.1–2)", "3.67", ("values", "cells", "S", 1, 0), R2),
+            ("(S from 3.67 to 3.80 over lr 0.1–2)", "3.80", ("values", "cells", "S", 1, 4), R2),
+            (
+                "is negative in every cell (at most −0.008)",
+                "−0.008",
+                ("values", "max_cbd_margin"),
+                0.0005,
+            ),
+        )
+    ),
     # contested units vs S (docs/graph.md)
     *_row(
         "docs/graph.md",
