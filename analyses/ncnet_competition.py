@@ -29,19 +29,38 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import xarray as xr
 
-from gradcomp import _dims, chsh, ncnet
+from gradcomp import _dims, chsh, ncnet, summary
 from gradcomp._dims import ALICE, BOB, SEED, STEP, WIDTH
 from gradcomp._provenance import provenance
 from gradcomp.analyze import correlate
 from gradcomp.graph import capacity_coord, competition
 
 LAYER = "hidden"
+NAME = "ncnet_competition"
+SUMMARY = summary.ROOT / "analyses" / "summaries" / f"{NAME}.json"
+#: the estimate's variables kept for the S panel (those present)
+CHSH_VARS = (
+    "C",
+    "C_lo",
+    "C_hi",
+    "S",
+    "S_lo",
+    "S_hi",
+    "delta",
+    "cbd_margin",
+    "cbd_margin_lo",
+    "cbd_margin_hi",
+    "S_degenerate",
+    "S_trivial",
+    "n_seeds",
+)
 LABELS = {
     "contested_mean": ("contested units, mean over settings and traced steps", "units"),
     "contested_end": ("contested units at the end of training, mean over settings", "units"),
@@ -102,9 +121,7 @@ def summarize(ds: xr.Dataset, n_boot: int = 999, min_share: float | None = None)
             "contested_mean": contested_mean,
             "contested_end": contested_end,
             "s_seed": s_seed,
-            "S": est["S"],
-            "S_lo": est["S_lo"],
-            "S_hi": est["S_hi"],
+            **{v: est[v] for v in CHSH_VARS if v in est},
             "critical_unit_gram": slice_.rename({_dims.UNIT: "critical_unit"}).astype(np.float64),
             **corr.data_vars,
         }
@@ -125,6 +142,39 @@ def summarize(ds: xr.Dataset, n_boot: int = 999, min_share: float | None = None)
     return _dims.annotate(out, {**comp_labels(comp), **LABELS})
 
 
+def values(out: xr.Dataset) -> dict:
+    """The summary's numbers: S and contested units per width, the correlations, the slice."""
+    corr = {
+        str(a): {
+            k: float(out[f"corr_{k}"].sel(analysis=a))
+            for k in (
+                "spearman",
+                "spearman_lo",
+                "spearman_hi",
+                "pearson",
+                "pearson_lo",
+                "pearson_hi",
+            )
+            if f"corr_{k}" in out
+        }
+        for a in out["analysis"].values
+    }
+    share = out["contested_share"].mean([d for d in out["contested_share"].dims if d != WIDTH])
+    return {
+        "widths": out[WIDTH].values,
+        "n_seeds": int(out.sizes[SEED]),
+        "S": out["S"].values,
+        "S_lo": out["S_lo"].values,
+        "S_hi": out["S_hi"].values,
+        "contested_mean": out["contested_mean"].mean(SEED).values,
+        "contested_share": share.values,
+        "correlation": corr,
+        "critical": {
+            k: int(out.attrs[f"critical_{k}"]) for k in ("width", "seed", "alice", "bob", "step")
+        },
+    }
+
+
 def comp_labels(comp: xr.Dataset) -> dict[str, tuple[str, str]]:
     return {k: (v.attrs["long_name"], v.attrs["units"]) for k, v in comp.data_vars.items()}
 
@@ -139,19 +189,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-boot", type=int, default=999)
     parser.add_argument("--min-share", type=float, default=None)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--summary", type=Path, default=None, help=f"default {SUMMARY}")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    load0, t0 = summary.load_average(), time.perf_counter()
     if args.tiny:
         args.widths, args.seeds, args.steps, args.n_boot = [1, 2, 3, 4], 6, 60, 99
+    out_path = Path(args.out)
+    path = args.summary or (out_path.with_suffix(".json") if args.tiny else SUMMARY)
     config = ncnet.NCnetConfig(steps=args.steps, units=True)
     ds = ncnet.run(config, args.widths, args.seeds, device=args.device, progress=not args.tiny)
     out = summarize(ds, n_boot=args.n_boot, min_share=args.min_share)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    out.to_netcdf(args.out, engine="h5netcdf")
+    run_id = summary.new_run_id()
+    out.attrs.update(summary.dataset_attrs(path, run_id))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out.to_netcdf(out_path, engine="h5netcdf")
+    wall = time.perf_counter() - t0
+    summary.write(
+        path,
+        values(out),
+        run_id=run_id,
+        argv=["analyses/ncnet_competition.py", *(sys.argv[1:] if argv is None else argv)],
+        timings={"wall_s": wall},
+        load_start=load0,
+    )
     row = out.sel(analysis="per_seed")
     print(
-        f"wrote {args.out}: critical width {out.attrs['critical_width']}, "
-        f"per-seed Spearman(contested, s_k) = {float(row['corr_spearman']):.2f}"
+        f"wrote {args.out} and {path} ({wall:.0f} s): critical width "
+        f"{out.attrs['critical_width']}, per-seed Spearman(contested, s_k) = "
+        f"{float(row['corr_spearman']):.2f}"
     )
     return 0
 

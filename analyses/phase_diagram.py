@@ -2,7 +2,8 @@
 
 Runs the grid through the Dask sweep path (``gradcomp.scaleout.sweep``) into a resumable store,
 then estimates S per cell from the final-step outcomes and writes ``results/phase_diagram.nc``
-with the sweep's wall time, chunks per second and seed count in its attrs.
+with the sweep's wall time, chunks per second and seed count in its attrs, and the committed
+summary ``analyses/summaries/phase_diagram.json`` (with the machine and its load).
 
     python analyses/phase_diagram.py                     # full grid (2,000 seeds per cell)
     python analyses/phase_diagram.py --seeds 1000        # smaller, same grid
@@ -12,15 +13,32 @@ with the sweep's wall time, chunks per second and seed count in its attrs.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from gradcomp import chsh
+from gradcomp import chsh, summary
 from gradcomp._dims import ALICE, BOB, SEED, STEP
 from gradcomp.ncnet import NCnetConfig
 from gradcomp.scaleout import NCnetExperiment, sweep
+
+NAME = "phase_diagram"
+SUMMARY = summary.ROOT / "analyses" / "summaries" / f"{NAME}.json"
+#: per-cell variables quoted in the docs (those the estimate provides)
+PER_CELL = (
+    "S",
+    "S_lo",
+    "S_hi",
+    "delta",
+    "cbd_margin",
+    "cbd_margin_lo",
+    "cbd_margin_hi",
+    "S_degenerate",
+    "S_trivial",
+    "n_excluded",
+)
 
 
 def _floats(text: str) -> list[float]:
@@ -45,8 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store", type=Path, default=Path("results/phase_diagram_store"))
     p.add_argument("--out", type=Path, default=Path("results/phase_diagram.nc"))
     p.add_argument("--tiny", action="store_true", help="2 widths × 2 lrs, 32 seeds, 100 steps")
+    p.add_argument("--summary", type=Path, default=None, help=f"default {SUMMARY}")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    load0, t_start = summary.load_average(), time.perf_counter()
+    path = args.summary or (args.out.with_suffix(".json") if args.tiny else SUMMARY)
     if args.tiny:
         args.widths, args.lrs, args.seeds, args.steps = [2, 3], [0.5, 1.0], 32, 100
         args.seeds_per_chunk, args.n_boot, args.workers = 16, 200, args.workers or 1
@@ -82,14 +103,34 @@ def main(argv: list[str] | None = None) -> int:
         steps=args.steps,
         backend=args.backend,
     )
+    run_id = summary.new_run_id()
+    est.attrs.update(summary.dataset_attrs(path, run_id))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     est.to_netcdf(args.out, engine="h5netcdf")
+    grid = est.transpose("width", "lr", ...)
+    summary.write(
+        path,
+        {
+            "widths": grid["width"].values,
+            "lrs": grid["lr"].values,
+            "seeds_per_cell": args.seeds,
+            "steps": args.steps,
+            "chunks": n_chunks,
+            "chunks_computed": computed,
+            "cells": {v: grid[v].values for v in PER_CELL if v in grid},
+            "max_cbd_margin": float(grid["cbd_margin"].max()),
+        },
+        run_id=run_id,
+        argv=["analyses/phase_diagram.py", *(sys.argv[1:] if argv is None else argv)],
+        timings={"sweep_wall_s": wall, "wall_s": time.perf_counter() - t_start},
+        load_start=load0,
+    )
     print(est[["S", "S_lo", "S_hi", "cbd_margin"]].to_dataframe().round(3).to_string())
     print(
         f"{n_chunks} chunks ({computed} computed in this run), {args.seeds} seeds per cell, "
         f"wall {wall:.1f} s ({computed / wall:.2f} computed chunks/s, cluster start included)"
     )
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} and {path}")
     return 0
 
 

@@ -1,7 +1,8 @@
 """Figure: min-cut bounds of wide-base vs wide-tip ConvACs across partition range.
 
 Reads ``results/convac_design.nc`` and ``results/convac_design_tiny.nc`` (written by
-``analyses/convac_design.py``) and writes ``figures/convac_design.png``::
+``analyses/convac_design.py``) and writes ``figures/convac_design.png``, stamped with the
+sha256 of the run's summary::
 
     python figures/convac_design.py [--data results] [--out PNG]
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import xarray as xr
 
+from gradcomp import summary
 from gradcomp.plot.graph import convac_bounds
 
 HERE = Path(__file__).resolve().parent
@@ -30,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     data = Path(args.data)
     full = xr.load_dataset(data / "convac_design.nc", engine="h5netcdf")
     tiny = xr.load_dataset(data / "convac_design_tiny.nc", engine="h5netcdf")
+    try:
+        source = summary.source_of(full)
+        summary.source_of(tiny)
+    except ValueError as err:
+        raise SystemExit(f"figures/convac_design.py: {err}") from None
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), constrained_layout=True)
     for ax, ds in zip(axes, (full, tiny), strict=True):
         convac_bounds(ds, ax)
@@ -38,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         "ConvAC min-cut bounds (Levine et al. 2018): wide base wins short-range partitions, "
         "wide tip long-range ones"
     )
-    fig.savefig(args.out, dpi=args.dpi)
+    summary.savefig(fig, args.out, source, dpi=args.dpi)
     print(f"wrote {args.out}")
     return 0
 

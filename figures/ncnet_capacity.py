@@ -1,8 +1,9 @@
 """Draw the NCnet capacity figure from a saved dataset (``analyses/ncnet_capacity.py``).
 
-Writes ``figures/ncnet_capacity.png`` and ``.pdf``: S against hidden width with its bootstrap
-interval, 2 + Δ (the Contextuality-by-Default bound), lines at 2 and 2√2, the unshared control,
-and the four correlators C_ij per width.
+Writes ``figures/ncnet_capacity.png`` and ``.pdf``: (a) S against hidden width with its
+interval, 2 + Δ, lines at 2 and 2√2, the unshared control; (b) the Contextuality-by-Default
+margin with its interval; (c) the four correlators C_ij with their intervals. Trivial and
+degenerate points are marked. The files are stamped with the sha256 of the run's summary.
 
     python figures/ncnet_capacity.py                       # reads results/ncnet_capacity.nc
     python figures/ncnet_capacity.py --data /tmp/tiny.nc --out /tmp/fig --tiny
@@ -19,6 +20,7 @@ matplotlib.use("Agg")
 
 import xarray as xr
 
+from gradcomp import summary
 from gradcomp.plot.chsh import figure
 
 
@@ -36,11 +38,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data.exists():
         raise SystemExit(f"{args.data} not found: run analyses/ncnet_capacity.py first")
     ds = xr.open_dataset(args.data, engine="h5netcdf")
-    keep = [v for v in ds.data_vars if ds[v].ndim <= 2 or v in ("C", "alice_mean", "bob_mean")]
+    try:
+        source = summary.source_of(ds)
+    except ValueError as err:
+        raise SystemExit(f"figures/ncnet_capacity.py: {err}") from None
+    keep = [v for v in ds.data_vars if ds[v].ndim <= 2 or v.endswith(("C", "C_lo", "C_hi"))]
+    keep += [v for v in ("alice_mean", "bob_mean") if v in ds]
     fig = figure(ds[keep].load())
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out.with_suffix(".png"), dpi=60 if args.tiny else 150)
-    fig.savefig(args.out.with_suffix(".pdf"))
+    summary.savefig(fig, args.out.with_suffix(".png"), source, dpi=60 if args.tiny else 150)
+    summary.savefig(fig, args.out.with_suffix(".pdf"), source)
     print(f"wrote {args.out.with_suffix('.png')} and .pdf")
     return 0
 

@@ -1,8 +1,10 @@
 """Draw the S phase diagram from ``results/phase_diagram.nc`` (``analyses/phase_diagram.py``).
 
-Two heat maps over NCnet width × learning rate: S with its bootstrap interval printed in each cell
-(framed where the interval lies above 2), and cbd_margin = S − (2 + Δ) (framed where > 0, i.e.
-where S exceeds what the measured signaling Δ can explain). Writes ``figures/phase_diagram.png``.
+Two heat maps over NCnet width × learning rate on one colour scale (the excess over the bound):
+S with its interval printed in each cell (framed where the interval lies above 2), and the CbD
+margin (framed where it, or its interval when the estimate has one, lies above 0, i.e. where S
+exceeds what the measured signaling Δ can explain). Writes ``figures/phase_diagram.png``, stamped
+with the sha256 of the run's summary.
 
     python figures/phase_diagram.py
     python figures/phase_diagram.py --data /tmp/pd.nc --out /tmp/pd.png --tiny
@@ -20,42 +22,63 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
+from matplotlib import patheffects
 from matplotlib.axes import Axes
 from matplotlib.colors import TwoSlopeNorm
+from matplotlib.image import AxesImage
 from matplotlib.patches import Rectangle
 
+from gradcomp import summary
 
-def phase_map(data: xr.Dataset, ax: Axes, var: str = "S", center: float = 2.0) -> Axes:
-    """Heat map of ``data[var]`` over (width, lr), diverging around ``center``.
 
-    Cells are annotated with the value (and ``[S_lo, S_hi]`` for S); a black frame marks
-    ``S_lo > 2`` (for S) or ``cbd_margin > 0`` (for cbd_margin).
+def _bounds(data: xr.Dataset, var: str) -> tuple[np.ndarray, np.ndarray] | None:
+    if f"{var}_lo" in data and f"{var}_hi" in data:
+        return (
+            data[f"{var}_lo"].transpose("width", "lr").values,
+            data[f"{var}_hi"].transpose("width", "lr").values,
+        )
+    return None
+
+
+def phase_map(data: xr.Dataset, ax: Axes, var: str, center: float, norm: TwoSlopeNorm) -> AxesImage:
+    """Heat map of ``data[var] − center`` over (width, lr) on a diverging ``norm`` around 0.
+
+    Cells show the value and its interval when the data have ``<var>_lo`` / ``<var>_hi``; a
+    black frame with a white halo, inset so that neighbours stay apart, marks cells whose
+    interval lies above ``center`` (without an interval: whose value does). White lines
+    separate the cells.
     """
     da = data[var].transpose("width", "lr")
     vals = da.values
-    span = max(float(np.nanmax(np.abs(vals - center))), 1e-3)
-    norm = TwoSlopeNorm(vcenter=center, vmin=center - span, vmax=center + span)
-    im = ax.imshow(vals, origin="lower", cmap="RdBu_r", norm=norm, aspect="auto")
-    ax.figure.colorbar(im, ax=ax, label=da.attrs.get("long_name", var))
+    im = ax.imshow(vals - center, origin="lower", cmap="RdBu_r", norm=norm, aspect="auto")
     ax.set_xticks(range(da.sizes["lr"]), [f"{v:g}" for v in da.lr.values])
     ax.set_yticks(range(da.sizes["width"]), [str(v) for v in da.width.values])
+    ax.set_xticks(np.arange(-0.5, da.sizes["lr"]), minor=True)
+    ax.set_yticks(np.arange(-0.5, da.sizes["width"]), minor=True)
+    ax.grid(which="minor", color="w", lw=3)
+    ax.tick_params(which="minor", length=0)
     ax.set_xlabel("learning rate")
     ax.set_ylabel("hidden width n")
+    bounds = _bounds(data, var)
     for i in range(vals.shape[0]):
         for j in range(vals.shape[1]):
-            text = f"{vals[i, j]:.2f}"
-            if var == "S":
-                lo = float(data.S_lo.transpose("width", "lr")[i, j])
-                hi = float(data.S_hi.transpose("width", "lr")[i, j])
-                text += f"\n[{lo:.2f}, {hi:.2f}]"
-                framed = lo > 2
+            text = f"{vals[i, j]:+.2f}"
+            if bounds is not None:
+                lo, hi = bounds[0][i, j], bounds[1][i, j]
+                text += f"\n[{lo:+.2f}, {hi:+.2f}]"
+                framed = lo > center
             else:
-                framed = vals[i, j] > 0
-            dark = abs(norm(vals[i, j]) - 0.5) > 0.35  # deep colour: white text
-            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="w" if dark else "k")
+                framed = vals[i, j] > center
+            dark = abs(norm(vals[i, j] - center) - 0.5) > 0.35  # deep colour: white text
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="w" if dark else "k")
             if framed:
-                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2, ec="k"))
-    return ax
+                frame = Rectangle((j - 0.46, i - 0.46), 0.92, 0.92, fill=False, lw=2, ec="k")
+                # a white halo keeps the black frame visible on deep colours
+                frame.set_path_effects([patheffects.withStroke(linewidth=4.5, foreground="w")])
+                ax.add_patch(frame)
+    for side in ax.spines.values():
+        side.set_linewidth(1.5)
+    return im
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,21 +90,46 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data.exists():
         raise SystemExit(f"{args.data} not found: run analyses/phase_diagram.py first")
     ds = xr.open_dataset(args.data, engine="h5netcdf").load()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
-    phase_map(ds, axes[0], "S", center=2.0)
-    axes[0].set_title("CHSH S [95% bootstrap CI]; frame: CI above 2")
-    phase_map(ds, axes[1], "cbd_margin", center=0.0)
-    axes[1].set_title("cbd_margin = S − (2 + Δ); frame: > 0")
+    try:
+        source = summary.source_of(ds)
+    except ValueError as err:
+        raise SystemExit(f"figures/phase_diagram.py: {err}") from None
+    span = max(
+        float(np.nanmax(np.abs(ds["S"].values - 2))),
+        float(np.nanmax(np.abs(ds["cbd_margin"].values))),
+        1e-3,
+    )
+    norm = TwoSlopeNorm(vcenter=0.0, vmin=-span, vmax=span)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), layout="constrained")
+    fig.get_layout_engine().set(wspace=0.08)
+    im = phase_map(ds, axes[0], "S", 2.0, norm)
+    axes[0].set_title("(a) CHSH S [95% CI]; frame: interval above 2", loc="left")
+    phase_map(ds, axes[1], "cbd_margin", 0.0, norm)
+    has_ci = "cbd_margin_lo" in ds
+    axes[1].set_title(
+        "(b) CbD margin"
+        + (" [95% CI]; frame: interval above 0" if has_ci else " (no interval); frame: > 0"),
+        loc="left",
+    )
+    fig.colorbar(
+        im, ax=axes, shrink=0.9, label="excess over the bound: S − 2 in (a), the margin in (b)"
+    )
     n = int(ds.attrs.get("seeds_per_cell", 0))
     steps = int(ds.attrs.get("steps", 0))
     wall = float(ds.attrs.get("sweep_wall_s", float("nan")))
     chunks = int(ds.attrs.get("sweep_chunks", 0))
+    info = summary.read(source)
+    cpu = info.get("machine", {})
+    where = f"{cpu.get('logical_cores', '?')}-core {cpu.get('cpu', '?')}, 1-min load " + (
+        f"{info.get('load_1min_start')}–{info.get('load_1min_end')}"
+    )
     fig.suptitle(
-        f"NCnet phase diagram: {n} seeds per cell, {steps} full-batch GD steps "
-        f"(Dask sweep: {chunks} chunks, {wall:.0f} s wall)"
+        f"NCnet phase diagram: {n} seeds per cell, {steps} full-batch GD steps\n"
+        f"(Dask sweep: {chunks} chunks, {wall:.0f} s wall on a {where})",
+        fontsize="medium",
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=50 if args.tiny else 110)
+    summary.savefig(fig, args.out, source, dpi=50 if args.tiny else 110)
     print(f"wrote {args.out}")
     return 0
 

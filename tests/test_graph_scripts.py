@@ -26,7 +26,7 @@ def test_convac_design_scripts(tmp_path) -> None:
         load_script("figures/convac_design.py").main(["--data", str(tmp_path), "--out", str(out)])
         == 0
     )
-    assert out.stat().st_size > 1000
+    assert _stamp_matches(out, tmp_path / "convac_design.json")
 
 
 def test_full_design_profiles_show_the_tradeoff() -> None:
@@ -55,7 +55,7 @@ def test_ncnet_competition_scripts(tmp_path) -> None:
         load_script("figures/ncnet_competition.py").main(["--data", str(data), "--out", str(out)])
         == 0
     )
-    assert out.stat().st_size > 1000
+    assert _stamp_matches(out, data.with_suffix(".json"))
 
 
 def test_plot_functions_return_their_axes() -> None:
@@ -80,3 +80,84 @@ def test_docs_example_runs() -> None:
     exec(compile(code, "docs/graph.md", "exec"), namespace)
     assert namespace["cut"].bits == 1.0 and namespace["cut"].bound == 2
     assert namespace["matricization_rank"](namespace["a"], [0, 1, 2, 3]) == 2
+
+
+def _stamp_matches(png: Path, summary_path: Path) -> bool:
+    from gradcomp import summary
+
+    stamp = summary.read_stamp(png)
+    return stamp.get(summary.KEY_SHA) == summary.sha256(summary_path)
+
+
+def test_family_screen_scripts_tiny(tmp_path) -> None:
+    data = tmp_path / "screen.nc"
+    script = load_script("analyses/ncnet_family_screen.py")
+    assert script.main(["--tiny", "--out", str(data)]) == 0
+    ds = xr.load_dataset(data, engine="h5netcdf")
+    assert ds.sizes["family"] == 4 and list(ds["width"].values) == [1, 2, 3]
+    assert {"S", "S_lo", "S_hi", "delta", "cbd_margin", "rank", "qualifies"} <= set(ds)
+    assert ds.attrs["seeds"] == "10000..10015"  # disjoint from the measurement's seeds 0..
+    png = tmp_path / "screen.png"
+    fig_script = load_script("figures/ncnet_family_screen.py")
+    assert fig_script.main(["--data", str(data), "--out", str(png), "--tiny"]) == 0
+    assert _stamp_matches(png, data.with_suffix(".json"))
+
+
+def test_family_set_is_the_classes_under_relabelling_and_head_swap() -> None:
+    """34 classes, the default among them, no two equivalent: checked on truth tables."""
+    import itertools
+
+    from gradcomp.ncnet import truth_table
+
+    script = load_script("analyses/ncnet_family_screen.py")
+    fams = script.families()
+    assert len(fams) == 34 == len(set(fams))
+    assert (("x1", "x1 ^ x2"), ("x1", "x1 ^ x3")) in fams
+    patterns = np.array(list(itertools.product([0, 1], repeat=3)))
+
+    def signature(fam) -> frozenset:
+        """Truth tables of the family under every input permutation and head swap."""
+        images = set()
+        for p in itertools.permutations(range(3)):
+            # relabel inputs: evaluate each task on permuted patterns
+            idx = [int("".join(map(str, row[list(p)])), 2) for row in patterns]
+            tabs = tuple(tuple(truth_table(t, 3)[idx]) for head in fam for t in head)
+            images.add(tabs)
+            images.add(tabs[2:] + tabs[:2])
+        return frozenset(images)
+
+    sigs = [signature(f) for f in fams]
+    assert len(set(sigs)) == 34  # pairwise inequivalent
+    # and complete: 3 inputs × 6 gates per head, every ordered pair falls in one class
+    singles = ["x1", "x2", "x3"]
+    gates = [f"x{i} {op} x{j}" for op in "^&" for i, j in ((1, 2), (1, 3), (2, 3))]
+    for a1, a2, b1, b2 in itertools.product(singles, gates, singles, gates):
+        sig = signature(((a1, a2), (b1, b2)))
+        assert sig in sigs
+
+
+def test_selection_rule_on_synthetic_curves() -> None:
+    script = load_script("analyses/ncnet_family_screen.py")
+    w = [1, 2, 3, 4]
+    s = np.array(
+        [
+            [-2.0, 3.0, 2.5, 2.0],  # rise, peak 3.0 (lo 2.9), return: qualifies
+            [-2.0, 3.5, 2.5, 2.0],  # higher peak: selected
+            [-2.0, 3.9, 2.5, 2.2],  # no return
+            [2.5, 3.9, 2.5, 2.0],  # no rise
+            [-2.0, 2.05, 2.0, 2.0],  # peak interval not above 2
+        ]
+    )
+    est = xr.Dataset(
+        {
+            "S": (("family", "width"), s),
+            "S_lo": (("family", "width"), s - 0.1),
+            "S_hi": (("family", "width"), s + 0.1),
+        },
+        coords={"family": list("abcde"), "width": w},
+    )
+    sel = script.select(est)
+    assert sel["qualifies"].values.tolist() == [True, True, False, False, False]
+    assert sel["rank"].values.tolist() == [2, 1, 0, 0, 0]
+    assert sel.attrs["selected"] == "b"
+    assert sel["peak_width"].values.tolist() == [2, 2, 2, 2, 2]

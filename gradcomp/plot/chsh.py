@@ -10,10 +10,11 @@ import numpy as np
 import xarray as xr
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from scipy import stats
 
 from gradcomp._dims import WIDTH
 
-__all__ = ["capacity", "correlators", "figure"]
+__all__ = ["capacity", "correlator_bounds", "correlators", "figure", "margin"]
 
 TSIRELSON = 2 * np.sqrt(2)
 
@@ -29,8 +30,66 @@ def _last_step(ds: xr.Dataset) -> xr.Dataset:
     return ds.isel(step=-1) if "step" in ds.dims else ds
 
 
+def _flags(ds: xr.Dataset, prefix: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """``(degenerate, trivial)`` per capacity value.
+
+    From the estimate's ``S_degenerate`` / ``S_trivial`` when present; otherwise derived from
+    the data: trivial when every correlator is ±1 (S is fixed by construction: every seed
+    solves, or fails, alike), degenerate when the interval of S has zero width.
+    """
+    s = ds[prefix + "S"]
+    if prefix + "S_trivial" in ds:
+        trivial = ds[prefix + "S_trivial"].values.astype(bool)
+    elif prefix + "C" in ds:
+        c = ds[prefix + "C"]
+        trivial = (np.abs(c) == 1).all([d for d in c.dims if d in ("alice", "bob")]).values
+    else:
+        trivial = np.zeros(s.shape, dtype=bool)
+    if prefix + "S_degenerate" in ds:
+        degenerate = ds[prefix + "S_degenerate"].values.astype(bool)
+    else:
+        degenerate = (ds[prefix + "S_hi"] - ds[prefix + "S_lo"]).values == 0
+    return degenerate & ~trivial, trivial
+
+
+def _mark_flags(ax: Axes, x: np.ndarray, y: np.ndarray, ds: xr.Dataset, prefix: str = "") -> None:
+    degenerate, trivial = _flags(ds, prefix)
+    if trivial.any():
+        ax.plot(
+            x[trivial],
+            y[trivial],
+            "o",
+            mfc="w",
+            mec="0.3",
+            ms=9,
+            mew=1.5,
+            zorder=3,
+            label="trivial: every |C| = 1 (S fixed by construction)",
+        )
+    if degenerate.any():
+        ax.plot(
+            x[degenerate],
+            y[degenerate],
+            "D",
+            mfc="none",
+            mec="C3",
+            ms=10,
+            mew=1.5,
+            zorder=3,
+            label="degenerate: zero-variance cell",
+        )
+
+
+def _bars(y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    return np.abs(np.stack([y - lo, hi - y]))
+
+
 def capacity(data: xr.Dataset, ax: Axes, *, control_prefix: str | None = "unshared_") -> Axes:
-    """S against capacity with its bootstrap interval, 2 + Δ, and lines at 2 and 2√2.
+    """S against capacity with its interval, 2 + Δ, and lines at 2 and 2√2.
+
+    The interval is drawn as a band and as capped error bars (at thousands of seeds it is often
+    narrower than the marker: the caps show where). Trivial points (every |C| = 1) and
+    degenerate ones (zero-variance cells) are marked.
 
     Args:
         data: Dataset with ``S``, ``S_lo``, ``S_hi``, ``delta`` over ``width`` (or ``rank``);
@@ -49,55 +108,139 @@ def capacity(data: xr.Dataset, ax: Axes, *, control_prefix: str | None = "unshar
     dim = _capacity_dim(ds)
     x = ds[dim].values
     s = ds["S"].values
-    ax.fill_between(x, ds["S_lo"].values, ds["S_hi"].values, color="C0", alpha=0.25, lw=0)
+    lo, hi = ds["S_lo"].values, ds["S_hi"].values
     conf = data.attrs.get("chsh_confidence", data.attrs.get("confidence"))
-    band = f"{float(conf):.0%} band" if conf is not None else "interval"
-    ax.plot(x, s, "o-", color="C0", label=f"S with {band} (shared hidden layer)")
-    ax.plot(x, 2 + ds["delta"].values, "--", color="C3", label="2 + Δ (CbD bound)")
+    band = f"{float(conf):.0%} interval" if conf is not None else "interval"
+    ax.fill_between(x, lo, hi, color="C0", alpha=0.35, lw=0)
+    ax.errorbar(
+        x,
+        s,
+        yerr=_bars(s, lo, hi),
+        fmt="o-",
+        color="C0",
+        ms=5,
+        capsize=5,
+        capthick=1.5,
+        elinewidth=1.5,
+        label=f"S with {band} (shared hidden layer)",
+    )
+    ax.plot(x, 2 + ds["delta"].values, "--", color="C3", label="2 + Δ (signaling Δ)")
     if control_prefix and f"{control_prefix}S" in ds:
         c = ds[f"{control_prefix}S"].values
-        lo, hi = ds[f"{control_prefix}S_lo"].values, ds[f"{control_prefix}S_hi"].values
+        clo, chi = ds[f"{control_prefix}S_lo"].values, ds[f"{control_prefix}S_hi"].values
         ax.errorbar(
-            x,
+            x + 0.12,
             c,
-            yerr=[c - lo, hi - c],
+            yerr=_bars(c, clo, chi),
             fmt="s:",
             color="C2",
             ms=4,
-            capsize=2,
-            label="S (unshared control)",
+            capsize=3,
+            label="S (unshared control, shifted right)",
         )
-    ax.axhline(2, color="k", lw=1, label="2 (classical)")
+    _mark_flags(ax, x, s, ds)
+    ax.axhline(2, color="k", lw=1, label="2 (classical bound)")
     ax.axhline(TSIRELSON, color="C1", lw=1, ls="-.", label="2√2 (Tsirelson)")
     ax.set_xlabel(ds[dim].attrs.get("long_name", dim))
-    ax.set_ylabel("CHSH S")
+    ax.set_ylabel("CHSH S = C11 + C12 + C21 − C22")
     ax.set_xticks(x)
-    ax.legend(fontsize="small", loc="lower right")
+    ax.legend(fontsize="x-small", loc="best")
     return ax
 
 
+def margin(data: xr.Dataset, ax: Axes) -> Axes:
+    """The Contextuality-by-Default margin against capacity, with its interval when available.
+
+    ``cbd_margin`` > 0 calls the system contextual (Kujala, Dzhafarov, Larsson, PRL 115,
+    150401, 2015). The interval is ``cbd_margin_lo`` / ``cbd_margin_hi`` when the estimate
+    provides it; without it the points are drawn alone and the legend says so.
+    """
+    if "cbd_margin" not in data:
+        raise ValueError("data lacks 'cbd_margin': pass the output of gradcomp.chsh.estimate")
+    ds = _last_step(data)
+    dim = _capacity_dim(ds)
+    x = ds[dim].values
+    m = ds["cbd_margin"].values
+    conf = data.attrs.get("chsh_confidence", data.attrs.get("confidence"))
+    if "cbd_margin_lo" in ds:
+        lo, hi = ds["cbd_margin_lo"].values, ds["cbd_margin_hi"].values
+        band = f"{float(conf):.0%} interval" if conf is not None else "interval"
+        ax.fill_between(x, lo, hi, color="C4", alpha=0.3, lw=0)
+        ax.errorbar(
+            x,
+            m,
+            yerr=_bars(m, lo, hi),
+            fmt="o-",
+            color="C4",
+            capsize=5,
+            capthick=1.5,
+            label=f"CbD margin with {band}",
+        )
+    else:
+        ax.plot(x, m, "o-", color="C4", label="CbD margin (no interval from this estimator)")
+    _mark_flags(ax, x, m, ds)
+    ax.axhline(0, color="k", lw=1, label="0: contextual above")
+    ax.set_xlabel(ds[dim].attrs.get("long_name", dim))
+    ax.set_ylabel(ds["cbd_margin"].attrs.get("long_name", "CbD margin"), fontsize="small")
+    ax.set_xticks(x)
+    ax.legend(fontsize="x-small", loc="lower right")
+    return ax
+
+
+def correlator_bounds(ds: xr.Dataset, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """``(C_lo, C_hi)``: the estimate's when present, else exact Clopper–Pearson bounds.
+
+    Each seed's product ab is ±1, so C = 2p − 1 with p the share of agreeing seeds; the bounds
+    are 2·CP(p) − 1, exact also when every seed agrees (Clopper and Pearson, Biometrika 1934).
+    """
+    if "C_lo" in ds and "C_hi" in ds:
+        return ds["C_lo"].values, ds["C_hi"].values
+    if "n_seeds" not in ds:
+        raise ValueError("data lacks 'C_lo'/'C_hi' and 'n_seeds': cannot bound the correlators")
+    c = ds["C"].values
+    n = ds["n_seeds"].broadcast_like(ds["C"]).transpose(*ds["C"].dims).values.astype(float)
+    k = np.rint((c + 1) / 2 * n)
+    alpha = 1 - confidence
+    with np.errstate(invalid="ignore"):
+        p_lo = np.where(k > 0, stats.beta.ppf(alpha / 2, k, n - k + 1), 0.0)
+        p_hi = np.where(k < n, stats.beta.ppf(1 - alpha / 2, k + 1, n - k), 1.0)
+    return 2 * p_lo - 1, 2 * p_hi - 1
+
+
 def correlators(data: xr.Dataset, ax: Axes) -> Axes:
-    """The four correlators C_ij = ⟨ab⟩ against capacity (last step when there is a step dim)."""
+    """The four correlators C_ij = ⟨ab⟩ against capacity with their intervals.
+
+    C22 enters S with a minus sign (S = C11 + C12 + C21 − C22); it is drawn as measured.
+    """
     if "C" not in data:
         raise ValueError("data lacks 'C': pass the output of gradcomp.chsh.estimate")
     ds = _last_step(data)
     dim = _capacity_dim(ds)
     x = ds[dim].values
+    conf = float(data.attrs.get("chsh_confidence", data.attrs.get("confidence", 0.95)))
+    lo, hi = (
+        xr.DataArray(v, dims=ds["C"].dims, coords=ds["C"].coords)
+        for v in correlator_bounds(ds, conf)
+    )
     for k, (i, j) in enumerate(((1, 1), (1, 2), (2, 1), (2, 2))):
-        ax.plot(
-            x,
-            ds["C"].sel(alice=i, bob=j).values,
-            "o-",
+        c = ds["C"].sel(alice=i, bob=j).values
+        sel = {"alice": i, "bob": j}
+        ax.errorbar(
+            x + 0.06 * (k - 1.5),
+            c,
+            yerr=_bars(c, lo.sel(sel).values, hi.sel(sel).values),
+            fmt="o-",
             color=f"C{k}",
             ms=4,
-            label=f"C{i}{j}" + (" (−)" if (i, j) == (2, 2) else ""),
+            capsize=3,
+            label=f"C{i}{j}" + (" (enters S with a minus sign)" if (i, j) == (2, 2) else ""),
         )
     ax.axhline(0, color="k", lw=0.5)
-    ax.set_ylim(-1.05, 1.05)
+    ax.set_ylim(-1.08, 1.08)
     ax.set_xlabel(ds[dim].attrs.get("long_name", dim))
-    ax.set_ylabel("correlator ⟨ab⟩")
+    ax.set_ylabel(f"correlator ⟨ab⟩ over seeds ({conf:.0%} interval)")
     ax.set_xticks(x)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="x-small", loc="lower right")
     return ax
 
 
@@ -118,12 +261,15 @@ def shared_capacity_axis(data: xr.Dataset, ax: Axes) -> Axes:
 
 
 def figure(data: xr.Dataset, *, title: str | None = None) -> Figure:
-    """The capacity figure: :func:`capacity` and :func:`correlators` side by side."""
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    left, right = fig.subplots(1, 2)
+    """The capacity figure: :func:`capacity`, :func:`margin` and :func:`correlators`."""
+    fig = Figure(figsize=(15, 4.6), layout="constrained")
+    left, mid, right = fig.subplots(1, 3)
     capacity(data, left)
     shared_capacity_axis(data, left)
+    margin(data, mid)
     correlators(data, right)
+    for ax, tag in zip((left, mid, right), "abc", strict=True):
+        ax.set_title(f"({tag})", loc="left", fontsize="medium")
     if title is None:
         alice, bob = data.attrs.get("alice_tasks", ""), data.attrs.get("bob_tasks", "")
         n = int(data["n_seeds"].max()) if "n_seeds" in data else 0

@@ -75,16 +75,27 @@ def competition_graph(g: nx.Graph, ax: Axes, title: str | None = None) -> Axes:
     for k, t in enumerate(tasks):
         ax.scatter(*pos[t], s=300, marker="s", color=TASK_COLORS[k % len(TASK_COLORS)], zorder=3)
         ax.annotate(str(t[1]), pos[t], ha="center", va="center", color="w", weight="bold", zorder=4)
+    present = {g.nodes[u]["state"] for u in units}
     handles = [
         Line2D([], [], marker="o", ls="", color=c, mec="k", label=s)
         for s, c in STATE_COLORS.items()
+        if s in present
     ]
+    handles.append(
+        Line2D(
+            [],
+            [],
+            color="0.4",
+            lw=3,
+            label="edge width: task's\nshare of its\n|gradient|² on the unit",
+        )
+    )
     ax.legend(
         handles=handles,
         loc="center left",
         bbox_to_anchor=(1.0, 0.5),
         fontsize="small",
-        title="unit",
+        title="hidden unit",
     )
     ax.set_xlim(-0.05, 1.05)
     ax.set_ylim(-0.2, 1.2)
@@ -95,30 +106,23 @@ def competition_graph(g: nx.Graph, ax: Axes, title: str | None = None) -> Axes:
 
 
 def contested_vs_width(ds: xr.Dataset, ax: Axes) -> Axes:
-    """Contested units (mean over seeds ± s.e.) and S (with its interval) against hidden width.
+    """Contested hidden units (mean over seeds ± s.e.) against hidden width.
 
     Args:
-        ds: with ``contested_mean (width, seed)`` and ``S``, ``S_lo``, ``S_hi`` (width), as
-            written by ``analyses/ncnet_competition.py``.
-        ax: where to draw; S goes on a twin axis.
+        ds: with ``contested_mean (width, seed)``, as written by ``analyses/ncnet_competition.py``.
+        ax: where to draw (S goes on its own panel: :func:`gradcomp.plot.chsh.capacity`).
     """
     widths = ds["width"].values
     per_seed = ds["contested_mean"]
     mean = per_seed.mean("seed")
     se = per_seed.std("seed", ddof=1) / np.sqrt(per_seed.sizes["seed"])
-    ax.errorbar(widths, mean, yerr=se, fmt="-o", color="tab:red", capsize=3)
-    ax.set_xlabel("hidden width n")
-    ax.set_ylabel("contested units (mean over training)", color="tab:red")
+    ax.errorbar(
+        widths, mean, yerr=se, fmt="-o", color="tab:red", capsize=3, label="mean ± s.e. over seeds"
+    )
+    ax.plot(widths, widths, ":", color="0.5", label="all units (= width)")
+    ax.set_xlabel("hidden width n (units)")
+    ax.set_ylabel("contested hidden units (count; mean over\nsetting pairs and traced steps)")
     ax.set_xticks(widths)
-    twin = ax.twinx()
-    s = ds["S"].values
-    err = np.abs(np.stack([s - ds["S_lo"].values, ds["S_hi"].values - s]))
-    twin.errorbar(widths, s, yerr=err, fmt="-s", color="k", capsize=3)
-    twin.axhline(2, color="0.5", ls="--", lw=1)
-    twin.set_ylabel("CHSH S (95% interval); dashed: 2")
-    handles = [
-        Line2D([], [], color="tab:red", marker="o", label="contested units (± s.e. over seeds)"),
-        Line2D([], [], color="k", marker="s", label="S"),
-    ]
-    ax.legend(handles=handles, loc="upper left", fontsize="small")
+    ax.set_ylim(0, None)
+    ax.legend(loc="upper left", fontsize="small")
     return ax

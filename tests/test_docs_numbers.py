@@ -1,0 +1,450 @@
+"""Every number quoted in README.md and docs/ matches the committed summary of the run behind it.
+
+Each analysis or benchmark script writes ``analyses/summaries/<script>.json`` (or
+``benchmarks/summaries/``); :data:`CLAIMS` lists, per quoted number, the doc file, the exact
+text around it, the number as written, the summary and the key holding it, and a tolerance
+(usually half a unit of the last printed digit). A claim fails when the sentence was edited
+away, when the number in it changed, or when a re-run moved the data. Committed figures are
+stamped with the sha256 of their summary, so a figure not redrawn after a re-run fails too.
+
+To add a number to the docs: make the script put it in its summary, quote it, add a claim.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pytest
+from _scripts import load_script
+
+from gradcomp import summary
+
+ROOT = Path(__file__).resolve().parents[1]
+SUMMARY_DIRS = (ROOT / "analyses" / "summaries", ROOT / "benchmarks" / "summaries")
+
+#: figures whose stamp is required (drawn by scripts that write summaries)
+STAMPED = (
+    "figures/ncnet_capacity.png",
+    "figures/ncnet_competition.png",
+    "figures/ncnet_family_screen.png",
+    "figures/phase_diagram.png",
+    "figures/convac_design.png",
+)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One number in a doc: where it is, what it says, and where the data hold it."""
+
+    doc: str  # path from the repository root
+    snippet: str  # exact text containing the number (whitespace runs compare as one space)
+    number: str  # the number as written in the snippet
+    summary: str  # the summary file, from the repository root
+    key: tuple[str | int, ...]  # path into the summary's JSON
+    tol: float  # |number − value| allowed
+    scale: float = 1.0  # the doc shows value × scale (100 for a percentage)
+
+
+S_CAP = "analyses/summaries/ncnet_capacity.json"
+S_COMP = "analyses/summaries/ncnet_competition.json"
+S_SCREEN = "analyses/summaries/ncnet_family_screen.json"
+S_PD = "analyses/summaries/phase_diagram.json"
+S_CONVAC = "analyses/summaries/convac_design.json"
+S_CLI = "benchmarks/summaries/ncnet_cli.json"
+
+SEL = ("values", "families", "A{x1, x1 ^ x2} B{x2, x1 ^ x3}")  # selected by the screen's rule
+DEF = ("values", "families", "A{x1, x1 ^ x2} B{x1, x1 ^ x3}")  # the default family
+# half a unit of the last printed digit, plus the summary's own rounding (4 significant digits)
+R2 = 0.0051  # two decimals as printed
+
+R3 = 0.00051  # three decimals as printed
+
+
+def _row(doc: str, text: str, summary_file: str, keys: list[tuple[str | int, ...]], tol: float):
+    """Claims for a table row: the numbers of ``text`` in order, one key each."""
+    numbers = re.findall(r"[−+]?\d+\.\d+", text)
+    assert len(numbers) == len(keys), (text, numbers)
+    return tuple(
+        Claim(doc, text, n, summary_file, k, tol) for n, k in zip(numbers, keys, strict=True)
+    )
+
+
+def _capacity_row(width: int, text: str) -> tuple[Claim, ...]:
+    """A row of docs/ncnet.md's capacity table: S [lo, hi], Δ, margin, flips, control S [lo, hi]."""
+    k = width - 1
+    main = [("values", "shared", v, k) for v in ("S", "S_lo", "S_hi", "delta", "cbd_margin")]
+    main.append(("values", "shared", "remote_flip_fraction", k))
+    ctrl = [("values", "unshared", v, k) for v in ("S", "S_lo", "S_hi")]
+    return _row("docs/ncnet.md", text, S_CAP, main + ctrl, R3)
+
+
+CLAIMS: tuple[Claim, ...] = (
+    # the capacity table (docs/ncnet.md) and the README caption
+    *_capacity_row(
+        2, "| 2 | +2.632 [+2.570, +2.695] | 1.740 | −1.108 | 0.846 | +1.810 [+1.772, +1.846], 0 |"
+    ),
+    *_capacity_row(
+        3, "| 3 | +3.787 [+3.759, +3.813] | 2.145 | −0.358 | 0.985 | +1.998 [+1.994, +2.000], 0 |"
+    ),
+    *_capacity_row(
+        4, "| 4 | +2.135 [+2.114, +2.156] | 0.267 | −0.132 | 0.101 | +2.000 [+2.000, +2.000], 0 |"
+    ),
+    Claim(
+        "docs/ncnet.md",
+        "(98.5% of seeds flip an outcome with the remote setting at n = 3)",
+        "98.5",
+        S_CAP,
+        ("values", "shared", "remote_flip_fraction", 2),
+        0.051,
+        scale=100,
+    ),
+    # the main job's wall time (README set-up, docs/ncnet.md)
+    *(
+        Claim(doc, text, number, S_CLI, key, tol)
+        for doc, text in (
+            (
+                "README.md",
+                "at 291.6 s (median of 2 runs) on the shared 2-core AMD EPYC VM at a 1-minute "
+                "load of 13.65–16.12",
+            ),
+            (
+                "docs/ncnet.md",
+                "at 291.6 s, median of 2 runs, on the shared 2-core AMD EPYC VM at a 1-minute "
+                "load of 13.65–16.12",
+            ),
+        )
+        for number, key, tol in (
+            ("291.6", ("timings", "wall_s_median"), 0.05),
+            ("13.65", ("load_1min_start",), 0.005),
+            ("16.12", ("load_1min_end",), 0.005),
+        )
+    ),
+    # the phase diagram (README scale-out section)
+    *(
+        Claim("README.md", text, number, S_PD, key, tol)
+        for text, number, key, tol in (
+            (
+                "160 chunks in 2733 s of wall time on the shared 2-core AMD EPYC VM at a 1-minute "
+                "load of 7.95–7.23",
+                "2733",
+                ("timings", "sweep_wall_s"),
+                0.5,
+            ),
+            ("160 chunks in 2733 s", "160", ("values", "chunks"), 0),
+            ("at a 1-minute load of 7.95–7.23", "7.95", ("load_1min_start",), 0.005),
+            ("at a 1-minute load of 7.95–7.23", "7.23", ("load_1min_end",), 0.005),
+            ("(S from 3.67 to 3.80 over lr 0.1–2)", "3.67", ("values", "cells", "S", 1, 0), R2),
+            ("(S from 3.67 to 3.80 over lr 0.1–2)", "3.80", ("values", "cells", "S", 1, 4), R2),
+            (
+                "is negative in every cell (at most −0.008)",
+                "−0.008",
+                ("values", "max_cbd_margin"),
+                0.0005,
+            ),
+        )
+    ),
+    # contested units vs S (docs/graph.md)
+    *_row(
+        "docs/graph.md",
+        "(end of training) is −2.00, 2.84, 3.64, 2.04, 2.04, 2.00, so the critical width is 3",
+        S_COMP,
+        [("values", "S", k) for k in range(6)],
+        R2,
+    ),
+    Claim(
+        "docs/graph.md",
+        "so the critical width is 3",
+        "3",
+        S_COMP,
+        ("values", "critical", "width"),
+        0,
+    ),
+    *_row(
+        "docs/graph.md",
+        "units (mean over settings and traced steps) are 0.60, 0.79, 0.75, 0.81, 0.91, 0.99.",
+        S_COMP,
+        [("values", "contested_mean", k) for k in range(6)],
+        R2,
+    ),
+    *_row(
+        "docs/graph.md",
+        "the contested *share* of the layer falls (0.60 → 0.17)",
+        S_COMP,
+        [("values", "contested_share", 0), ("values", "contested_share", 5)],
+        R2,
+    ),
+    *_row(
+        "docs/graph.md",
+        "Spearman 0.24 [0.13, 0.35] over (width, seed)",
+        S_COMP,
+        [
+            ("values", "correlation", "per_seed", k)
+            for k in ("spearman", "spearman_lo", "spearman_hi")
+        ],
+        R2,
+    ),
+    *_row(
+        "docs/graph.md",
+        "(`control=width`) it is 0.06 [−0.05, 0.17]",
+        S_COMP,
+        [
+            ("values", "correlation", "per_seed_within_width", k)
+            for k in ("spearman", "spearman_lo", "spearman_hi")
+        ],
+        R2,
+    ),
+    Claim(
+        "docs/graph.md",
+        "settings (2, 2) at the critical width (seed 17)",
+        "17",
+        S_COMP,
+        ("values", "critical", "seed"),
+        0,
+    ),
+    Claim(
+        "docs/graph.md", "(step 1539 of 2000)", "1539", S_COMP, ("values", "critical", "step"), 0
+    ),
+    Claim(
+        "docs/graph.md",
+        "25.7 s of compute (interpreter start-up and imports excluded) on the shared 2-core "
+        "AMD EPYC VM at a 1-minute load of 7.6",
+        "25.7",
+        S_COMP,
+        ("timings", "wall_s"),
+        0.05,
+    ),
+    Claim("docs/graph.md", "at a 1-minute load of 7.6", "7.6", S_COMP, ("load_1min_start",), 0.051),
+    # ConvAC design (docs/graph.md)
+    Claim(
+        "docs/graph.md",
+        "have 5,186 and 5,152",
+        "5,186",
+        S_CONVAC,
+        ("values", "full", "wide base", "n_params"),
+        0,
+    ),
+    Claim(
+        "docs/graph.md",
+        "have 5,186 and 5,152",
+        "5,152",
+        S_CONVAC,
+        ("values", "full", "wide tip", "n_params"),
+        0,
+    ),
+    Claim(
+        "docs/graph.md",
+        "(interleaved, 24 vs 16 bits)",
+        "24",
+        S_CONVAC,
+        ("values", "full", "wide base", "bits", 0),
+        0,
+    ),
+    Claim(
+        "docs/graph.md",
+        "(interleaved, 24 vs 16 bits)",
+        "16",
+        S_CONVAC,
+        ("values", "full", "wide tip", "bits", 0),
+        0,
+    ),
+    Claim(
+        "docs/graph.md",
+        "(left/right, 1 vs 5 bits)",
+        "1",
+        S_CONVAC,
+        ("values", "full", "wide base", "bits", 3),
+        0,
+    ),
+    Claim(
+        "docs/graph.md",
+        "(left/right, 1 vs 5 bits)",
+        "5",
+        S_CONVAC,
+        ("values", "full", "wide tip", "bits", 3),
+        0,
+    ),
+    Claim(
+        "docs/graph.md",
+        "402 vs 400 weights",
+        "402",
+        S_CONVAC,
+        ("values", "tiny", "wide base", "n_params"),
+        0,
+    ),
+    Claim(
+        "docs/graph.md",
+        "402 vs 400 weights",
+        "400",
+        S_CONVAC,
+        ("values", "tiny", "wide tip", "n_params"),
+        0,
+    ),
+    # the family screen (README NCnet section and docs/ncnet.md)
+    Claim("README.md", "14 of 34 families qualify", "14", S_SCREEN, ("values", "n_qualifying"), 0),
+    Claim("README.md", "14 of 34 families qualify", "34", S_SCREEN, ("values", "n_families"), 0),
+    Claim("README.md", "(peak S +3.78 at n = 3)", "+3.78", S_SCREEN, (*SEL, "S", 2), R2),
+    Claim("README.md", "the default ranks second (+3.77)", "+3.77", S_SCREEN, (*DEF, "S", 2), R2),
+    Claim(
+        "docs/ncnet.md", "14 of 34 families qualify", "14", S_SCREEN, ("values", "n_qualifying"), 0
+    ),
+    Claim("docs/ncnet.md", "S = +3.78 [+3.72, +3.83]", "+3.78", S_SCREEN, (*SEL, "S", 2), R2),
+    Claim("docs/ncnet.md", "S = +3.78 [+3.72, +3.83]", "+3.72", S_SCREEN, (*SEL, "S_lo", 2), R2),
+    Claim("docs/ncnet.md", "S = +3.78 [+3.72, +3.83]", "+3.83", S_SCREEN, (*SEL, "S_hi", 2), R2),
+    Claim(
+        "docs/ncnet.md", "second with +3.77 [+3.72, +3.82]", "+3.77", S_SCREEN, (*DEF, "S", 2), R2
+    ),
+    Claim(
+        "docs/ncnet.md",
+        "second with +3.77 [+3.72, +3.82]",
+        "+3.72",
+        S_SCREEN,
+        (*DEF, "S_lo", 2),
+        R2,
+    ),
+    Claim(
+        "docs/ncnet.md",
+        "second with +3.77 [+3.72, +3.82]",
+        "+3.82",
+        S_SCREEN,
+        (*DEF, "S_hi", 2),
+        R2,
+    ),
+    Claim("docs/ncnet.md", "at n = 1 only (−4 vs −2)", "−4", S_SCREEN, (*SEL, "S", 0), R2),
+    Claim("docs/ncnet.md", "at n = 1 only (−4 vs −2)", "−2", S_SCREEN, (*DEF, "S", 0), R2),
+)
+
+
+def _normal(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _number(text: str) -> float:
+    return float(text.replace("−", "-").replace(",", "").replace("+", ""))
+
+
+def _lookup(doc: dict, key: tuple[str | int, ...]) -> float:
+    value: object = doc
+    for k in key:
+        value = value[k]  # type: ignore[index]
+    assert isinstance(value, (int, float)) and not isinstance(value, bool), (key, value)
+    return float(value)
+
+
+@pytest.mark.parametrize(
+    "claim", CLAIMS, ids=lambda c: f"{c.doc}:{c.number}:{'.'.join(map(str, c.key))}"
+)
+def test_claim_matches_its_summary(claim: Claim) -> None:
+    text = _normal((ROOT / claim.doc).read_text(encoding="utf-8"))
+    snippet = _normal(claim.snippet)
+    assert snippet in text, f"{claim.doc} no longer says: {snippet!r}"
+    assert claim.number in snippet, f"the claim's number {claim.number!r} is not in its snippet"
+    value = _lookup(summary.read(claim.summary), claim.key) * claim.scale
+    assert abs(_number(claim.number) - value) <= claim.tol, (
+        f"{claim.doc} says {claim.number}, {claim.summary} {claim.key} holds {value} "
+        f"(tolerance {claim.tol}): re-run or fix the doc"
+    )
+
+
+@pytest.mark.parametrize("claim", [c for c in CLAIMS if c.key[0] == "timings"], ids=str)
+def test_timings_quote_machine_and_load(claim: Claim) -> None:
+    doc = summary.read(claim.summary)
+    assert doc.get("machine") and doc.get("load_1min_start") is not None
+    assert "load" in claim.snippet, "a timing in the docs must quote the machine's load"
+
+
+def _summaries() -> list[Path]:
+    return sorted(p for d in SUMMARY_DIRS if d.exists() for p in d.glob("*.json"))
+
+
+@pytest.mark.parametrize("path", _summaries(), ids=lambda p: p.name)
+def test_committed_summaries_are_well_formed(path: Path) -> None:
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    assert doc["command"].startswith("python ") and doc["run_id"] and "values" in doc
+    if "timings" in doc:
+        assert doc["machine"]["cpu"] and doc["machine"]["logical_cores"]
+        assert "load_1min_start" in doc and "load_1min_end" in doc
+
+
+@pytest.mark.parametrize("png", sorted((ROOT / "figures").glob("*.png")), ids=lambda p: p.name)
+def test_committed_figures_match_their_summary(png: Path) -> None:
+    stamp = summary.read_stamp(png)
+    rel = png.relative_to(ROOT).as_posix()
+    if rel in STAMPED:
+        assert stamp, f"{rel} carries no summary stamp: redraw it with its figures/ script"
+    if not stamp:
+        return
+    source = ROOT / stamp[summary.KEY_PATH]
+    assert source.exists(), f"{rel} was drawn from {source}, which is not committed"
+    assert summary.sha256(source) == stamp[summary.KEY_SHA], (
+        f"{rel} is stale: {stamp[summary.KEY_PATH]} changed since it was drawn; redraw it"
+    )
+
+
+def test_family_screen_table_in_docs_is_the_committed_one() -> None:
+    screen = load_script("analyses/ncnet_family_screen.py")
+    table = screen.markdown_table(summary.read(S_SCREEN)["values"])
+    assert table in (ROOT / "docs" / "ncnet.md").read_text(encoding="utf-8")
+
+
+# --- the summary machinery itself ------------------------------------------------------------
+
+
+def test_write_rounds_and_read_round_trips(tmp_path: Path) -> None:
+    import numpy as np
+
+    path = tmp_path / "s.json"
+    digest = summary.write(
+        path,
+        {"x": 3.14159265, "v": np.array([1.0, np.nan, -2.123456]), "n": 7, "ok": True},
+        run_id="r1",
+        argv=["analyses/x.py", "--tiny"],
+        timings={"wall_s": 12.345},
+        load_start=0.5,
+    )
+    doc = summary.read(path)
+    assert doc["values"] == {"x": 3.142, "v": [1.0, None, -2.123], "n": 7, "ok": True}
+    assert doc["command"] == "python analyses/x.py --tiny" and doc["run_id"] == "r1"
+    assert doc["timings"] == {"wall_s": 12.3} and doc["load_1min_start"] == 0.5
+    assert doc["machine"]["logical_cores"] >= 1
+    assert digest == summary.sha256(path)
+
+
+def test_stamp_detects_a_stale_figure(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    summary.write(path, {"x": 1.0}, run_id="r1")
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    png = tmp_path / "f.png"
+    summary.savefig(fig, png, path, dpi=20)
+    summary.savefig(fig, tmp_path / "f.pdf", path)
+    plt.close(fig)
+    stamp = summary.read_stamp(png)
+    assert stamp[summary.KEY_SHA] == summary.sha256(path)
+    summary.write(path, {"x": 1.5}, run_id="r2")  # a re-run
+    assert stamp[summary.KEY_SHA] != summary.sha256(path)
+
+
+def test_source_of_refuses_a_dataset_from_another_run(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    summary.write(path, {}, run_id="new")
+    assert summary.source_of(summary.dataset_attrs(path, "new")) == path
+    with pytest.raises(ValueError, match="from run new, the dataset from run old"):
+        summary.source_of(summary.dataset_attrs(path, "old"))
+    with pytest.raises(ValueError, match="names no summary"):
+        summary.source_of({})
+
+
+def test_a_claim_with_a_wrong_number_fails(tmp_path: Path, monkeypatch) -> None:
+    doc, data = tmp_path / "d.md", tmp_path / "s.json"
+    doc.write_text("S peaks at\n+3.79 [+3.76, +3.81].")
+    summary.write(data, {"S": 3.74}, run_id="r")
+    monkeypatch.setattr(summary, "ROOT", tmp_path)
+    claim = Claim(str(doc), "peaks at +3.79 [", "+3.79", str(data), ("values", "S"), 0.005)
+    with pytest.raises(AssertionError, match="re-run or fix the doc"):
+        test_claim_matches_its_summary(claim)
+    ok = Claim(str(doc), "peaks at +3.79 [", "+3.79", str(data), ("values", "S"), 0.06)
+    test_claim_matches_its_summary(ok)
