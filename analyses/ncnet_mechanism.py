@@ -68,10 +68,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
-import platform
-import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -83,6 +79,7 @@ import xarray as xr
 from scipy import signal, stats
 
 from gradcomp import _dims, chsh, ncnet
+from gradcomp import summary as gsummary
 from gradcomp._dims import (
     ALICE,
     ANALYSIS,
@@ -661,8 +658,8 @@ def _round(key: str, x, nd: int = 3) -> float | None:
     return _p(x) if key.endswith(("p_value", "_p", "_q")) else _f(x, nd)
 
 
-def summary(tree: xr.DataTree, args: argparse.Namespace, wall_s: float) -> dict:
-    """Every number the README and docs/analyze.md quote, rounded, with how they were made."""
+def summary(tree: xr.DataTree, args: argparse.Namespace) -> dict:
+    """Every number the README and docs/analyze.md quote, rounded."""
     crit = int(tree.attrs["critical_width"])
     node = {k: tree[k].to_dataset() for k in tree.children}
     tr = node["traces"].sel({WIDTH: crit}).isel({STEP: -1})
@@ -773,13 +770,7 @@ def summary(tree: xr.DataTree, args: argparse.Namespace, wall_s: float) -> dict:
                     entry[f"{k}_{f}"] = _f(p[k].sel(feature=f))
             lrs[f"lr={float(lr):g},n={int(w)}"] = entry
     sel = node["selection"]
-    load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return {
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs "
-        f"({platform.processor() or 'unknown processor'})",
-        "load_average_1min": _f(load1, 2),
-        "wall_s": _f(wall_s, 0),
         "seeds_estimation": args.seeds,
         "seeds_selection": args.selection_seeds,
         "critical_width": crit,
@@ -894,16 +885,19 @@ def main(argv: list[str] | None = None) -> int:
         args.conflict_window, args.osc_window, args.sense_window = 5, 8, 10
         args.max_lag, args.n_boot, args.n_perm = 3, 99, 199
         args.lrs = [0.5, 6.0]
-    start = time.perf_counter()
+    start, load_start = time.perf_counter(), gsummary.load_average()
     tree = run(args)
+    run_id = gsummary.new_run_id()
+    if args.summary:
+        tree.attrs.update(gsummary.dataset_attrs(args.summary, run_id))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     tree.to_netcdf(args.out, engine="h5netcdf")
     print(report(tree))
     wall = time.perf_counter() - start
     if args.summary:
-        Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(summary(tree, args, wall), indent=1, allow_nan=False)
-        Path(args.summary).write_text(text + "\n")
+        values = summary(tree, args)
+        timings = {"wall_s": wall}
+        gsummary.write(args.summary, values, run_id=run_id, timings=timings, load_start=load_start)
         print(f"wrote {args.summary}")
     print(f"wrote {args.out} in {wall:.0f} s")
     return 0

@@ -31,6 +31,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import xarray as xr
 
+from gradcomp import summary
 from gradcomp._dims import WIDTH
 from gradcomp.plot import mechanism as pm
 
@@ -168,15 +169,16 @@ def main(argv: list[str] | None = None) -> int:
     tree = xr.open_datatree(args.data, engine="h5netcdf")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    source = summary.source_of(tree.attrs)
     fig = draw(tree)
-    fig.savefig(out.with_suffix(".pdf"))
-    fig.savefig(out.with_suffix(".png"), dpi=110)
+    summary.savefig(fig, out.with_suffix(".pdf"), source)
+    summary.savefig(fig, out.with_suffix(".png"), source, dpi=110)
     plt.close(fig)
     written = [out.with_suffix(".pdf"), out.with_suffix(".png")]
     for i, drawer in enumerate((draw_supp1, draw_supp2), 1):
         path = out.with_name(f"{out.stem}_supp{i}.png")
         fig = drawer(tree)
-        fig.savefig(path, dpi=100)
+        summary.savefig(fig, path, source, dpi=100)
         plt.close(fig)
         written.append(path)
     print("wrote " + ", ".join(str(p) for p in written))

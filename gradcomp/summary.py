@@ -34,7 +34,9 @@ from typing import Any
 __all__ = [
     "ROOT",
     "dataset_attrs",
+    "fill",
     "load_average",
+    "lookup",
     "machine",
     "new_run_id",
     "read",
@@ -227,3 +229,68 @@ def read_stamp(png: str | Path) -> dict[str, str]:
     with Image.open(png) as im:
         text = dict(getattr(im, "text", {}) or {})
     return {k: text[k] for k in (KEY_PATH, KEY_SHA) if k in text}
+
+
+#: a quoted number (or numbers joined by "/") and the marker naming where it comes from,
+#: ``3.47<!--analyses/x:a.b|.2f-->``: summary ``analyses/summaries/x.json``, key path ``a.b``,
+#: optional format spec after ``|``
+_NUM = r"(?:[+\-−]?(?:\d[\d,]*(?:\.\d+)?(?:e[+\-]?\d+)?%?|NaN)|yes|no)"
+MARKER = re.compile(
+    rf"(?P<num>(?:{_NUM}(?:/{_NUM})*)?)"
+    r"<!--(?P<src>[\w/.-]+):(?P<key>[^|>]+?)(?:\|(?P<fmt>[^>]*?))?-->"
+)
+
+
+def lookup(tree: Mapping[str, Any] | list[Any], path: str) -> Any:
+    """The value at a dotted key path; a key may itself contain dots (``lr=0.1,n=3.S``).
+
+    At each level the longest key that is a prefix of the remaining path (followed by ``.`` or
+    its end) is taken; in a list, the key is an index (``S.2``: the third entry).
+    """
+    if isinstance(tree, list):
+        head, _, rest = path.partition(".")
+        return lookup(tree[int(head)], rest) if rest else tree[int(head)]
+    for key in sorted(tree, key=len, reverse=True):
+        if path == key:
+            return tree[key]
+        if path.startswith(key + ".") and isinstance(tree[key], (Mapping, list)):
+            return lookup(tree[key], path[len(key) + 1 :])
+    raise KeyError(path)
+
+
+def _summary_file(src: str) -> Path:
+    folder, _, stem = src.rpartition("/")
+    return _resolve(f"{folder}/summaries/{stem}.json")
+
+
+def _format(value: Any, fmt: str | None) -> str:
+    if isinstance(value, list):  # e.g. the own settings at which something holds: "1/2"
+        return "/".join(_format(v, fmt) for v in value)
+    if value is None:
+        return "NaN"
+    if isinstance(value, bool):  # a flag, e.g. S_trivial
+        return "yes" if value else "no"
+    if not isinstance(value, (int, float)):
+        raise TypeError(f"a quoted number must be numeric, got {value!r}")
+    text = format(value, fmt) if fmt else (str(value) if isinstance(value, int) else f"{value:g}")
+    return text.replace("-", "−") if text.startswith("-") else text
+
+
+def fill(text: str) -> str:
+    """``text`` with every marked number rewritten from its summary (see :data:`MARKER`).
+
+    A document is true to its data exactly when ``fill(text) == text``; ``analyses/fill_docs.py``
+    rewrites README.md and docs/ after a re-run.
+    """
+    cache: dict[str, dict[str, Any]] = {}
+
+    def one(m: re.Match[str]) -> str:
+        src = m["src"]
+        if src not in cache:
+            cache[src] = read(_summary_file(src))
+        value = lookup(cache[src], m["key"])
+        return f"{_format(value, m['fmt'])}<!--{src}:{m['key']}" + (
+            f"|{m['fmt']}-->" if m["fmt"] is not None else "-->"
+        )
+
+    return MARKER.sub(one, text)

@@ -24,6 +24,7 @@ from _scripts import load_script
 from gradcomp import summary
 
 ROOT = Path(__file__).resolve().parents[1]
+fill_docs = load_script("analyses/fill_docs.py")
 SUMMARY_DIRS = (ROOT / "analyses" / "summaries", ROOT / "benchmarks" / "summaries")
 
 #: figures whose stamp is required (drawn by scripts that write summaries)
@@ -73,35 +74,8 @@ def _row(doc: str, text: str, summary_file: str, keys: list[tuple[str | int, ...
     )
 
 
-def _capacity_row(width: int, text: str) -> tuple[Claim, ...]:
-    """A row of docs/ncnet.md's capacity table: S [lo, hi], Δ, margin, flips, control S [lo, hi]."""
-    k = width - 1
-    main = [("values", "shared", v, k) for v in ("S", "S_lo", "S_hi", "delta", "cbd_margin")]
-    main.append(("values", "shared", "remote_flip_fraction", k))
-    ctrl = [("values", "unshared", v, k) for v in ("S", "S_lo", "S_hi")]
-    return _row("docs/ncnet.md", text, S_CAP, main + ctrl, R3)
-
-
 CLAIMS: tuple[Claim, ...] = (
-    # the capacity table (docs/ncnet.md) and the README caption
-    *_capacity_row(
-        2, "| 2 | +2.632 [+2.570, +2.695] | 1.740 | −1.108 | 0.846 | +1.810 [+1.772, +1.846], 0 |"
-    ),
-    *_capacity_row(
-        3, "| 3 | +3.787 [+3.759, +3.813] | 2.145 | −0.358 | 0.985 | +1.998 [+1.994, +2.000], 0 |"
-    ),
-    *_capacity_row(
-        4, "| 4 | +2.135 [+2.114, +2.156] | 0.267 | −0.132 | 0.101 | +2.000 [+2.000, +2.000], 0 |"
-    ),
-    Claim(
-        "docs/ncnet.md",
-        "(98.5% of seeds flip an outcome with the remote setting at n = 3)",
-        "98.5",
-        S_CAP,
-        ("values", "shared", "remote_flip_fraction", 2),
-        0.051,
-        scale=100,
-    ),
+    # (the capacity table and the README caption are marked numbers: analyses/fill_docs.py)
     # the main job's wall time (README set-up, docs/ncnet.md)
     *(
         Claim(doc, text, number, S_CLI, key, tol)
@@ -448,3 +422,33 @@ def test_a_claim_with_a_wrong_number_fails(tmp_path: Path, monkeypatch) -> None:
         test_claim_matches_its_summary(claim)
     ok = Claim(str(doc), "peaks at +3.79 [", "+3.79", str(data), ("values", "S"), 0.06)
     test_claim_matches_its_summary(ok)
+
+
+# --- numbers marked with their source (analyses/fill_docs.py) -----------------------------------
+
+
+@pytest.mark.parametrize("doc", fill_docs.DOCS)
+def test_marked_numbers_equal_their_summaries(doc: str) -> None:
+    """``value<!--analyses/x:key-->`` in a doc is what ``fill_docs.py`` writes from the summary."""
+    text = (ROOT / doc).read_text()
+    filled = summary.fill(text)
+    stale = [
+        f"{a.group(0)} != {b.group(0)}"
+        for a, b in zip(summary.MARKER.finditer(text), summary.MARKER.finditer(filled), strict=True)
+        if a.group(0) != b.group(0)
+    ]
+    assert not stale, f"{doc}: run python analyses/fill_docs.py; stale: {stale[:5]}"
+
+
+def test_fill_rewrites_a_stale_number(tmp_path: Path, monkeypatch) -> None:
+    folder = tmp_path / "analyses" / "summaries"
+    folder.mkdir(parents=True)
+    (folder / "x.json").write_text(json.dumps({"a": {"lr=0.1,n=3": {"S": -2.5}}, "k": [1, 2]}))
+    monkeypatch.setattr(summary, "ROOT", tmp_path)
+    text = "S = 3.0<!--analyses/x:a.lr=0.1,n=3.S|+.2f--> at 9<!--analyses/x:k-->"
+    assert (
+        summary.fill(text)
+        == "S = −2.50<!--analyses/x:a.lr=0.1,n=3.S|+.2f--> at 1/2<!--analyses/x:k-->"
+    )
+    with pytest.raises(KeyError):
+        summary.fill("0<!--analyses/x:a.nope-->")
