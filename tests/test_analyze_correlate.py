@@ -13,7 +13,6 @@ from gradcomp.analyze import correlate
 from gradcomp.analyze._serial import detrend, effective_n
 from gradcomp.analyze.correlate import _permutation_p
 
-
 WIDTHS = [2, 3, 4, 6]
 
 
@@ -162,8 +161,15 @@ def null_rates(design: str, reps: int, n_boot: int, phi: float, rho: float = 0.0
     for i in range(reps):
         if design == "seed":
             a, b = (xr.DataArray(v[i], dims=(SEED, STEP)) for v in (x, y))
-            out = correlate(a, b, (SEED, STEP), serial=STEP, n_boot=n_boot, n_permutations=n_boot,
-                            random_state=i)
+            out = correlate(
+                a,
+                b,
+                (SEED, STEP),
+                serial=STEP,
+                n_boot=n_boot,
+                n_permutations=n_boot,
+                random_state=i,
+            )
         else:
             a, b = (xr.DataArray(v[i, 0], dims=STEP) for v in (x, y))
             out = correlate(a, b, STEP, serial=STEP, random_state=i)

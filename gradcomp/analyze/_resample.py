@@ -21,7 +21,7 @@ MAX_UNITS = 20_000
 
 
 def unit_sums(unit: np.ndarray, n_units: int, columns: np.ndarray) -> np.ndarray:
-    """Per-unit sums of ``columns[..., n]`` over observations labelled ``unit[n]``: (n_units, ...)."""
+    """Per-unit sums of ``columns[..., n]`` over the observations of each ``unit[n]``."""
     flat = columns.reshape(-1, columns.shape[-1])
     out = np.stack([np.bincount(unit, weights=c, minlength=n_units) for c in flat], -1)
     return out.reshape(n_units, *columns.shape[:-1])

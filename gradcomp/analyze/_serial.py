@@ -1,10 +1,10 @@
-"""Serial dependence: detrending, pooled autocorrelation and a data-driven bootstrap block length."""
+"""Serial dependence: detrending, pooled autocorrelation, effective sample sizes."""
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["DETRENDS", "autocorrelation", "block_length", "detrend", "effective_n", "lag1"]
+__all__ = ["DETRENDS", "autocorrelation", "detrend", "effective_n", "lag1"]
 
 #: the detrending choices along a serial dim
 DETRENDS = ("difference", "linear", None)
@@ -75,42 +75,3 @@ def autocorrelation(z: np.ndarray, max_lag: int) -> np.ndarray:
     f = np.fft.rfft(c, size, axis=-1)
     acov = np.fft.irfft(f * np.conj(f), size, axis=-1)[:, : max_lag + 1].sum(0)
     return acov / acov[0] if acov[0] > 0 else np.zeros(max_lag + 1)
-
-
-def block_length(z: np.ndarray) -> int:
-    """Data-driven block length for the non-overlapping block bootstrap of the mean of ``z``.
-
-    Politis & White (2004, Econometric Rev. 23, 53) with the correction of Patton, Politis &
-    White (2009, Econometric Rev. 28, 372): the flat-top lag window's bandwidth M = 2 m, where m
-    is the first lag after which ``K_n = max(5, sqrt(log10 n))`` autocorrelations in a row lie
-    within ``2 sqrt(log10 n / n)``; then G = sum_{|k|<=M} lambda(k/M) |k| R(k),
-    g = sum_{|k|<=M} lambda(k/M) R(k) and b = (2 G^2 / D)^(1/3) n^(1/3) with D = 2 g^2, the
-    constant of the non-overlapping (and the stationary) bootstrap (Lahiri 1999). Rounded up,
-    at least 1 and at most the series length.
-
-    Args:
-        z: series ``[..., T]`` (NaN counts as 0), pooled; ``n`` is the number of finite values.
-    """
-    z = np.asarray(z, float).reshape(-1, z.shape[-1])
-    n = int(np.isfinite(z).sum())
-    length = z.shape[-1]
-    if n < 8 or length < 4:
-        return 1
-    kn = max(5, int(np.ceil(np.sqrt(np.log10(n)))))
-    top = min(length - 1, int(np.ceil(np.sqrt(n))) + kn)
-    rho = autocorrelation(z, top)
-    small = np.abs(rho[1:]) < 2.0 * np.sqrt(np.log10(n) / n)
-    m = top
-    for k in range(top - kn + 1):
-        if small[k : k + kn].all():
-            m = k
-            break
-    big_m = min(2 * max(m, 1), top)
-    k = np.arange(1, big_m + 1)
-    lam = np.clip(2.0 * (1.0 - k / big_m), 0.0, 1.0)
-    g_big = 2.0 * np.sum(lam * k * rho[1 : big_m + 1])
-    g0 = 1.0 + 2.0 * np.sum(lam * rho[1 : big_m + 1])
-    if g0 <= 0:
-        return 1
-    b = (2.0 * g_big**2 / (2.0 * g0**2)) ** (1.0 / 3.0) * n ** (1.0 / 3.0)
-    return int(np.clip(np.ceil(b), 1, length))

@@ -9,19 +9,21 @@ r = sum_l c_xy,l / sqrt(sum_l c_xx,l sum_l c_yy,l) of the level-centred cross pr
 
 Three designs, chosen from the arguments (``attrs["method"]`` says which):
 
-- ``"rows"`` (no ``serial``): the pairs are independent. Percentile bootstrap of the pairs;
+- ``"rows"`` (no ``serial``): the pairs are independent. Percentile bootstrap of the pairs
+  (beyond 20,000 pairs, of 20,000 contiguous groups of pairs: still independent units);
   ``pearson_p`` / ``spearman_p`` are the t-tests with n - (levels - 1) - 2 degrees of freedom.
 - ``"seed"`` (``serial`` given and the seed among the sample dims, with >= 5 seeds): a seed's
-  whole trace is the independent unit. The interval is the percentile bootstrap of seeds (each
-  seed's rows together: Field & Welsh 2007, cluster bootstrap); the p-values are exact
-  permutation tests that pair x of seed s with y of seed pi(s) (valid for any serial
-  dependence within a seed, trends included).
-- ``"blocks"`` (``serial`` without seeds, e.g. seed-mean traces over width x step): a
-  non-overlapping block bootstrap of each series (Carlstein 1986) with the data-driven block
-  length of Politis & White (2004) on the correlation's influence series
-  x_t y_t - r (x_t^2 + y_t^2) / 2 (standardised values). The p-values are the t-tests with
-  n_eff - 2 degrees of freedom, where n_eff = 3 + 1 / var*(artanh r) is the sample size whose
-  Fisher-z variance equals the bootstrap one.
+  whole trace is the independent unit. The interval is Fisher's z +- t_{B-1} se, with se the
+  standard deviation of artanh r over a bootstrap of the B seeds (each seed's rows together:
+  Field & Welsh 2007, cluster bootstrap; inflated by sqrt(B / (B - 1))); n_eff = 3 + 1 / se^2.
+  The p-values are permutation tests that pair x of seed s with y of seed pi(s): exact for
+  any serial dependence within a seed, trends included.
+- ``"series"`` (``serial`` without seeds, e.g. seed-mean traces over width x step): Fisher's
+  z interval and test with Bartlett's effective size for two autocorrelated series
+  (Bartlett 1935; Dutilleul 1993; the "modified Chelton" form of Pyper & Peterman 1998):
+  n_eff = n / (1 + 2 sum_{k=1}^{T/5} (1 - k/T) rho_x(k) rho_y(k)) - (levels - 1), with the
+  autocorrelations pooled over the series (of length T) of the detrended, level-centred
+  values; r +- z_{1-alpha/2} / sqrt(n_eff - 3) on the z scale, and the p-value of the same z.
 
 Over training (``serial``) the series are detrended first, ``detrend="difference"`` by default
 (first differences within each series; ``"linear"`` removes each series' least-squares line,
@@ -47,9 +49,9 @@ import xarray as xr
 from scipy import stats
 
 from gradcomp._dims import SEED
+from gradcomp.analyze import _serial
 from gradcomp.analyze._checks import finish
 from gradcomp.analyze._resample import MAX_UNITS, resampled_sums, unit_sums
-from gradcomp.analyze import _serial
 from gradcomp.analyze._serial import DETRENDS, autocorrelation
 
 __all__ = ["correlate"]
@@ -68,7 +70,7 @@ LABELS: dict[str, tuple[str, str]] = {
     "spearman_p": ("two-sided p-value of the Spearman correlation", "1"),
     "n": ("observations", "1"),
     "n_eff": ("effective sample size", "1"),
-    "n_units": ("independent units resampled (seeds, blocks or pairs)", "1"),
+    "n_units": ("independent units resampled (seeds or pairs)", "1"),
 }
 _KEYS = tuple(LABELS)
 
@@ -183,7 +185,7 @@ def _one(
     xr_, yr_ = (_centred(_ranks(v, ok, lev, n_levels), ok, lev, n_levels) for v in (xa, ya))
     if not (np.any(xc != 0) and np.any(yc != 0)):
         return _undefined(n, "x or y is constant within every level (after detrending)")
-    units, series, length = xa.shape
+    units = xa.shape[0]
     if design == "seed":
         unit = np.broadcast_to(np.arange(units)[:, None, None], xa.shape)
         n_units = units
@@ -221,10 +223,12 @@ def _one(
         lo, hi = np.tanh(zp - q * z_sd), np.tanh(zp + q * z_sd)
         n_eff = float(min(n_eff_rows, 3 + 1 / z_sd[0] ** 2)) if z_sd[0] > 0 else np.nan
     if design == "seed":
-        p = [
-            _permutation_p(v[0].reshape(units, -1), v[1].reshape(units, -1), n_perm, rng)
-            for v in ((xc, yc), (xr_, yr_))
-        ]
+        p = np.array(
+            [
+                _permutation_p(v[0].reshape(units, -1), v[1].reshape(units, -1), n_perm, rng)
+                for v in ((xc, yc), (xr_, yr_))
+            ]
+        )
     for k, name in enumerate(("pearson", "spearman")):
         out[name] = float(point[k])
         out[f"{name}_lo"], out[f"{name}_hi"] = float(lo[k]), float(hi[k])
@@ -256,7 +260,7 @@ def correlate(
             ``ds["width"]``: x and y are centred within each level (partial correlation).
         serial: one of ``dims`` along which observations are serially dependent (e.g.
             ``"step"``). With a ``seed`` sample dim of >= 5 seeds the seed is resampled and
-            permuted; otherwise blocks of consecutive steps are resampled (module docstring).
+            permuted; otherwise Bartlett's effective size is used (module docstring).
         detrend: along ``serial`` only: ``"difference"`` (default: first differences of each
             series), ``"linear"`` (residuals of each series' least-squares line) or ``None``.
             Ignored without ``serial``.
@@ -334,4 +338,3 @@ def correlate(
         "undefined_reason": "; ".join(sorted(reasons)),
     }
     return finish(out, LABELS, "correlate", config)
-

@@ -64,6 +64,8 @@ def qvalues(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if isinstance(p, xr.DataArray):
+        if isinstance(dims, int):
+            raise ValueError("dims of a DataArray are names; integer axes are for arrays")
         family = list(p.dims) if dims is None else [dims] if isinstance(dims, str) else list(dims)
         unknown = [d for d in family if d not in p.dims]
         if unknown:
@@ -92,10 +94,10 @@ def qvalues(
         if dims is None
         else (dims,)
         if isinstance(dims, int)
-        else tuple(int(a) for a in dims)  # type: ignore[arg-type]
+        else tuple(int(a) for a in dims)
     )
     axes = tuple(a % arr.ndim for a in axes)
-    rest = [a for a in range(arr.ndim) if a not in axes]
-    moved = np.transpose(arr, (*rest, *axes))
-    q = _q_last(moved.reshape(*moved.shape[: len(rest)], -1), method).reshape(moved.shape)
-    return np.transpose(q, np.argsort((*rest, *axes)))
+    keep = [a for a in range(arr.ndim) if a not in axes]
+    arr_moved = np.transpose(arr, (*keep, *axes))
+    flat_q = _q_last(arr_moved.reshape(*arr_moved.shape[: len(keep)], -1), method)
+    return np.transpose(flat_q.reshape(arr_moved.shape), np.argsort([*keep, *axes]))

@@ -13,12 +13,16 @@ treated the same way with the roles swapped. Per (head, own setting, window):
   bounds are exact: [v - q v, v + q (1 - v)] with q = 1 - (alpha / 2)^(1 / n) the
   Clopper-Pearson bound on the share of seeds that could differ (for v = 1 the Clopper-Pearson
   interval of the share of perfect seeds);
-- ``p_value``: permutation test; the null swaps the remote labels within random seeds
-  (exchangeable under "the trace ignores the remote setting"), p = (1 + #{acc* >= acc}) / (1 + P);
-  ``null_hi``: the null's (1 - alpha) quantile; ``q_value``: Benjamini-Hochberg q-values over
-  the windows of each (head, own setting) curve (:func:`gradcomp.analyze.qvalues`);
+- ``p_value``: permutation test of decoding above chance. Its statistic is the decoder's mean
+  signed margin m (the leave-one-seed-out decision score, signed by the true label; accuracy
+  is the share of positive margins): continuous, so the test has its nominal size, where the
+  accuracy's few values and ties made it conservative. The null swaps the remote labels within
+  random seeds (exchangeable under "the trace ignores the remote setting"),
+  p = (1 + #{m* >= m}) / (1 + P); ``null_hi``: the null's (1 - alpha) quantile of the
+  accuracy; ``q_value``: Benjamini-Hochberg q-values over the windows of each (head, own
+  setting) curve (:func:`gradcomp.analyze.qvalues`);
 - ``p_adjusted``: the p-value adjusted for scanning all windows of a curve by the max
-  statistic (Westfall & Young 1993): p_adj(w) = (1 + #{max_w' acc*(w') >= acc(w)}) / (1 + P),
+  statistic (Westfall & Young 1993): p_adj(w) = (1 + #{max_w' m*(w') >= m(w)}) / (1 + P),
   the same label flips acting on every window;
 - ``information``: plug-in mutual information I(y; decoded y) in bits of the decoder's
   confusion table, with a seed-bootstrap interval (exact bounds as for the accuracy when every
@@ -43,7 +47,7 @@ from scipy import stats
 
 from gradcomp._dims import ALICE, BOB, OWN, SEED, STEP, TASK
 from gradcomp.analyze._checks import finish, need, need_dims, need_length, need_seeds
-from gradcomp.analyze._decoder import loso_correct
+from gradcomp.analyze._decoder import loso_scores
 from gradcomp.analyze._info import confusion_mi, miller_madow_bias
 from gradcomp.analyze.multiplicity import qvalues
 
@@ -59,7 +63,7 @@ LABELS: dict[str, tuple[str, str]] = {
     "accuracy_hi": ("decoding accuracy, upper bound", "1"),
     "accuracy_degenerate": ("all seeds decoded alike (exact bounds)", "1"),
     "null_hi": ("decoding accuracy, permutation-null upper quantile", "1"),
-    "p_value": ("permutation p-value of decoding above chance", "1"),
+    "p_value": ("permutation p-value of decoding above chance (margin)", "1"),
     "information": ("information about the remote setting (plug-in)", "bit"),
     "information_lo": ("information, lower bound", "bit"),
     "information_hi": ("information, upper bound", "bit"),
@@ -110,9 +114,9 @@ def _agreeing_bounds(value: float, n: int, alpha: float) -> tuple[float, float]:
 _SEED_TABLES = np.array(
     [[[a == 0, a == 1], [b == 0, b == 1]] for a in (0, 1) for b in (0, 1)], float
 )
-_GRID = np.array(
-    [w for w in np.ndindex(21, 21, 21, 21) if sum(w) == 20], float
-) / 20.0  # mixture weights on the four tables, step 0.05
+_GRID = (
+    np.array([w for w in np.ndindex(21, 21, 21, 21) if sum(w) == 20], float) / 20.0
+)  # mixture weights on the four tables, step 0.05
 
 
 def _agreeing_information(table: np.ndarray, n: int, alpha: float) -> tuple[float, float]:
@@ -156,9 +160,14 @@ def _cell(
     x: np.ndarray, flips: np.ndarray, alpha: float, n_boot: int, rng: np.random.Generator
 ) -> tuple[dict[str, float], np.ndarray]:
     """Statistics of one (head, own setting, window) from features ``x`` (n, 2, W), and the
-    accuracy under every labelling (observed first)."""
-    correct = loso_correct(x, flips)  # (P, n, 2)
+    test statistic (the mean signed margin) under every labelling (observed first)."""
+    score, truth = loso_scores(x, flips)  # (P, n, 2)
+    correct = (score > 0).astype(int) == truth
     acc = correct.mean((1, 2))
+    # the test statistic: the mean signed margin (continuous, so the permutation test has its
+    # nominal size; the accuracy itself takes only 2n + 1 values and ties would make it
+    # conservative)
+    margin = np.where(truth == 1, score, -score).mean((1, 2))
     info = confusion_mi(_confusion(correct, flips))  # per labelling
     per_seed_counts = _confusion(correct[0], flips[:1])  # (n, 2, 2)
     per_seed = correct[0].mean(1)
@@ -178,13 +187,13 @@ def _cell(
         "accuracy_hi": hi,
         "accuracy_degenerate": float(degenerate),
         "null_hi": float(np.quantile(acc[1:], 1 - alpha)),
-        "p_value": float((1.0 + np.sum(acc[1:] >= acc[0])) / acc.size),
+        "p_value": float((1.0 + np.sum(margin[1:] >= margin[0])) / margin.size),
         "information": float(info[0]),
         "information_lo": ilo,
         "information_hi": ihi,
         "information_null": float(info[1:].mean()),
     }
-    return out, acc
+    return out, margin
 
 
 def _features(values: np.ndarray, head: str) -> list[np.ndarray]:
