@@ -275,7 +275,7 @@ def test_decoder_is_calibrated_on_a_synthetic_null() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("shift", [0.08, 3.0])
+@pytest.mark.parametrize("shift", [0.3, 3.0])
 def test_accuracy_interval_covers(shift: float) -> None:
     """Coverage of the accuracy interval for a partial and a perfect (degenerate) decoder; the
     truth is the mean accuracy over the replications (the decoder's expected accuracy)."""
