@@ -283,3 +283,14 @@ def test_accuracy_interval_covers(shift: float) -> None:
     truth = out["accuracy"].mean("rep")
     cover = float(((out["accuracy_lo"] <= truth) & (truth <= out["accuracy_hi"])).mean())
     assert cover >= 0.93, (cover, truth.values)
+
+
+def test_constant_traces_are_flagged_not_confident() -> None:
+    """A constant trace carries no information: accuracy 0.5, flagged, exact bounds, no onset."""
+    ds = ensemble(n_seeds=6, n_steps=20)
+    ds["loss"] = xr.full_like(ds["loss"], 1.5)
+    out = sensing(ds, window=10, n_permutations=99, n_boot=99)
+    np.testing.assert_array_equal(out["accuracy"], 0.5)
+    assert np.all(out["accuracy_degenerate"]) and np.all(out["p_value"] == 1.0)
+    assert np.all(out["accuracy_hi"] - out["accuracy_lo"] > 0.4)  # 6 seeds say little
+    assert np.all(np.isnan(out["onset"])) and "alike" in out.attrs["undefined_reason"]
