@@ -6,9 +6,9 @@ setting y. Within non-overlapping windows of ``window`` traced steps, a decoder 
 trace values in the window (leave-one-seed-out nearest centroid, see ``_decoder``); head B is
 treated the same way with the roles swapped. Per (head, own setting, window):
 
-- ``accuracy``: cross-validated decoding accuracy (chance 0.5), with a percentile bootstrap
-  interval over seeds (``scipy.stats.bootstrap``; each seed's two predictions resampled
-  together). When every seed has the same accuracy v (e.g. all decoded perfectly) a
+- ``accuracy``: cross-validated decoding accuracy (chance 0.5), with a BCa bootstrap interval
+  over seeds (``scipy.stats.bootstrap``; each seed's two predictions resampled together; Efron
+  1987: the percentile interval under-covered, 0.915 at 16 seeds). When every seed has the same accuracy v (e.g. all decoded perfectly) a
   percentile interval would have zero width; then ``accuracy_degenerate`` is True and the
   bounds are exact: [v - q v, v + q (1 - v)] with q = 1 - (alpha / 2)^(1 / n) the
   Clopper-Pearson bound on the share of seeds that could differ (for v = 1 the Clopper-Pearson
@@ -78,9 +78,14 @@ LABELS: dict[str, tuple[str, str]] = {
 
 
 def _interval(
-    samples: tuple[np.ndarray, ...], statistic, alpha: float, n_boot: int, rng: np.random.Generator
+    samples: tuple[np.ndarray, ...],
+    statistic,
+    alpha: float,
+    n_boot: int,
+    rng: np.random.Generator,
+    method: str = "percentile",
 ) -> tuple[float, float]:
-    """Percentile bootstrap over seeds (paired samples); NaN if all seeds agree (see
+    """Bootstrap interval over seeds (paired samples); NaN if all seeds agree (see
     :func:`_agreeing_bounds` for the accuracy)."""
     if all(np.ptp(s) == 0 for s in samples):
         return np.nan, np.nan
@@ -90,7 +95,7 @@ def _interval(
         paired=True,
         vectorized=True,
         n_resamples=n_boot,
-        method="percentile",
+        method=method,
         confidence_level=1 - alpha,
         random_state=rng,
     ).confidence_interval
@@ -175,7 +180,7 @@ def _cell(
     if degenerate:
         lo, hi = _agreeing_bounds(float(per_seed[0]), per_seed.size, alpha)
     else:
-        lo, hi = _interval((per_seed,), np.mean, alpha, n_boot, rng)
+        lo, hi = _interval((per_seed,), np.mean, alpha, n_boot, rng, method="BCa")
     if np.all(per_seed_counts == per_seed_counts[:1]):
         ilo, ihi = _agreeing_information(per_seed_counts[0], per_seed.size, alpha)
     else:
