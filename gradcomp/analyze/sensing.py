@@ -9,9 +9,8 @@ treated the same way with the roles swapped. Per (head, own setting, window):
 - ``accuracy``: cross-validated decoding accuracy (chance 0.5), with a BCa bootstrap interval
   over seeds (``scipy.stats.bootstrap``; each seed's two predictions resampled together; Efron
   1987: the percentile interval under-covered, 0.915 at 16 seeds). When every seed has the
-  same accuracy v (e.g. all decoded perfectly) a
-  percentile interval would have zero width; then ``accuracy_degenerate`` is True and the
-  bounds are exact: [v - q v, v + q (1 - v)] with q = 1 - (alpha / 2)^(1 / n) the
+  same accuracy v (e.g. all decoded perfectly) a bootstrap interval would have zero width;
+  then ``accuracy_degenerate`` is True and the bounds are exact: [v - q v, v + q (1 - v)] with q = 1 - (alpha / 2)^(1 / n) the
   Clopper-Pearson bound on the share of seeds that could differ (for v = 1 the Clopper-Pearson
   interval of the share of perfect seeds);
 - ``p_value``: permutation test of decoding above chance. Its statistic is the decoder's mean
