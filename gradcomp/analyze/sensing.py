@@ -10,9 +10,9 @@ treated the same way with the roles swapped. Per (head, own setting, window):
   over seeds (``scipy.stats.bootstrap``; each seed's two predictions resampled together; Efron
   1987: the percentile interval under-covered, 0.915 at 16 seeds). When every seed has the
   same accuracy v (e.g. all decoded perfectly) a bootstrap interval would have zero width;
-  then ``accuracy_degenerate`` is True and the bounds are exact: [v - q v, v + q (1 - v)] with q = 1 - (alpha / 2)^(1 / n) the
-  Clopper-Pearson bound on the share of seeds that could differ (for v = 1 the Clopper-Pearson
-  interval of the share of perfect seeds);
+  then ``accuracy_degenerate`` is True and the bounds are exact: [v - q v, v + q (1 - v)]
+  with q = 1 - (alpha / 2)^(1 / n) the Clopper-Pearson bound on the share of seeds that could
+  differ (for v = 1 the Clopper-Pearson interval of the share of perfect seeds);
 - ``p_value``: permutation test of decoding above chance. Its statistic is the decoder's mean
   signed margin m (the leave-one-seed-out decision score, signed by the true label; accuracy
   is the share of positive margins): continuous, so the test has its nominal size, where the
