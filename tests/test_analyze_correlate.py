@@ -1,15 +1,17 @@
-"""Correlator: scipy agreement, partial correlation against least squares, lags, sample sizes."""
+"""Correlator: scipy agreement, partial correlation, detrending, calibration, lags, errors."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import xarray as xr
+from _simulate import pair
 from scipy import stats
 
 from gradcomp._dims import SEED, STEP, WIDTH
-from gradcomp.analyze import correlate, lagged
-from gradcomp.analyze._serial import effective_n, lag1
+from gradcomp.analyze import correlate
+from gradcomp.analyze._serial import detrend, effective_n
+from gradcomp.analyze.correlate import _permutation_p
 
 WIDTHS = [2, 3, 4, 6]
 
@@ -65,6 +67,18 @@ def test_partial_correlation_removes_a_shared_dependence_on_capacity() -> None:
     assert float(linked["pearson_lo"]) > 0.4
 
 
+def bartlett_n_eff(x: np.ndarray, y: np.ndarray) -> float:
+    """Obviously-correct reference: n / (1 + 2 sum_k (1 - k/n) rho_x(k) rho_y(k)), k <= n/5."""
+    n = x.size
+
+    def acf(v: np.ndarray, k: int) -> float:
+        c = v - v.mean()
+        return float(sum(c[t] * c[t + k] for t in range(n - k)) / sum(c * c))
+
+    total = sum((1 - k / n) * acf(x, k) * acf(y, k) for k in range(1, n // 5 + 1))
+    return min(n / (1 + 2 * total), n)
+
+
 def test_serial_dependence_shrinks_the_effective_size() -> None:
     g = np.random.default_rng(1)
     n = 400
@@ -74,11 +88,154 @@ def test_serial_dependence_shrinks_the_effective_size() -> None:
         ar[:, t] = 0.8 * ar[:, t - 1] + e[:, t]
     x = xr.DataArray(ar[0], dims=STEP)
     y = xr.DataArray(ar[1], dims=STEP)
-    out = correlate(x, y, STEP, serial=STEP, n_boot=199)
-    rx, ry = lag1([ar[0]]), lag1([ar[1]])
-    assert float(out["n_eff"]) == pytest.approx(effective_n(n, rx, ry))
-    assert float(out["n_eff"]) < 0.6 * n
+    raw = correlate(x, y, STEP, serial=STEP, detrend=None)
+    assert raw.attrs["method"] == "series" and raw.attrs["detrend"] == "None"
+    assert float(raw["n_eff"]) == pytest.approx(bartlett_n_eff(ar[0], ar[1]), rel=1e-9)
+    assert float(raw["n_eff"]) < 0.6 * n
+    assert float(raw["pearson"]) == pytest.approx(np.corrcoef(ar[0], ar[1])[0, 1], rel=1e-12)
+    z, se = np.arctanh(float(raw["pearson"])), 1 / np.sqrt(float(raw["n_eff"]) - 3)
+    assert float(raw["pearson_lo"]) == pytest.approx(np.tanh(z - 1.959963984540054 * se))
+    assert float(raw["pearson_p"]) == pytest.approx(2 * stats.norm.sf(abs(z) / se))
+    diff = correlate(x, y, STEP, serial=STEP)  # the default: first differences
+    dx, dy = np.diff(ar[0]), np.diff(ar[1])
+    assert float(diff["pearson"]) == pytest.approx(np.corrcoef(dx, dy)[0, 1], rel=1e-12)
+    assert float(diff["spearman"]) == pytest.approx(stats.spearmanr(dx, dy)[0], rel=1e-12)
+    assert float(diff["n_eff"]) == pytest.approx(bartlett_n_eff(dx, dy), rel=1e-9)
+    assert int(diff["n"]) == n - 1
     assert effective_n(100, 0.0, 0.9) == 100 and effective_n(100, -0.5, 0.5) == 100
+
+
+def test_linear_detrend_matches_polyfit_residuals() -> None:
+    g = np.random.default_rng(3)
+    v = g.normal(size=(3, 50)).cumsum(-1)
+    v[1, 7] = np.nan
+    out = detrend(v, "linear")
+    for i in range(3):
+        ok = np.isfinite(v[i])
+        t = np.arange(50)[ok]
+        fit = np.polyval(np.polyfit(t, v[i][ok], 1), t)
+        np.testing.assert_allclose(out[i][ok], v[i][ok] - fit, atol=1e-10)
+    assert np.isnan(out[1, 7])
+    np.testing.assert_array_equal(detrend(v, "difference"), np.diff(v, axis=-1))
+    with pytest.raises(ValueError, match="detrend"):
+        detrend(v, "quadratic")
+
+
+def test_two_trends_are_not_a_link_once_differenced() -> None:
+    """Independent noisy trends: raw, they correlate 'significantly'; differenced, they do not."""
+    g = np.random.default_rng(4)
+    t = np.arange(200)
+    x = xr.DataArray(np.exp(-t / 60) + 0.05 * g.normal(size=200), dims=STEP)
+    y = xr.DataArray(np.exp(-t / 80) + 0.05 * g.normal(size=200), dims=STEP)
+    rows = correlate(x, y, STEP)  # as if independent: the trend looks like a strong link
+    assert float(rows["pearson"]) > 0.8 and float(rows["pearson_p"]) < 1e-10
+    assert float(correlate(x, y, STEP, serial=STEP)["pearson_p"]) > 0.05
+
+
+def test_seed_design_pooled_estimate_and_permutation_against_loops() -> None:
+    g = np.random.default_rng(5)
+    x, y = pair(g, 1, 8, 30, 0.5, rho=0.3)
+    dx = xr.DataArray(x[0], dims=(SEED, STEP))
+    dy = xr.DataArray(y[0], dims=(SEED, STEP))
+    out = correlate(dx, dy, (SEED, STEP), serial=STEP, n_boot=199, n_permutations=499)
+    assert out.attrs["method"] == "seed" and int(out["n_units"]) == 8
+    ddx, ddy = np.diff(x[0], axis=-1), np.diff(y[0], axis=-1)
+    ref = np.corrcoef(ddx.ravel(), ddy.ravel())[0, 1]
+    assert float(out["pearson"]) == pytest.approx(ref, rel=1e-12)
+    assert float(out["pearson_lo"]) < ref < float(out["pearson_hi"])
+    # the permutation p-value against a loop over the same permutations
+    xc, yc = ddx - ddx.mean(), ddy - ddy.mean()
+    perms = np.random.default_rng(9).permuted(np.tile(np.arange(8), (499, 1)), axis=1)
+    obs = abs(np.sum(xc * yc))
+    null = [abs(sum(np.sum(xc[s] * yc[p[s]]) for s in range(8))) for p in perms]
+    ref_p = (1 + sum(v >= obs * (1 - 1e-12) for v in null)) / 500
+    assert _permutation_p(xc, yc, 499, np.random.default_rng(9)) == pytest.approx(ref_p)
+
+
+def null_rates(design: str, reps: int, n_boot: int, phi: float, rho: float = 0.0):
+    """Share of replications whose interval excludes 0 / whose p < 0.05 / that cover rho."""
+    g = np.random.default_rng(11)
+    seeds, steps = (16, 60) if design == "seed" else (1, 200)
+    x, y = pair(g, reps, seeds, steps, phi, rho)
+    excl = rej = cover = 0
+    for i in range(reps):
+        if design == "seed":
+            a, b = (xr.DataArray(v[i], dims=(SEED, STEP)) for v in (x, y))
+            out = correlate(
+                a,
+                b,
+                (SEED, STEP),
+                serial=STEP,
+                n_boot=n_boot,
+                n_permutations=n_boot,
+                random_state=i,
+            )
+        else:
+            a, b = (xr.DataArray(v[i, 0], dims=STEP) for v in (x, y))
+            out = correlate(a, b, STEP, serial=STEP, random_state=i)
+        lo, hi = float(out["pearson_lo"]), float(out["pearson_hi"])
+        excl += not lo <= 0 <= hi
+        rej += float(out["pearson_p"]) < 0.05
+        cover += lo <= rho <= hi
+    return excl / reps, rej / reps, cover / reps
+
+
+MODELS = [("AR(1) 0.5", 0.5), ("AR(1) 0.9", 0.9), ("random walk", 1.0)]
+
+
+@pytest.mark.parametrize("design", ["seed", "series"])
+@pytest.mark.parametrize(("model", "phi"), MODELS)
+def test_false_positive_rate_fast(design: str, model: str, phi: float) -> None:
+    excl, rej, _ = null_rates(design, 100, 99, phi)
+    assert excl <= 0.12 and rej <= 0.12, (model, excl, rej)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("design", ["seed", "series"])
+@pytest.mark.parametrize(("model", "phi"), MODELS)
+def test_false_positive_rate(design: str, model: str, phi: float) -> None:
+    excl, rej, _ = null_rates(design, 400, 399, phi)
+    assert 0.03 <= excl <= 0.07 and 0.03 <= rej <= 0.07, (model, excl, rej)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("design", ["seed", "series"])
+@pytest.mark.parametrize(("phi", "rho"), [(1.0, 0.5), (0.5, 0.4)])
+def test_coverage(design: str, phi: float, rho: float) -> None:
+    _, rej, cover = null_rates(design, 400, 399, phi, rho)
+    assert cover >= 0.93 and rej > 0.9, (cover, rej)
+
+
+def test_a_million_points_in_linear_time() -> None:
+    """Issue 15: 153,600 points ran > 10 min; now everything is per-unit sums (seconds)."""
+    g = np.random.default_rng(6)
+    shape = (4, 128, 1953)
+    coords = {WIDTH: WIDTHS, SEED: np.arange(128), STEP: np.arange(1953)}
+    x = xr.DataArray(g.normal(size=shape).cumsum(-1), dims=(WIDTH, SEED, STEP), coords=coords)
+    y = xr.DataArray(g.normal(size=shape).cumsum(-1), dims=(WIDTH, SEED, STEP), coords=coords)
+    out = correlate(x, y, (WIDTH, SEED, STEP), control=x[WIDTH], serial=STEP)
+    assert out.attrs["method"] == "seed" and int(out["n"]) == 4 * 128 * 1952
+    assert abs(float(out["pearson"])) < 0.01 and float(out["pearson_p"]) > 1e-3
+    flat = correlate(x.isel({SEED: 0}), y.isel({SEED: 0}), (WIDTH, STEP), serial=STEP)
+    assert flat.attrs["method"] == "series" and np.isfinite(float(flat["pearson_p"]))
+
+
+def test_undefined_inputs_say_why() -> None:
+    x, y = capacity_confounded()
+    const = xr.full_like(x, 1.0)
+    out = correlate(const, y, (WIDTH, SEED))
+    assert np.isnan(float(out["pearson"])) and np.isnan(float(out["pearson_p"]))
+    assert "constant" in out.attrs["undefined_reason"]
+    nan = correlate(x.where(x[SEED] < 0), y, SEED)  # every pair NaN
+    assert np.all(np.isnan(nan["pearson"])) and "finite pairs" in nan.attrs["undefined_reason"]
+    assert "undefined_reason" not in correlate(x, y, (WIDTH, SEED), n_boot=99).attrs
+    # one seed over training: no seed design, the series design with a stated method
+    walks = np.random.default_rng(0).normal(size=(2, 1, 60)).cumsum(-1)
+    one, other = (xr.DataArray(w, dims=(SEED, STEP)) for w in walks)
+    single = correlate(one, other, (SEED, STEP), serial=STEP)
+    assert single.attrs["method"] == "series"
+    with pytest.raises(ValueError, match="detrend"):
+        correlate(x, y, SEED, serial=SEED, detrend="cubic")
 
 
 def test_other_dims_are_kept_and_nan_pairs_dropped() -> None:
@@ -91,36 +248,9 @@ def test_other_dims_are_kept_and_nan_pairs_dropped() -> None:
     assert float(out["pearson"].sel({WIDTH: 2})) == pytest.approx(ref, rel=1e-12)
 
 
-def test_lagged_finds_a_planted_lead_and_matches_corrcoef() -> None:
-    g = np.random.default_rng(2)
-    n_seeds, n_steps, lead = 12, 80, 3
-    driver = g.normal(size=n_steps + lead).cumsum()
-    x = driver[None, lead:] + 0.5 * g.normal(size=(n_seeds, n_steps))
-    y = driver[None, :n_steps] + 0.5 * g.normal(size=(n_seeds, n_steps))
-    dx = xr.DataArray(x, dims=(SEED, STEP))
-    dy = xr.DataArray(y, dims=(SEED, STEP))
-    out = lagged(dx, dy, max_lag=5, difference=True, n_boot=199)
-    assert int(out["r"].idxmax("lag")) == lead
-    assert float(out["lead_asymmetry_lo"]) > 0
-    sx, sy = np.diff(x.mean(0)), np.diff(y.mean(0))
-    ref = np.corrcoef(sx[:-lead], sy[lead:])[0, 1]
-    assert float(out["r"].sel(lag=lead)) == pytest.approx(ref, rel=1e-12)
-    # y leading x shows as a negative asymmetry
-    back = lagged(dy, dx, max_lag=5, n_boot=199)
-    assert float(back["lead_asymmetry_hi"]) < 0
-    single = lagged(dx.mean(SEED), dy.mean(SEED), over=None, max_lag=5)
-    np.testing.assert_allclose(single["r"], out["r"], rtol=1e-12)
-    assert np.all(single["r_lo"] < single["r"])
-
-
 def test_clear_errors() -> None:
     x, y = capacity_confounded()
     with pytest.raises(ValueError, match="sample dims"):
         correlate(x, y, STEP)
     with pytest.raises(ValueError, match="serial"):
         correlate(x, y, SEED, serial=WIDTH)
-    one = xr.DataArray(np.random.default_rng(0).normal(size=(1, 30)), dims=(SEED, STEP))
-    with pytest.raises(ValueError, match="at least 5 seeds, got 1"):
-        lagged(one, one, max_lag=2)
-    with pytest.raises(ValueError, match="too short"):
-        lagged(x.rename({WIDTH: STEP}), y.rename({WIDTH: STEP}), max_lag=3)

@@ -4,7 +4,8 @@
   energy, per-unit competition;
 - :func:`oscillation` -- each task's loss oscillation (swing amplitude, reversals, Welch spectrum);
 - :func:`sensing` -- how well a head's own trace decodes the other head's setting, over time;
-- :func:`correlate` and :func:`lagged` -- relate traces to S across training and capacity.
+- :func:`correlate` and :func:`lagged` -- relate traces to S across training and capacity;
+- :func:`qvalues` -- false-discovery-rate q-values of a family of p-values.
 
 Each is also reachable as ``ds.gradcomp.<name>(...)`` (see :mod:`gradcomp.accessor`).
 """
@@ -12,8 +13,10 @@ Each is also reachable as ``ds.gradcomp.<name>(...)`` (see :mod:`gradcomp.access
 from __future__ import annotations
 
 from gradcomp.analyze.conflict import conflict
-from gradcomp.analyze.correlate import correlate, lagged
+from gradcomp.analyze.correlate import correlate
+from gradcomp.analyze.lagged import lagged
+from gradcomp.analyze.multiplicity import qvalues
 from gradcomp.analyze.oscillation import oscillation
 from gradcomp.analyze.sensing import sensing
 
-__all__ = ["conflict", "correlate", "lagged", "oscillation", "sensing"]
+__all__ = ["conflict", "correlate", "lagged", "oscillation", "qvalues", "sensing"]

@@ -61,10 +61,20 @@ def need_seeds(da: xr.DataArray, minimum: int, what: str) -> None:
         )
 
 
+#: config keys that are also set as top-level attrs (plain strings): how to read the result
+PLAIN = ("method", "detrend", "undefined_reason")
+
+
 def finish(
     ds: xr.Dataset, labels: Mapping[str, tuple[str, str]], name: str, config: Mapping[str, Any]
 ) -> xr.Dataset:
-    """Label ``ds`` and set its provenance attrs (netCDF-safe)."""
+    """Label ``ds`` and set its provenance attrs (netCDF-safe).
+
+    The config is stored as JSON in ``attrs["config"]``; its ``method``, ``detrend`` and
+    ``undefined_reason`` entries are also plain attrs (``undefined_reason`` only when some
+    statistic is undefined).
+    """
     _dims.annotate(ds, labels)
     ds.attrs = provenance({"analyzer": name, **config})
+    ds.attrs.update({k: str(config[k]) for k in PLAIN if k in config and config[k] != ""})
     return ds

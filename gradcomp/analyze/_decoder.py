@@ -16,11 +16,20 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["loso_correct"]
+__all__ = ["loso_correct", "loso_scores"]
 
 
 def loso_correct(x: np.ndarray, flip: np.ndarray) -> np.ndarray:
     """Correctness of every leave-one-seed-out prediction under every labelling.
+
+    See :func:`loso_scores`; a sample is predicted label 1 iff its score is > 0.
+    """
+    score, truth = loso_scores(x, flip)
+    return (score > 0).astype(int) == truth
+
+
+def loso_scores(x: np.ndarray, flip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Decision scores of every leave-one-seed-out prediction under every labelling.
 
     Args:
         x: features, shape ``(n_seeds, 2, n_features)`` (float64), ``x[k, r]`` the trace of
@@ -28,9 +37,9 @@ def loso_correct(x: np.ndarray, flip: np.ndarray) -> np.ndarray:
         flip: ``(n_labellings, n_seeds)`` of 0/1; row 0 is usually all zeros (observed).
 
     Returns:
-        ``(n_labellings, n_seeds, 2)`` booleans: whether sample ``x[k, r]`` (whose label is
-        ``r XOR flip[p, k]``) was classified correctly. Ties (equidistant centroids, e.g.
-        identical class means) predict label 0.
+        ``score, truth``, both ``(n_labellings, n_seeds, 2)``: the score of sample ``x[k, r]``
+        (> 0: nearer the label-1 centroid; 0 for equidistant centroids, e.g. identical class
+        means, which predicts label 0) and its label ``r XOR flip[p, k]``.
     """
     n = x.shape[0]
     if n < 2:
@@ -55,6 +64,5 @@ def loso_correct(x: np.ndarray, flip: np.ndarray) -> np.ndarray:
     score = np.einsum("kw,krw->kr", d_all[None] - delta, a)[None]  # (1, n, 2)
     score = score - 2 * np.einsum("pw,krw->pkr", g, a)
     score = score + 2 * f[..., None] * np.einsum("kw,krw->kr", delta, a)[None]
-    pred = (score > 0).astype(int)
     truth = np.arange(2)[None, None, :] ^ flip[:, :, None].astype(int)
-    return pred == truth
+    return np.broadcast_to(score, truth.shape), truth

@@ -1,10 +1,13 @@
-"""Serial dependence: lag-1 autocorrelation, effective sample size, blocks for the bootstrap."""
+"""Serial dependence: detrending, pooled autocorrelation, effective sample sizes."""
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["blocks", "effective_n", "lag1"]
+__all__ = ["DETRENDS", "autocorrelation", "detrend", "effective_n", "lag1"]
+
+#: the detrending choices along a serial dim
+DETRENDS = ("difference", "linear", None)
 
 
 def lag1(series: list[np.ndarray]) -> float:
@@ -29,15 +32,46 @@ def effective_n(n: int, rx: float, ry: float) -> float:
     return n * (1.0 - prod) / (1.0 + prod)
 
 
-def blocks(groups: np.ndarray, length: int) -> list[np.ndarray]:
-    """Consecutive index blocks of ``length`` within each group (for a moving-block bootstrap).
+def detrend(v: np.ndarray, how: str | None) -> np.ndarray:
+    """Detrend each series along the last axis (NaN-aware).
 
-    Args:
-        groups: group label of each observation, observations of a group in serial order.
-        length: block length (1 gives the ordinary bootstrap).
+    ``"difference"``: first differences v_t - v_{t-1} (one entry shorter; a NaN spoils the two
+    differences it enters); ``"linear"``: residuals of each series' least-squares line through
+    its finite points; ``None``: unchanged.
     """
-    out: list[np.ndarray] = []
-    for g in np.unique(groups):
-        idx = np.flatnonzero(groups == g)
-        out.extend(idx[i : i + length] for i in range(0, idx.size, length))
-    return out
+    if how is None:
+        return v
+    if how == "difference":
+        return np.diff(v, axis=-1)
+    if how != "linear":
+        raise ValueError(f"detrend must be one of {DETRENDS}, got {how!r}")
+    ok = np.isfinite(v)
+    t = np.broadcast_to(np.arange(v.shape[-1], dtype=float), v.shape)
+    w = ok.astype(float)
+    n = w.sum(-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tm = (w * t).sum(-1, keepdims=True) / n
+        vm = np.where(ok, v, 0.0).sum(-1, keepdims=True) / n
+        tc = np.where(ok, t - tm, 0.0)
+        slope = (tc * np.where(ok, v - vm, 0.0)).sum(-1, keepdims=True) / (tc * tc).sum(
+            -1, keepdims=True
+        )
+    slope = np.where(np.isfinite(slope), slope, 0.0)
+    return v - vm - slope * (t - tm)
+
+
+def autocorrelation(z: np.ndarray, max_lag: int) -> np.ndarray:
+    """Pooled autocorrelation rho(0..max_lag) of the series ``z[..., T]`` (NaN counts as 0).
+
+    Each series is centred on its own finite mean; lagged products are summed over series
+    (FFT, O(n log T)) and divided by the pooled sum of squares (the usual biased estimator).
+    """
+    z = np.asarray(z, float).reshape(-1, z.shape[-1])
+    ok = np.isfinite(z)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(ok, z, 0.0).sum(-1, keepdims=True) / ok.sum(-1, keepdims=True)
+    c = np.where(ok, z - np.nan_to_num(mean), 0.0)
+    size = 1 << int(np.ceil(np.log2(2 * z.shape[-1])))
+    f = np.fft.rfft(c, size, axis=-1)
+    acov = np.fft.irfft(f * np.conj(f), size, axis=-1)[:, : max_lag + 1].sum(0)
+    return acov / acov[0] if acov[0] > 0 else np.zeros(max_lag + 1)

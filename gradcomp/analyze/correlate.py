@@ -1,25 +1,39 @@
 """The correlator: relate mechanism traces to S across training and across capacity.
 
-Every coefficient carries a bootstrap interval (``scipy.stats.bootstrap``, percentile) and its
-effective sample size:
+:func:`correlate` gives Pearson r and Spearman rho over the sample dims, each with an interval,
+a two-sided p-value and an effective sample size. With ``control`` (e.g. width) it is a partial
+correlation: x and y (or their ranks) are centred within each level of the control, which
+removes any dependence on capacity, linear or not, before correlating (a shared dependence on
+capacity is then not reported as a link); the formula is the pooled within-level correlation
+r = sum_l c_xy,l / sqrt(sum_l c_xx,l sum_l c_yy,l) of the level-centred cross products.
 
-- :func:`correlate` -- Pearson r and Spearman rho over the sample dims; with ``control`` (e.g.
-  width) a partial correlation: x and y (or their ranks) are centred within each level of the
-  control, which removes any dependence on capacity, linear or not, before correlating (the
-  project's reading of "controlling for capacity"; a shared dependence on capacity is then not
-  reported as a link). With ``serial`` (e.g. step) observations are serially dependent: the
-  effective size is n (1 - r_x r_y) / (1 + r_x r_y) from the lag-1 autocorrelations (Bretherton
-  et al. 1999) and the bootstrap resamples blocks of consecutive steps. With a control, the
-  effective size loses one per level.
-- :func:`lagged` -- r(k) = corr(x_t, y_{t+k}) of ensemble-mean series for lags -K..K (k > 0:
-  x leads y), optionally of first differences so that two trends do not look like a lead; the
-  interval resamples the seeds (x and y of a seed together), so it reflects run-to-run
-  variation. It is the basic (reverse-percentile) bootstrap of Fisher's z = artanh r, not the
-  percentile one: a resample repeats seeds, so its mean series are noisier and their
-  correlations attenuated (BCa breaks down when every resample is attenuated). The basic
-  interval reflects that bias back, so it targets the many-seed value and may lie above an
-  attenuated estimate. ``lead_asymmetry`` = mean_{k>0} r(k) - mean_{k>0} r(-k), with its interval:
-  positive with an interval above 0 means x leads y.
+Three designs, chosen from the arguments (``attrs["method"]`` says which):
+
+- ``"rows"`` (no ``serial``): the pairs are independent. Percentile bootstrap of the pairs
+  (beyond 20,000 pairs, of 20,000 contiguous groups of pairs: still independent units);
+  ``pearson_p`` / ``spearman_p`` are the t-tests with n - (levels - 1) - 2 degrees of freedom.
+- ``"seed"`` (``serial`` given and the seed among the sample dims, with >= 5 seeds): a seed's
+  whole trace is the independent unit. The interval is Fisher's z +- t_{B-1} se, with se the
+  standard deviation of artanh r over a bootstrap of the B seeds (each seed's rows together:
+  Field & Welsh 2007, cluster bootstrap; inflated by sqrt(B / (B - 1))); n_eff = 3 + 1 / se^2.
+  The p-values are permutation tests that pair x of seed s with y of seed pi(s): exact for
+  any serial dependence within a seed, trends included.
+- ``"series"`` (``serial`` without seeds, e.g. seed-mean traces over width x step): Fisher's
+  z interval and test with Bartlett's effective size for two autocorrelated series
+  (Bartlett 1935; Dutilleul 1993; the "modified Chelton" form of Pyper & Peterman 1998):
+  n_eff = n / (1 + 2 sum_{k=1}^{T/5} (1 - k/T) rho_x(k) rho_y(k)) - (levels - 1), with the
+  autocorrelations pooled over the series (of length T) of the detrended, level-centred
+  values; r +- z_{1-alpha/2} / sqrt(n_eff - 3) on the z scale, and the p-value of the same z.
+
+Over training (``serial``) the series are detrended first, ``detrend="difference"`` by default
+(first differences within each series; ``"linear"`` removes each series' least-squares line,
+``None`` nothing): two trends, or two random walks, correlate strongly by accident (Yule 1926;
+Granger & Newbold 1974), their differences do not. The coefficient is then that of the
+increments.
+
+Spearman's rho ranks the (detrended) values once, within levels; its bootstrap resamples the
+ranked pairs. Everything is computed from per-unit sums, so time and memory are linear in the
+input (see ``_resample``).
 
 PAPER.md: S and generalization both move with capacity, so correlate within capacity or
 partial it out (Zhao, Wu, Hou 2026, arXiv 2603.04451 report S correlating with
@@ -28,131 +42,199 @@ generalization near the critical capacity).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import xarray as xr
 from scipy import stats
 
-from gradcomp._dims import LAG, SEED, STEP
-from gradcomp.analyze._checks import finish, need_length, need_seeds
-from gradcomp.analyze._serial import blocks, effective_n, lag1
+from gradcomp._dims import SEED
+from gradcomp.analyze import _serial
+from gradcomp.analyze._checks import finish
+from gradcomp.analyze._resample import MAX_UNITS, resampled_sums, unit_sums
+from gradcomp.analyze._serial import DETRENDS, autocorrelation
 
-__all__ = ["correlate", "lagged"]
+__all__ = ["correlate"]
 
-_SAMPLE = "_sample"
+#: fewest seeds for the seed design; with fewer a serial correlation uses blocks
+MIN_SEEDS = 5
 
 LABELS: dict[str, tuple[str, str]] = {
     "pearson": ("Pearson correlation", "1"),
     "pearson_lo": ("Pearson correlation, lower bound", "1"),
     "pearson_hi": ("Pearson correlation, upper bound", "1"),
-    "pearson_p": ("two-sided p-value of the Pearson correlation (effective n)", "1"),
+    "pearson_p": ("two-sided p-value of the Pearson correlation", "1"),
     "spearman": ("Spearman rank correlation", "1"),
     "spearman_lo": ("Spearman rank correlation, lower bound", "1"),
     "spearman_hi": ("Spearman rank correlation, upper bound", "1"),
+    "spearman_p": ("two-sided p-value of the Spearman correlation", "1"),
     "n": ("observations", "1"),
     "n_eff": ("effective sample size", "1"),
-    "r": ("lagged correlation", "1"),
-    "r_lo": ("lagged correlation, lower bound", "1"),
-    "r_hi": ("lagged correlation, upper bound", "1"),
-    "lead_asymmetry": ("lead asymmetry of the lagged correlation", "1"),
-    "lead_asymmetry_lo": ("lead asymmetry, lower bound", "1"),
-    "lead_asymmetry_hi": ("lead asymmetry, upper bound", "1"),
-    LAG: ("lag (positive: x leads y)", "traced steps"),
+    "n_units": ("independent units resampled (seeds or pairs)", "1"),
 }
+_KEYS = tuple(LABELS)
 
 
-def _centre(v: np.ndarray, levels: np.ndarray | None) -> np.ndarray:
-    if levels is None:
-        return v - v.mean()
-    sums = np.bincount(levels, weights=v)
-    counts = np.bincount(levels)
-    return v - (sums / np.maximum(counts, 1))[levels]
+def _centred(v: np.ndarray, ok: np.ndarray, lev: np.ndarray, n_levels: int) -> np.ndarray:
+    """v minus its level mean over the finite pairs; 0 outside them."""
+    vv = np.where(ok, v, 0.0)
+    means = np.bincount(lev[ok], weights=vv[ok], minlength=n_levels) / np.maximum(
+        np.bincount(lev[ok], minlength=n_levels), 1
+    )
+    return np.where(ok, vv - means[lev], 0.0)
 
 
-def _pearson(x: np.ndarray, y: np.ndarray, levels: np.ndarray | None) -> float:
-    xc, yc = _centre(x, levels), _centre(y, levels)
-    den = np.sqrt(np.sum(xc * xc) * np.sum(yc * yc))
-    return float(np.sum(xc * yc) / den) if den > 0 else np.nan
-
-
-def _spearman(x: np.ndarray, y: np.ndarray, levels: np.ndarray | None) -> float:
-    if levels is None:
-        return _pearson(stats.rankdata(x), stats.rankdata(y), None)
-    rx, ry = np.empty_like(x), np.empty_like(y)
-    for g in np.unique(levels):
-        m = levels == g
-        rx[m], ry[m] = stats.rankdata(x[m]), stats.rankdata(y[m])
-    return _pearson(rx, ry, levels)
-
-
-def _bootstrap(*args, **kwargs):
-    """``scipy.stats.bootstrap``; an interval whose resamples are degenerate (e.g. a constant
-    resample, r undefined) is NaN, which the output shows: no warning on top of it."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-        return stats.bootstrap(*args, **kwargs)
-
-
-def _one(x, y, levels, groups, n_boot, alpha, rng) -> dict[str, float]:
-    """All statistics for one pair of 1-D samples (NaN pairs already removed)."""
-    n = x.size
-    n_levels = 1 if levels is None else np.unique(levels).size
-    if n < n_levels + 3:
-        return dict.fromkeys(
-            (
-                "pearson",
-                "pearson_lo",
-                "pearson_hi",
-                "pearson_p",
-                "spearman",
-                "spearman_lo",
-                "spearman_hi",
-                "n_eff",
-            ),
-            np.nan,
-        ) | {"n": n}
-    if groups is None:
-        neff, length = float(n), 1
-    else:
-        split = [np.flatnonzero(groups == g) for g in np.unique(groups)]
-        rx = lag1([_centre(x, levels)[i] for i in split])
-        ry = lag1([_centre(y, levels)[i] for i in split])
-        neff = effective_n(n, rx, ry)
-        length = max(1, int(np.ceil(n / neff)))
-    neff -= n_levels - 1
-    r, rho = _pearson(x, y, levels), _spearman(x, y, levels)
-    index = blocks(np.zeros(n, int) if groups is None else groups, length)
-
-    def stat(picked: np.ndarray, which: str) -> float:
-        rows = np.concatenate([index[i] for i in picked.astype(int)])
-        lv = None if levels is None else levels[rows]
-        return (_pearson if which == "p" else _spearman)(x[rows], y[rows], lv)
-
-    out = {"pearson": r, "spearman": rho, "n": n, "n_eff": neff}
-    ids = np.arange(len(index))
-    for key, which in (("pearson", "p"), ("spearman", "s")):
-        if not np.isfinite(out[key]):
-            out[f"{key}_lo"] = out[f"{key}_hi"] = np.nan
-            continue
-        res = _bootstrap(
-            (ids,),
-            lambda i, w=which: stat(i, w),
-            vectorized=False,
-            n_resamples=n_boot,
-            method="percentile",
-            confidence_level=1 - alpha,
-            random_state=rng,
-        )
-        out[f"{key}_lo"], out[f"{key}_hi"] = res.confidence_interval
-    df = neff - 2
-    if df > 0 and abs(r) < 1:
-        t = r * np.sqrt(df / (1 - r * r))
-        out["pearson_p"] = float(2 * stats.t.sf(abs(t), df))
-    else:
-        out["pearson_p"] = np.nan if df <= 0 else 0.0
+def _ranks(v: np.ndarray, ok: np.ndarray, lev: np.ndarray, n_levels: int) -> np.ndarray:
+    out = np.zeros_like(v)
+    for g in range(n_levels):
+        m = ok & (lev == g)
+        out[m] = stats.rankdata(v[m])
     return out
+
+
+def _r(tot: np.ndarray) -> np.ndarray:
+    """Pooled within-level correlation from sums ``tot[..., level, kind, 6]``: (..., kind).
+
+    The six sums are (count, x, y, xx, yy, xy).
+    """
+    n, sx, sy, sxx, syy, sxy = np.moveaxis(tot, -1, 0)
+    inv = np.divide(1.0, n, out=np.zeros_like(n), where=n > 0)
+    cxx = (sxx - sx * sx * inv).sum(-2)
+    cyy = (syy - sy * sy * inv).sum(-2)
+    cxy = (sxy - sx * sy * inv).sum(-2)
+    den = np.sqrt(np.clip(cxx, 0, None) * np.clip(cyy, 0, None))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, np.clip(cxy / den, -1.0, 1.0), np.nan)
+
+
+def _t_p(r: np.ndarray, df: float) -> np.ndarray:
+    if df <= 0:
+        return np.full_like(r, np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = r * np.sqrt(df / np.clip(1 - r * r, 0.0, None))
+    return 2 * stats.t.sf(np.abs(t), df)
+
+
+def _permutation_p(xc: np.ndarray, yc: np.ndarray, n_perm: int, rng) -> float:
+    """Two-sided permutation p of sum_s <x_s, y_s> against sum_s <x_s, y_pi(s)> (units s)."""
+    cross = xc @ yc.T  # (units, units)
+    units = cross.shape[0]
+    obs = abs(np.trace(cross))
+    perms = rng.permuted(np.tile(np.arange(units), (n_perm, 1)), axis=1)
+    null = np.abs(cross[np.arange(units), perms].sum(1))
+    return float((1 + np.sum(null >= obs * (1 - 1e-12))) / (1 + n_perm))
+
+
+def _series(
+    xc: np.ndarray,
+    yc: np.ndarray,
+    xr_: np.ndarray,
+    yr_: np.ndarray,
+    ok: np.ndarray,
+    n: int,
+    n_levels: int,
+    alpha: float,
+) -> dict[str, float]:
+    """The series design: Fisher z with Bartlett's effective size (module docstring)."""
+    length = xc.shape[-1]
+    lags = max(1, length // 5)
+    k = np.arange(1, lags + 1)
+    out: dict[str, float] = {"n": n, "n_units": np.nan}
+    n_effs = []
+    for name, (a, b) in (("pearson", (xc, yc)), ("spearman", (xr_, yr_))):
+        ra = autocorrelation(np.where(ok, a, np.nan).reshape(-1, length), lags)
+        rb = autocorrelation(np.where(ok, b, np.nan).reshape(-1, length), lags)
+        factor = 1.0 + 2.0 * np.sum((1 - k / length) * ra[1:] * rb[1:])
+        n_eff = min(n / max(factor, 1e-9), n) - (n_levels - 1)
+        r = float(np.sum(a * b) / np.sqrt(np.sum(a * a) * np.sum(b * b)))
+        z = np.arctanh(np.clip(r, -0.999999, 0.999999))
+        se = 1.0 / np.sqrt(n_eff - 3) if n_eff > 3 else np.nan
+        half = stats.norm.ppf(1 - alpha / 2) * se
+        out[name] = r
+        out[f"{name}_lo"], out[f"{name}_hi"] = float(np.tanh(z - half)), float(np.tanh(z + half))
+        out[f"{name}_p"] = float(2 * stats.norm.sf(abs(z) / se))
+        n_effs.append(n_eff)
+    out["n_eff"] = float(n_effs[0])
+    return out
+
+
+def _undefined(n: int, reason: str) -> tuple[dict[str, float], str]:
+    return dict.fromkeys(_KEYS, np.nan) | {"n": n}, reason
+
+
+def _one(
+    xa: np.ndarray,
+    ya: np.ndarray,
+    lv: np.ndarray,
+    design: str,
+    n_boot: int,
+    n_perm: int,
+    alpha: float,
+    rng: np.random.Generator,
+) -> tuple[dict[str, float], str]:
+    """All statistics of one cell; ``xa``, ``ya``, ``lv`` are (units, series, T)."""
+    ok = np.isfinite(xa) & np.isfinite(ya)
+    n = int(ok.sum())
+    levels, lev = np.unique(np.where(ok, lv, -1), return_inverse=True)
+    lev = lev.reshape(lv.shape) - int(levels[0] == -1)
+    lev = np.where(ok, lev, 0)
+    n_levels = int(levels.size - (levels[0] == -1))
+    if n < n_levels + 3:
+        return _undefined(n, f"fewer than levels + 3 = {n_levels + 3} finite pairs")
+    xc, yc = _centred(xa, ok, lev, n_levels), _centred(ya, ok, lev, n_levels)
+    xr_, yr_ = (_centred(_ranks(v, ok, lev, n_levels), ok, lev, n_levels) for v in (xa, ya))
+    if not (np.any(xc != 0) and np.any(yc != 0)):
+        return _undefined(n, "x or y is constant within every level (after detrending)")
+    units = xa.shape[0]
+    if design == "seed":
+        unit = np.broadcast_to(np.arange(units)[:, None, None], xa.shape)
+        n_units = units
+    elif design == "series":
+        return _series(xc, yc, xr_, yr_, ok, n, n_levels, alpha), ""
+    else:
+        flat = np.cumsum(ok.ravel()) - 1
+        step = max(1, -(-n // MAX_UNITS))
+        unit = (flat // step).reshape(xa.shape)
+        n_units = -(-n // step)
+    cols = np.stack([ok.astype(float), xc, yc, xc * xc, yc * yc, xc * yc])
+    rcols = np.stack([ok.astype(float), xr_, yr_, xr_ * xr_, yr_ * yr_, xr_ * yr_])
+    columns = np.stack([cols, rcols])[..., ok]  # (kind, 6, n)
+    index = (unit[ok] * n_levels + lev[ok]).astype(np.intp)
+    sums = unit_sums(index, n_units * n_levels, columns)
+    sums = sums.reshape(n_units, n_levels, 2, 6)
+    point = _r(sums.sum(0))  # (kind,)
+    boot = _r(resampled_sums(sums, n_boot, rng))  # (n_boot, kind)
+    out: dict[str, float] = {"n": n, "n_units": n_units}
+    n_eff_rows = n - (n_levels - 1)
+    if design == "rows":
+        with np.errstate(invalid="ignore"):
+            lo = np.nanquantile(boot, alpha / 2, axis=0)
+            hi = np.nanquantile(boot, 1 - alpha / 2, axis=0)
+        n_eff = float(n_eff_rows)
+        p = _t_p(point, n_eff - 2)
+    else:
+        # Fisher z with the seed-bootstrap standard error (inflated by B / (B - 1)) and a t
+        # reference with B - 1 degrees of freedom for B seeds
+        zb = np.arctanh(np.clip(boot, -0.999999, 0.999999))
+        with np.errstate(invalid="ignore"):
+            z_sd = np.nanstd(zb, axis=0, ddof=1) * np.sqrt(n_units / (n_units - 1))
+        zp = np.arctanh(np.clip(point, -0.999999, 0.999999))
+        q = stats.t.ppf(1 - alpha / 2, n_units - 1)
+        lo, hi = np.tanh(zp - q * z_sd), np.tanh(zp + q * z_sd)
+        n_eff = float(min(n_eff_rows, 3 + 1 / z_sd[0] ** 2)) if z_sd[0] > 0 else np.nan
+    if design == "seed":
+        p = np.array(
+            [
+                _permutation_p(v[0].reshape(units, -1), v[1].reshape(units, -1), n_perm, rng)
+                for v in ((xc, yc), (xr_, yr_))
+            ]
+        )
+    for k, name in enumerate(("pearson", "spearman")):
+        out[name] = float(point[k])
+        out[f"{name}_lo"], out[f"{name}_hi"] = float(lo[k]), float(hi[k])
+        out[f"{name}_p"] = float(p[k])
+    out["n_eff"] = n_eff
+    return out, ""
 
 
 def correlate(
@@ -162,7 +244,9 @@ def correlate(
     *,
     control: xr.DataArray | None = None,
     serial: str | None = None,
+    detrend: str | None = "difference",
     n_boot: int = 999,
+    n_permutations: int = 999,
     alpha: float = 0.05,
     random_state: int = 0,
 ) -> xr.Dataset:
@@ -171,18 +255,27 @@ def correlate(
     Args:
         x, y: DataArrays sharing the sample dims (broadcast against each other); any other
             dims are kept, one coefficient per entry. NaN pairs are dropped.
-        dims: the sample dims, e.g. ``("width", "seed")`` or ``("width", "step")``.
+        dims: the sample dims, e.g. ``("width", "seed")`` or ``("seed", "step")``.
         control: a DataArray over (some of) ``dims`` whose levels are partialled out, e.g.
             ``ds["width"]``: x and y are centred within each level (partial correlation).
         serial: one of ``dims`` along which observations are serially dependent (e.g.
-            ``"step"``): shrinks the effective size and bootstraps blocks of consecutive steps.
-        n_boot: bootstrap resamples; alpha: 1 - confidence level.
-        random_state: seeds the bootstrap.
+            ``"step"``). With a ``seed`` sample dim of >= 5 seeds the seed is resampled and
+            permuted; otherwise Bartlett's effective size is used (module docstring).
+        detrend: along ``serial`` only: ``"difference"`` (default: first differences of each
+            series), ``"linear"`` (residuals of each series' least-squares line) or ``None``.
+            Ignored without ``serial``.
+        n_boot: bootstrap resamples; n_permutations: seed permutations (seed design);
+            alpha: 1 - confidence level; random_state: seeds the resampling.
 
     Returns:
-        Dataset with ``pearson`` (+ ``_lo``, ``_hi``, ``_p``), ``spearman`` (+ ``_lo``,
-        ``_hi``), ``n`` and ``n_eff`` over the remaining dims. ``pearson_p`` is the t-test
-        with ``n_eff - 2`` degrees of freedom.
+        Dataset with ``pearson``, ``spearman`` (each + ``_lo``, ``_hi``, ``_p``), ``n`` (finite
+        pairs after detrending), ``n_eff`` and ``n_units`` over the remaining dims. Where a
+        coefficient is undefined (too few pairs, a constant trace) every statistic is NaN and
+        ``attrs["undefined_reason"]`` says why. ``attrs["method"]`` names the design,
+        ``attrs["detrend"]`` the detrending.
+
+    Raises:
+        ValueError: missing sample dims, ``serial`` not among them, an unknown ``detrend``.
     """
     dims = [dims] if isinstance(dims, str) else list(dims)
     x, y = xr.broadcast(x, y)
@@ -191,169 +284,57 @@ def correlate(
         raise ValueError(f"x and y lack the sample dims {missing}; they have {list(x.dims)}")
     if serial is not None and serial not in dims:
         raise ValueError(f"serial={serial!r} must be one of the sample dims {dims}")
-    order = [d for d in dims if d != serial] + ([serial] if serial else [])
+    if detrend not in DETRENDS:
+        raise ValueError(f"detrend must be one of {DETRENDS}, got {detrend!r}")
+    if serial is None:
+        design, how = "rows", None
+    elif SEED in dims and serial != SEED and x.sizes[SEED] >= MIN_SEEDS:
+        design, how = "seed", detrend
+    else:
+        design, how = "series", detrend
+    lead = [SEED] if design == "seed" else []
+    rest = [d for d in dims if d not in (serial, *lead)]
+    order = [*lead, *rest, *([serial] if serial else [])]
     other = [d for d in x.dims if d not in dims]
-    xs = x.stack({_SAMPLE: order}).transpose(*other, _SAMPLE)
-    ys = y.stack({_SAMPLE: order}).transpose(*other, _SAMPLE)
-    xv, yv = np.asarray(xs.values, float), np.asarray(ys.values, float)
-    levels = groups = None
+    shape3 = (
+        x.sizes[SEED] if lead else 1,
+        int(np.prod([x.sizes[d] for d in rest], dtype=int)) if serial else 1,
+        x.sizes[serial] if serial else int(np.prod([x.sizes[d] for d in rest], dtype=int)),
+    )
+    cells = int(np.prod([x.sizes[d] for d in other], dtype=int))
+    xv = np.asarray(x.transpose(*other, *order).values, float).reshape(cells, *shape3)
+    yv = np.asarray(y.transpose(*other, *order).values, float).reshape(cells, *shape3)
     if control is not None:
         cv = control.broadcast_like(x.isel({d: 0 for d in other}, drop=True))
-        levels = np.unique(cv.stack({_SAMPLE: order}).values, return_inverse=True)[1].ravel()
+        codes = np.unique(cv.transpose(*order).values, return_inverse=True)[1]
+        lv = codes.reshape(shape3)
+    else:
+        lv = np.zeros(shape3, int)
     if serial is not None:
-        shape = [x.sizes[d] for d in order[:-1]]
-        groups = np.repeat(np.arange(int(np.prod(shape, dtype=int))), x.sizes[serial])
+        xv, yv = _serial.detrend(xv, how), _serial.detrend(yv, how)
+        lv = lv[..., lv.shape[-1] - xv.shape[-1] :]
     rng = np.random.default_rng(random_state)
-    flat_x = xv.reshape(-1, xv.shape[-1])
-    flat_y = yv.reshape(-1, yv.shape[-1])
-    rows = []
-    for i in range(flat_x.shape[0]):
-        ok = np.isfinite(flat_x[i]) & np.isfinite(flat_y[i])
-        rows.append(
-            _one(
-                flat_x[i][ok],
-                flat_y[i][ok],
-                None if levels is None else np.unique(levels[ok], return_inverse=True)[1],
-                None if groups is None else groups[ok],
-                n_boot,
-                alpha,
-                rng,
-            )
-        )
+    rows, reasons = [], set()
+    for i in range(cells):
+        row, reason = _one(xv[i], yv[i], lv, design, n_boot, n_permutations, alpha, rng)
+        rows.append(row)
+        if reason:
+            reasons.add(reason)
     shape = [x.sizes[d] for d in other]
     coords = {d: x[d].values for d in other if d in x.coords}
     out = xr.Dataset(
-        {k: (other, np.array([r[k] for r in rows], float).reshape(shape)) for k in rows[0]},
+        {k: (other, np.array([r[k] for r in rows], float).reshape(shape)) for k in _KEYS},
         coords=coords,
     )
     config = {
         "dims": ",".join(dims),
         "serial": serial or "",
+        "detrend": str(how) if serial else "",
+        "method": design,
         "n_boot": n_boot,
+        "n_permutations": n_permutations if design == "seed" else 0,
         "alpha": alpha,
         "control": "" if control is None else str(control.name),
+        "undefined_reason": "; ".join(sorted(reasons)),
     }
     return finish(out, LABELS, "correlate", config)
-
-
-def _lag_r(xm: np.ndarray, ym: np.ndarray, lags: np.ndarray) -> np.ndarray:
-    n = xm.size
-    out = np.empty(lags.size)
-    for j, k in enumerate(lags):
-        a, b = (xm[: n - k], ym[k:]) if k >= 0 else (xm[-k:], ym[: n + k])
-        out[j] = _pearson(a, b, None)
-    return out
-
-
-def _finite_span(v: np.ndarray, w: np.ndarray, dim: str) -> tuple[np.ndarray, np.ndarray]:
-    """Drop leading/trailing steps where any replicate is NaN (e.g. a rolling window's start)."""
-    ok = np.isfinite(v).reshape(-1, v.shape[-1]).all(0) & np.isfinite(w).reshape(
-        -1, w.shape[-1]
-    ).all(0)
-    idx = np.flatnonzero(ok)
-    if idx.size == 0 or idx.size != idx[-1] - idx[0] + 1:
-        raise ValueError(
-            f"lagged needs one contiguous stretch of finite values along {dim!r}; NaNs inside "
-            "the trace would misalign the lags: select a finite stretch with .isel(...)"
-        )
-    return v[..., idx[0] : idx[-1] + 1], w[..., idx[0] : idx[-1] + 1]
-
-
-def lagged(
-    x: xr.DataArray,
-    y: xr.DataArray,
-    dim: str = STEP,
-    over: str | None = SEED,
-    max_lag: int = 5,
-    difference: bool = True,
-    n_boot: int = 999,
-    alpha: float = 0.05,
-    random_state: int = 0,
-) -> xr.Dataset:
-    """Lagged cross-correlation r(k) = corr(x_t, y_{t+k}) of ensemble-mean series.
-
-    Args:
-        x, y: DataArrays with dims ``(over, dim)`` (and any others, kept), e.g. per-seed
-            conflict frequency and per-seed CHSH contribution (whose seed mean is S). With
-            ``over=None`` they are single series and the interval is Fisher's z with the
-            effective size of each lag.
-        dim: the time dim; lags count traced steps along it.
-        over: the replicate dim averaged before correlating and resampled for the interval.
-        max_lag: largest |k|.
-        difference: correlate first differences (so two trends do not look like a lead).
-        n_boot, alpha, random_state: bootstrap resamples, 1 - confidence, generator seed.
-
-    Returns:
-        Dataset with ``r``, ``r_lo``, ``r_hi``, ``n``, ``n_eff`` over ``lag`` and
-        ``lead_asymmetry`` (+ ``_lo``, ``_hi``) = mean_{k>0} r(k) - mean_{k>0} r(-k).
-    """
-    if max_lag < 1:
-        raise ValueError(f"max_lag must be at least 1, got {max_lag}")
-    x, y = xr.broadcast(x, y)
-    need_length(x, dim, max_lag + 4 + int(difference), f"lags up to {max_lag}")
-    if over is not None:
-        need_seeds(x.rename({over: SEED}) if over != SEED else x, 5, "a lagged correlation")
-    other = [d for d in x.dims if d not in (dim, over)]
-    core = [over, dim] if over is not None else [dim]
-    xv = np.asarray(x.transpose(*other, *core).values, float)
-    yv = np.asarray(y.transpose(*other, *core).values, float)
-    lags = np.arange(-max_lag, max_lag + 1)
-    pos, neg = lags > 0, lags < 0
-    rng = np.random.default_rng(random_state)
-
-    def series(v: np.ndarray) -> np.ndarray:
-        m = v.mean(0) if over is not None else v
-        return np.diff(m) if difference else m
-
-    def stat(v: np.ndarray, w: np.ndarray) -> np.ndarray:
-        r = _lag_r(series(v), series(w), lags)
-        return np.append(r, r[pos].mean() - r[neg][::-1].mean())
-
-    shape = xv.shape[: len(other)]
-    res = {k: np.full((*shape, lags.size), np.nan) for k in ("r", "r_lo", "r_hi", "n", "n_eff")}
-    asym = {k: np.full(shape, np.nan) for k in ("", "_lo", "_hi")}
-    for idx in np.ndindex(*shape):
-        v, w = _finite_span(xv[idx], yv[idx], dim)
-        point = stat(v, w)
-        xm, ym = series(v), series(w)
-        n = xm.size - np.abs(lags)
-        neff = np.array([effective_n(int(k), lag1([xm]), lag1([ym])) for k in n])
-        if over is not None:
-            seeds = np.arange(v.shape[0])
-
-            def zstat(i: np.ndarray, v=v, w=w) -> np.ndarray:
-                out = stat(v[i.astype(int)], w[i.astype(int)])
-                return np.append(np.arctanh(np.clip(out[:-1], -0.999999, 0.999999)), out[-1])
-
-            ci = _bootstrap(
-                (seeds,),
-                zstat,
-                vectorized=False,
-                n_resamples=n_boot,
-                method="basic",
-                confidence_level=1 - alpha,
-                random_state=rng,
-            ).confidence_interval
-            lo, hi = np.asarray(ci.low), np.asarray(ci.high)
-            lo[:-1], hi[:-1] = np.tanh(lo[:-1]), np.tanh(hi[:-1])
-        else:
-            z = np.arctanh(np.clip(point[:-1], -0.999999, 0.999999))
-            half = stats.norm.ppf(1 - alpha / 2) / np.sqrt(np.maximum(neff - 3, 1e-9))
-            lo = np.append(np.tanh(z - half), np.nan)
-            hi = np.append(np.tanh(z + half), np.nan)
-        res["r"][idx], res["r_lo"][idx], res["r_hi"][idx] = point[:-1], lo[:-1], hi[:-1]
-        res["n"][idx], res["n_eff"][idx] = n, neff
-        asym[""][idx], asym["_lo"][idx], asym["_hi"][idx] = point[-1], lo[-1], hi[-1]
-    coords = {**{d: x[d].values for d in other if d in x.coords}, LAG: lags}
-    out = xr.Dataset({k: ((*other, LAG), v) for k, v in res.items()}, coords=coords)
-    for k, v in asym.items():
-        out[f"lead_asymmetry{k}"] = (other, v)
-    config = {
-        "dim": dim,
-        "over": over or "",
-        "max_lag": max_lag,
-        "difference": int(difference),
-        "n_boot": n_boot,
-        "alpha": alpha,
-    }
-    return finish(out, LABELS, "lagged", config)

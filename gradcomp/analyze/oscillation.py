@@ -1,19 +1,21 @@
 """Oscillation of each task's own loss trace: swing amplitude, reversals and spectrum.
 
-From one task's loss L_t at the traced steps t (nothing else is used), with increments
-d_t = L_t - L_{t-1} in a rolling window of ``window`` traced steps:
+From one task's loss L_t at the traced steps t (nothing else is used), in a rolling window of
+``window`` traced steps, by default detrended: e_t = L_t minus the window's least-squares line
+(``detrend="linear"``; a steep trend would otherwise hide a wiggle riding on it: L_t = -c t +
+A sin(w t) with c > A w is monotone, so the raw swing reads 0). With increments
+d_t = e_t - e_{t-1} of the (detrended) window:
 
 - reversals R: turning points in the window, i.e. consecutive increments of opposite sign
-  (d_t d_{t+1} < 0);
+  (d_t d_{t+1} < 0; increments within 1e-12 of the window's scale count as 0);
 - oscillation amplitude = half the mean height of the complete legs (the monotone runs between
   the first and the last turning point in the window): sum |d_t| over those legs / (2 (R - 1))
   for R >= 2; with fewer turning points, min(P, N) / 2 where P = sum max(d_t, 0) and
   N = sum max(-d_t, 0) are the window's rises and falls. For A sin(w t) every leg has height
-  2A, so the amplitude is A whatever the window's phase; a slow trend lengthens one leg and
-  shortens the next by the same amount, so it cancels in the mean. On a monotone trace R = 0
-  and one of P, N is exactly 0, so the amplitude is exactly 0 (the project's reading of
-  "detrended oscillation amplitude": a curved monotone loss such as exp(-t) reads 0, where a
-  linearly detrended standard deviation would not);
+  2A, so the amplitude is A whatever the window's phase. Detrended, a straight line reads 0
+  and a curved monotone loss reads about its bend within the window (for exp(-t / tau), about
+  window^2 / (16 tau^2) of the loss, small next to a real wiggle); with ``detrend=None`` (the
+  raw swing) a monotone trace reads exactly 0 (R = 0 and one of P, N is 0);
 - reversal rate = R / (window - 2), the share of interior points that are turning points;
 - power spectrum: Welch's method (``scipy.signal.welch``, Hann window, linear detrend, no
   overlap) over non-overlapping blocks of ``window`` traced steps, averaged over blocks, in
@@ -38,7 +40,7 @@ __all__ = ["oscillation"]
 _BLOCK, _OFFSET = "_block", "_offset"
 
 LABELS: dict[str, tuple[str, str]] = {
-    "osc_amplitude": ("loss oscillation amplitude (half the mean leg height)", "loss"),
+    "osc_amplitude": ("loss oscillation amplitude (half the mean leg height, detrended)", "loss"),
     "reversals": ("reversals of the loss increment in the window", "1"),
     "reversal_rate": ("share of turning points in the window", "1"),
     "loss_psd": ("power spectral density of the detrended loss (Welch)", "loss² · step"),
@@ -48,10 +50,27 @@ LABELS: dict[str, tuple[str, str]] = {
 }
 
 
-def _swing(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _line_residuals(w: np.ndarray) -> np.ndarray:
+    """``w[..., W]`` minus its least-squares line (NaN windows stay NaN)."""
+    t = np.arange(w.shape[-1], dtype=float)
+    t -= t.mean()
+    centred = w - w.mean(-1, keepdims=True)
+    slope = (centred * t).sum(-1, keepdims=True) / (t * t).sum()
+    return centred - slope * t
+
+
+def _swing(w: np.ndarray, detrend: bool) -> tuple[np.ndarray, np.ndarray]:
     """Amplitude and reversal count of windows ``w[..., W]`` (NaN if a window has a NaN)."""
+    scale = np.abs(w).max(-1, keepdims=True)
+    if detrend:
+        w = _line_residuals(w)
     d = np.diff(w, axis=-1)
-    turn = d[..., :-1] * d[..., 1:] < 0  # turning point at w index i + 1
+    d = np.where(np.abs(d) <= 1e-12 * (1.0 + scale), 0.0, d)  # rounding is not a reversal
+    # a flat increment keeps the previous direction (a plateau top is one reversal)
+    sign = np.sign(d)
+    last = np.maximum.accumulate(np.where(sign != 0, np.arange(d.shape[-1]), 0), axis=-1)
+    sign = np.take_along_axis(sign, last, -1)
+    turn = sign[..., :-1] * sign[..., 1:] < 0  # turning point at w index i + 1
     reversals = turn.sum(-1)
     n_turn = turn.shape[-1]
     first = np.argmax(turn, axis=-1)
@@ -82,7 +101,15 @@ def _step_spacing(loss: xr.DataArray) -> float:
 
 
 def _welch(x: np.ndarray, fs: float) -> np.ndarray:
-    return signal.welch(x, fs=fs, nperseg=x.shape[-1], detrend="linear", axis=-1)[1]
+    """Welch PSD of each block; NaN for a block with a NaN (e.g. a diverged run)."""
+    bad = ~np.isfinite(x).all(-1, keepdims=True)
+    x = np.where(bad, 0.0, x)
+    # a straight (e.g. constant) block has no power, not rounding noise
+    flat = np.abs(_line_residuals(x)).max(-1, keepdims=True) <= 1e-12 * (
+        1 + np.abs(x).max(-1, keepdims=True)
+    )
+    psd = signal.welch(x, fs=fs, nperseg=x.shape[-1], detrend="linear")[1]
+    return np.where(bad, np.nan, np.where(flat, 0.0, psd))
 
 
 def _spectrum(loss: xr.DataArray, window: int) -> xr.DataArray:
@@ -104,7 +131,11 @@ def _spectrum(loss: xr.DataArray, window: int) -> xr.DataArray:
 
 
 def oscillation(
-    ds: xr.Dataset, window: int = 20, hf_cutoff: float = 0.5, spectrum: bool = True
+    ds: xr.Dataset,
+    window: int = 20,
+    hf_cutoff: float = 0.5,
+    spectrum: bool = True,
+    detrend: str | None = "linear",
 ) -> xr.Dataset:
     """Oscillation features of each task's loss over training.
 
@@ -116,6 +147,9 @@ def oscillation(
         hf_cutoff: "high frequency" means above ``hf_cutoff`` times the Nyquist frequency.
         spectrum: also compute ``loss_psd``, ``dominant_frequency`` and ``hf_share`` (needs
             equally spaced steps).
+        detrend: ``"linear"`` (default): amplitude and reversals of each window's residuals
+            from its least-squares line; ``None``: of the raw loss (exactly 0 on any monotone
+            curve, and so blind to a wiggle riding on a steep trend).
 
     Returns:
         Dataset with ``osc_amplitude``, ``reversals``, ``reversal_rate`` (per step, NaN
@@ -128,6 +162,8 @@ def oscillation(
     """
     if window < 4:
         raise ValueError(f"window must be at least 4 traced steps, got {window}")
+    if detrend not in ("linear", None):
+        raise ValueError(f"detrend must be 'linear' or None, got {detrend!r}")
     if not 0.0 < hf_cutoff < 1.0:
         raise ValueError(
             f"hf_cutoff is a fraction of the Nyquist frequency in (0, 1), got {hf_cutoff}"
@@ -143,6 +179,7 @@ def oscillation(
     amplitude, reversals = xr.apply_ufunc(
         _swing,
         windows,
+        kwargs={"detrend": detrend == "linear"},
         input_core_dims=[[_OFFSET]],
         output_core_dims=[[], []],
         dask="parallelized",
@@ -165,5 +202,10 @@ def oscillation(
         nyquist = float(freqs.max())
         high = psd.where(freqs > hf_cutoff * nyquist).sum(FREQUENCY)
         out["hf_share"] = high / total.where(total > 0)
-    config = {"window": window, "hf_cutoff": hf_cutoff, "spectrum": int(spectrum)}
+    config = {
+        "window": window,
+        "hf_cutoff": hf_cutoff,
+        "spectrum": int(spectrum),
+        "detrend": str(detrend),
+    }
     return finish(out, LABELS, "oscillation", config)
