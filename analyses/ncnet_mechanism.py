@@ -70,7 +70,6 @@ import argparse
 import dataclasses
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -95,35 +94,7 @@ from gradcomp._dims import (
     WIDTH,
 )
 from gradcomp._provenance import provenance
-from gradcomp.analyze import conflict, correlate, lagged, oscillation, sensing
-
-
-def bh_qvalues(
-    p: xr.DataArray, *, dims: str | Sequence[str] | None = None, method: str = "bh"
-) -> xr.DataArray:
-    """Benjamini–Hochberg q-values of ``p`` over the family ``dims`` (all dims if None).
-
-    One family per entry of the other dims (``scipy.stats.false_discovery_control``); NaN
-    p-values are left out of their family and stay NaN.
-    """
-    fam = list(p.dims) if dims is None else [dims] if isinstance(dims, str) else list(dims)
-    other = [d for d in p.dims if d not in fam]
-    t = p.transpose(*other, *fam)
-    v = np.asarray(t.values, float).reshape(-1, int(np.prod([p.sizes[d] for d in fam])))
-    q = np.full_like(v, np.nan)
-    for i, row in enumerate(v):
-        ok = np.isfinite(row)
-        if ok.any():
-            q[i, ok] = stats.false_discovery_control(row[ok], method=method)
-    return t.copy(data=q.reshape(t.shape)).transpose(*p.dims)
-
-
-try:  # gradcomp.analyze.qvalues is being added in parallel (same contract); once merged, the
-    # lead may delete bh_qvalues and this guard.
-    from gradcomp.analyze import qvalues  # type: ignore[attr-defined]
-except ImportError:
-    qvalues = bh_qvalues
-
+from gradcomp.analyze import conflict, correlate, lagged, oscillation, qvalues, sensing
 
 SHARED = "hidden"  # NCnet's shared layer
 CHSH_VARS = (  # taken from chsh.estimate when present (the newer estimate adds the last ones)

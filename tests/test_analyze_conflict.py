@@ -174,3 +174,16 @@ def test_round_trips_through_netcdf(tmp_path) -> None:
     back = xr.load_dataset(tmp_path / "c.nc", engine="h5netcdf")
     xr.testing.assert_allclose(back, out)
     assert back["gms"].attrs["long_name"]
+
+
+def test_outputs_carry_their_own_labels_not_the_grams() -> None:
+    """xarray keeps attrs through arithmetic: the cosine must not read "inner product ..."."""
+    from gradcomp.analyze.conflict import LABELS
+
+    g = np.array([[[1.0, 0], [-1, 1]], [[2, 0], [1, 1]]])
+    rec = recording(g)
+    rec["gram"].attrs.update(long_name="inner product of per-task gradients", units="loss^2")
+    out = conflict(rec, window=2)
+    for name in ("cosine", "conflicting"):
+        assert out[name].attrs["long_name"] == LABELS[name][0]
+        assert out[name].attrs["units"] == LABELS[name][1]

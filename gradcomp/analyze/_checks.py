@@ -70,10 +70,17 @@ def finish(
 ) -> xr.Dataset:
     """Label ``ds`` and set its provenance attrs (netCDF-safe).
 
+    The labels of ``labels`` replace any ``long_name``/``units`` a variable inherited from its
+    input (xarray keeps attrs through arithmetic: a cosine would read "inner product ...").
+
     The config is stored as JSON in ``attrs["config"]``; its ``method``, ``detrend`` and
     ``undefined_reason`` entries are also plain attrs (``undefined_reason`` only when some
     statistic is undefined).
     """
+    for name in labels:  # the analyzer's own label, not one inherited through arithmetic
+        if name in ds.variables:
+            ds[name].attrs.pop("long_name", None)
+            ds[name].attrs.pop("units", None)
     _dims.annotate(ds, labels)
     ds.attrs = provenance({"analyzer": name, **config})
     ds.attrs.update({k: str(config[k]) for k in PLAIN if k in config and config[k] != ""})

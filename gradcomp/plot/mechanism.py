@@ -202,7 +202,8 @@ def sensing_over_time(
 
 
 def lagged_panel(lag: xr.Dataset, ax: Axes, widths: Sequence[int]) -> Axes:
-    """r(k) between Δ conflict share and Δ CHSH contribution; k > 0: conflict leads.
+    """r(k) between Δ conflict share and Δ CHSH contribution, pooled within seeds; k > 0: conflict
+    leads (:func:`gradcomp.analyze.lagged`, interval from a seed bootstrap).
 
     The legend gives each width's lead asymmetry with its BH q-value (over widths), when present.
     """
@@ -216,7 +217,7 @@ def lagged_panel(lag: xr.Dataset, ax: Axes, widths: Sequence[int]) -> Axes:
     ax.axhline(0, color="k", lw=0.8)
     ax.axvline(0, color="k", lw=0.5, ls=":")
     ax.set_xlabel("lag $k$ (steps; $k > 0$: conflict leads S)")
-    ax.set_ylabel(r"corr($\Delta c_t$, $\Delta S_{t+k}$)")
+    ax.set_ylabel(r"corr($\Delta c_t$, $\Delta s_{t+k}$) within seeds")
     return ax
 
 
