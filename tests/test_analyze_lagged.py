@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
-from _simulate import ar1
+from _simulate import lead, no_lead
 
 from gradcomp._dims import SEED, STEP
 from gradcomp.analyze import lagged
@@ -47,24 +47,6 @@ def test_lagged_finds_a_planted_lead_and_matches_a_loop() -> None:
     single = lagged(dx.isel({SEED: 0}), dy.isel({SEED: 0}), over=None, max_lag=5)
     assert float(single["r"].sel(lag=lead)) == pytest.approx(pooled_loop(x[:1], y[:1], lead))
     assert np.all(single["r_lo"] < single["r"]) and np.isnan(float(single["lead_asymmetry_p"]))
-
-
-def no_lead(g: np.random.Generator, reps: int, seeds: int, steps: int, rho: float = 0.0):
-    """Per seed: AR(1) 0.5 noise (innovations correlated rho, at lag 0 only), a seed random
-    effect and one shared deterministic trend in both x and y: no lead, true asymmetry 0."""
-    ex = g.normal(size=(reps, seeds, steps))
-    ey = rho * ex + np.sqrt(1 - rho * rho) * g.normal(size=ex.shape)
-    trend = 3 * np.exp(-np.arange(steps) / 30)
-    x = ar1(g, ex.shape, 0.5, ex) + trend + g.normal(size=(reps, seeds, 1))
-    y = ar1(g, ey.shape, 0.5, ey) + trend + g.normal(size=(reps, seeds, 1))
-    return x, y
-
-
-def lead(g: np.random.Generator, reps: int, seeds: int, steps: int):
-    """y follows x two steps later (plus its own noise): x leads y."""
-    x = ar1(g, (reps, seeds, steps + 2), 0.5)
-    y = 0.5 * x[..., :-2] + ar1(g, (reps, seeds, steps), 0.5)
-    return x[..., 2:], y
 
 
 def rates(x: np.ndarray, y: np.ndarray, n_boot: int, truth: float = 0.0):

@@ -1,6 +1,7 @@
 """Calibration of gradcomp.chsh.estimate by simulation: S, Δ and CbD-margin intervals and tests.
 
-Each model is a population distribution over the 256 outcome configurations of one seed
+Each model (in ``tests/_simulate.py``, shared with ``analyses/calibration.py``) is a population
+distribution over the 256 outcome configurations of one seed
 (a11, a12, a21, a22, b11, b12, b21, b22), built like the real data: a seed draws a latent type (a
 deterministic "solved" configuration, a PR-box half, or noisy runs with seed-level random effects)
 and its eight outcomes follow. Truth (C, shifts, S, Δ, s_odd, margin) is computed exactly from the
@@ -13,222 +14,33 @@ Fast versions run by default (100 replications, wide bands); ``--runslow`` runs 
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
-import xarray as xr
+from _simulate import (
+    PR,
+    SIG4,
+    WIDTH1,
+    covers,
+    degenerate,
+    flip_delta,
+    flip_null,
+    lhv_delta,
+    lhv_null,
+    margin_null,
+    margin_tie,
+    s_null,
+    sample,
+    truth,
+)
 
 from gradcomp.chsh import estimate
 
 ALPHA = 0.05
-BITS = np.array(list(itertools.product((-1.0, 1.0), repeat=8)))  # (256, 8)
-A_ = BITS[:, :4].reshape(-1, 2, 2)  # a[c, alice, bob]
-B_ = BITS[:, 4:].reshape(-1, 2, 2)
 
 
-def config(a, b) -> int:
-    """Index of the configuration with outcomes a[i][j], b[i][j] (alice i, bob j)."""
-    key = np.concatenate([np.ravel(a), np.ravel(b)]).astype(float)
-    return int(np.flatnonzero((BITS == key).all(1))[0])
-
-
-def point(a, b) -> np.ndarray:
-    p = np.zeros(256)
-    p[config(a, b)] = 1.0
-    return p
-
-
-def independent(pa, pb) -> np.ndarray:
-    """Independent runs: P(a_ij = +1) = pa[i][j], P(b_ij = +1) = pb[i][j]."""
-    q = np.concatenate([np.ravel(pa), np.ravel(pb)])
-    return np.prod(np.where(BITS > 0, q, 1 - q), axis=1)
-
-
-def latent(types: list[np.ndarray], weights) -> np.ndarray:
-    w = np.asarray(weights, float)
-    return sum(wi * t for wi, t in zip(w / w.sum(), types, strict=True))
-
-
-def truth(p: np.ndarray) -> dict[str, float | np.ndarray]:
-    """Population values, by direct definition (no gradcomp code)."""
-    C = np.array([[p @ (A_[:, i, j] * B_[:, i, j]) for j in range(2)] for i in range(2)])
-    ma = np.array([[p @ A_[:, i, j] for j in range(2)] for i in range(2)])
-    mb = np.array([[p @ B_[:, i, j] for j in range(2)] for i in range(2)])
-    shifts = np.array(
-        [ma[0, 0] - ma[0, 1], ma[1, 0] - ma[1, 1], mb[0, 0] - mb[1, 0], mb[0, 1] - mb[1, 1]]
-    )
-    c = C.ravel()
-    odd = [
-        sum(s * v for s, v in zip(signs, c, strict=True))
-        for signs in itertools.product((1, -1), repeat=4)
-        if np.prod(signs) < 0
-    ]
-    delta = np.abs(shifts).sum()
-    return {
-        "C": C,
-        "S": c[0] + c[1] + c[2] - c[3],
-        "shifts": shifts,
-        "delta": delta,
-        "odd": np.sort(odd)[::-1],
-        "s_odd": max(odd),
-        "margin": max(odd) - 2 - delta,
-    }
-
-
-def sample(p: np.ndarray, n: int, reps: int, rng: np.random.Generator) -> tuple:
-    idx = rng.choice(256, size=(n, reps), p=p / p.sum())
-    dims = ("seed", "alice", "bob", "rep")
-    a = np.moveaxis(A_[idx], 1, -1)  # (n, 2, 2, reps)
-    b = np.moveaxis(B_[idx], 1, -1)
-    return xr.DataArray(a, dims=dims), xr.DataArray(b, dims=dims)
-
-
-# --- the configurations the models mix --------------------------------------------------------
-ONES = [[1, 1], [1, 1]]
-#: per-seed S = 4 through Bob's B2 flipping with Alice's setting (shift B2 = +2)
-SIG4 = point(ONES, [[1, 1], [1, -1]])
-#: the other half of a PR box: C = (1, 1, 1, −1) with shift B2 = −2, so the halves cancel Δ
-SIG4_NEG = point(-np.ones((2, 2)), [[-1, -1], [-1, 1]])
-PR = 0.5 * (SIG4 + SIG4_NEG)  # margin 2, Δ = 0
-#: PR box for placement "minus at C12": C = (1, −1, 1, 1)
-PR12 = 0.5 * (point(ONES, [[1, -1], [1, 1]]) + point(-np.ones((2, 2)), [[-1, 1], [-1, -1]]))
-#: the width-1 solution: local deterministic a = (1, −1), b = (1, −1), C = (1, −1, −1, 1)
-WIDTH1 = point([[1, 1], [-1, -1]], [[1, -1], [1, -1]])
-UNIFORM = np.full(256, 1 / 256)
-
-
-def noise(shift_zero: tuple[int, ...] = ()) -> np.ndarray:
-    """Noisy runs with seed random effects (two latent types) and signaling on every shift
-    except those listed in ``shift_zero`` (0: A1, 1: A2, 2: B1, 3: B2), which are exactly 0."""
-    pa1 = np.array([[0.8, 0.55], [0.3, 0.55]])  # shifts A1 +0.5, A2 −0.5
-    pb1 = np.array([[0.75, 0.3], [0.5, 0.6]])  # shifts B1 +0.5, B2 −0.6
-    pa2, pb2 = pa1 - 0.2, pb1 + 0.15  # a second latent type, same shifts
-    for t in shift_zero:
-        for pa, pb in ((pa1, pb1), (pa2, pb2)):
-            if t < 2:
-                pa[t, 1] = pa[t, 0]
-            else:
-                pb[1, t - 2] = pb[0, t - 2]
-    return latent([independent(pa1, pb1), independent(pa2, pb2)], [0.6, 0.4])
-
-
-def _solve_one(base: np.ndarray, extra: np.ndarray, f) -> np.ndarray:
-    """Mixture (1 − w) base + w extra with f(P) = 0, for f linear along the segment."""
-    f0, f1 = f(base), f(extra)
-    w = f0 / (f0 - f1)
-    assert 0 < w < 1
-    return (1 - w) * base + w * extra
-
-
-def margin_linear(p_ref: np.ndarray):
-    """The margin as a linear functional, with the placement and σ of the reference population."""
-    t = truth(p_ref)
-    sigma = np.sign(t["shifts"])
-    signs = next(
-        s
-        for s in itertools.product((1, -1), repeat=4)
-        if np.prod(s) < 0 and np.isclose(np.dot(s, t["C"].ravel()), t["s_odd"])
-    )
-
-    def f(p):
-        tp = truth(p)
-        return float(np.dot(signs, tp["C"].ravel()) - 2 - sigma @ tp["shifts"])
-
-    return f
-
-
-def s_null() -> np.ndarray:
-    """S = 2 exactly: noisy signaling runs mixed with solved S = 4 seeds."""
-    return _solve_one(noise(), SIG4, lambda p: truth(p)["S"] - 2)
-
-
-def margin_null(shift_zero: tuple[int, ...] = ()) -> np.ndarray:
-    """margin = 0 exactly: noisy signaling runs mixed with PR-box seeds (a regular point)."""
-    base = noise(shift_zero)
-    probe = 0.5 * base + 0.5 * PR
-    return _solve_one(base, PR, margin_linear(probe))
-
-
-def margin_tie() -> np.ndarray:
-    """margin = 0 with placements "minus at C22" and "minus at C12" tied for s_odd.
-
-    A tie at margin 0 forces Δ = 0 and the two shared terms to ±1 (L_a + L_b = 2 (C_i ± C_j) ≤ 4
-    while L_a = 2 + Δ): C11 = C21 = 1, C12 = C22 = 0. Seeds are either random runs with
-    a_i1 b_i1 = 1, or one of two solved configurations whose B2 shifts cancel.
-    """
-    keep = (A_[:, 0, 0] * B_[:, 0, 0] > 0) & (A_[:, 1, 0] * B_[:, 1, 0] > 0)
-    random_runs = keep / keep.sum()
-    solved = 0.5 * (SIG4 + point(ONES, [[1, -1], [1, 1]]))
-    return latent([random_runs, solved], [0.5, 0.5])
-
-
-def lhv_delta() -> np.ndarray:
-    """No correlation structure beyond fair coins; A1 shifts by 0.2, three shifts exactly 0."""
-    out = np.zeros(256)
-    for c in range(256):
-        a, b = A_[c], B_[c]
-        # a11, a21, b11, b12 fair; a22 = a21, b21 = b11, b22 = b12 (no signaling there);
-        # a12 = a11 except +1 -> -1 with probability 0.2
-        if a[1, 1] != a[1, 0] or b[1, 0] != b[0, 0] or b[1, 1] != b[0, 1]:
-            continue
-        base = 1 / 16
-        if a[0, 0] < 0:
-            out[c] = base * (a[0, 1] < 0)
-        else:
-            out[c] = base * (0.8 if a[0, 1] > 0 else 0.2)
-    return out
-
-
-def degenerate(c0: np.ndarray) -> np.ndarray:
-    """95 % of seeds agree on the solved configuration c0, the rest are random."""
-    return 0.95 * c0 + 0.05 * UNIFORM
-
-
-def lhv_null() -> np.ndarray:
-    """No signaling: each seed draws (a1, a2, b1, b2) once, with a latent seed effect."""
-    out = np.zeros(256)
-    for c in range(256):
-        a, b = A_[c], B_[c]
-        if (a[:, 0] != a[:, 1]).any() or (b[0] != b[1]).any():
-            continue
-        lam = np.array([a[0, 0], a[1, 0], b[0, 0], b[0, 1]])
-        for q, w in (([0.7, 0.4, 0.6, 0.5], 0.5), ([0.2, 0.5, 0.3, 0.8], 0.5)):
-            out[c] += w * np.prod(np.where(lam > 0, q, 1 - np.array(q)))
-    return out
-
-
-def flip_null() -> np.ndarray:
-    """No signaling, but a seed's runs differ: independent runs whose marginals do not depend on
-    the remote setting (two latent types), so the exact tests see many discordant seeds."""
-    pa1, pb1 = np.array([[0.7, 0.7], [0.4, 0.4]]), np.array([[0.6, 0.3], [0.6, 0.3]])
-    pa2, pb2 = np.array([[0.3, 0.3], [0.5, 0.5]]), np.array([[0.2, 0.8], [0.2, 0.8]])
-    return latent([independent(pa1, pb1), independent(pa2, pb2)], [0.5, 0.5])
-
-
-def flip_delta() -> np.ndarray:
-    """Independent runs (many discordant seeds); only A1 shifts, by 0.2 (three shifts exactly 0):
-    the case where the bootstrap of Σ|d̂_t| is biased up and under-covers."""
-    pa1, pb1 = np.array([[0.7, 0.6], [0.4, 0.4]]), np.array([[0.6, 0.3], [0.6, 0.3]])
-    pa2, pb2 = np.array([[0.3, 0.2], [0.5, 0.5]]), np.array([[0.2, 0.8], [0.2, 0.8]])
-    return latent([independent(pa1, pb1), independent(pa2, pb2)], [0.5, 0.5])
-
-
-# --- the checks -------------------------------------------------------------------------------
 def run(p, n, reps, seed=0):
     a, b = sample(p, n, reps, np.random.default_rng(seed))
     return estimate(a, b, confidence=1 - ALPHA)
-
-
-def covers(est, t) -> dict[str, float]:
-    def rate(lo, hi, v):
-        return float(((est[lo] <= v + 1e-12) & (est[hi] >= v - 1e-12)).mean())
-
-    return {
-        "S": rate("S_lo", "S_hi", t["S"]),
-        "delta": rate("delta_lo", "delta_hi", t["delta"]),
-        "margin": rate("cbd_margin_lo", "cbd_margin_hi", t["margin"]),
-    }
 
 
 def test_models_are_what_they_claim() -> None:
