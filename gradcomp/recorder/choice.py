@@ -171,9 +171,11 @@ class StrategyChoice:
         *,
         layout: Layout,
         compiled: bool,
+        train: bool = True,
     ) -> tuple[str, list[Tensor]]:
-        """Run ``strategy`` (not ``"rows"``): the strategy that ran and the per-task stacks."""
-        train = not self._ddp
+        """Run ``strategy`` (not ``"rows"``): the strategy that ran and the per-task stacks
+        (``train=False``: ``.grad`` untouched, graph kept)."""
+        train = train and not self._ddp
         leaves = self._leaves(ordered)
         if compiled and strategy in ("batched", "features"):
             try:
@@ -226,6 +228,7 @@ class StrategyChoice:
         weights: list[float],
         rows: Mapping[str, Any],
         layout: Layout,
+        train: bool = True,
     ) -> ParamStats:
         """Run ``"rows"``: the Gram statistics from the hooks' captures of this step (on the
         recorder's first ``"rows"`` step, after checking ``rows=`` against the graph)."""
@@ -235,7 +238,7 @@ class StrategyChoice:
         verify = not self.rows_verified
         stats = rows_stats(
             self.hooks, layout, self._hookable, self.tasks, ordered, weights, rows, self.units,
-            verify=verify,
+            verify=verify, train=train,
         )  # fmt: skip
         if verify:
             self.rows_verified = True

@@ -145,10 +145,9 @@ class RowsHooks:
             raw = torch.stack([gt.T @ xt for gt, xt in zip(gs, xs, strict=True)])
             bias = torch.stack([gt.sum(0) for gt in gs]) if module.bias is not None else None
             full = sum(gt.shape[0] for gt in gs) == g.reshape(-1, g.shape[-1]).shape[0]
-        scale = torch.tensor(st.scale, dtype=dt, device=g.device)
-        new = {"weight": raw.to(dt) * scale.view(-1, 1, 1)}
+        new = {"weight": raw.to(dt)}  # unscaled: 1 / w_t is applied to the Gram (_finish)
         if bias is not None and module.bias.requires_grad:
-            new["bias"] = bias.to(dt) * scale.view(-1, 1)
+            new["bias"] = bias.to(dt)
         if not module.weight.requires_grad:
             del new["weight"]
         self._add(name, new)
@@ -191,9 +190,11 @@ class RowsHooks:
         layout: Layout,
         units: bool,
         covered: set[str],
+        train: bool = True,
     ) -> dict[int, tuple[Tensor, Tensor | None]]:
         """``total.backward()`` while the hooks of the ``covered`` modules reduce per-task blocks
-        to Grams.
+        to Grams (``train=False``: ``torch.autograd.grad`` to the shared parameters instead, so
+        no ``.grad`` changes and the graph is kept).
 
         Returns:
             For each shared parameter index the hooks covered, ``(gram [T, T], unit | None)``.
@@ -203,8 +204,15 @@ class RowsHooks:
             list(rows), scale, layout, units, dict(self._calls), covered, _even(rows),
             {n: i for i, n in enumerate(layout.names)},
         )  # fmt: skip
+        if any(w != 1.0 for w in weights):
+            sc = torch.tensor(scale, dtype=torch.float64)
+            self._step.outer = sc[:, None] * sc[None, :]
         try:
-            total.backward()
+            if train:
+                total.backward()
+            else:
+                wanted = [p for p in layout.params if p.requires_grad]
+                torch.autograd.grad(total, wanted, retain_graph=True, allow_unused=True)
             for name in {*self._step.blocks, *self._step.sparse}:
                 self._finish(name)
             return self._step.done
@@ -251,7 +259,12 @@ class RowsHooks:
         for local, stack in blocks.items():
             i = st.index.get(prefix + local)
             if i is not None:
-                st.done[i] = param_stats(stack, st.layout.units[i] if st.units else 0)
+                gram, unit = param_stats(stack, st.layout.units[i] if st.units else 0)
+                if st.outer is not None:  # blocks of Σ_t w_t L_t: gram[t, s] / (w_t w_s)
+                    outer = st.outer.to(gram.device, gram.dtype)
+                    gram = gram * outer
+                    unit = None if unit is None else unit * outer
+                st.done[i] = (gram, unit)
 
 
 def _even(rows: Sequence[slice | Tensor]) -> int:

@@ -37,6 +37,7 @@ def rows_stats(
     rows: Mapping[str, Any],
     units: bool,
     verify: bool = False,
+    train: bool = True,
 ) -> ParamStats:
     """One recorded ``"rows"`` step: per-parameter Gram entries, and ``.grad`` from one backward.
 
@@ -54,6 +55,8 @@ def rows_stats(
         units: also per-unit Grams.
         verify: check ``rows=`` against the graph first (:func:`.rows_check.verify_rows`; the
             hooks must have kept this step's outputs).
+        train: back-propagate into ``.grad``; else leave every ``.grad`` alone and keep the
+            graph (``Recorder.observe``).
 
     Returns:
         The per-parameter statistics.
@@ -87,7 +90,7 @@ def rows_stats(
         for k, i in enumerate(rest):
             extra[i] = (ps.gram[k], ps.units[k] if ps.units else None)
     total = weighted_total(ordered, weights)
-    done = hooks.run(total, idx, weights, layout, units, captured)
+    done = hooks.run(total, idx, weights, layout, units, captured, train)
     done.update(extra)
     t = len(ordered)
     grams: list[Tensor] = []
