@@ -25,6 +25,7 @@ weights used elsewhere).
 from __future__ import annotations
 
 import functools
+import math
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -33,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gradcomp.recorder.rows_blocks import Step, blocks, compact, embedding_rows, supported
+from gradcomp.recorder.rows_blocks import Step, blocks, compact, embedding_rows, supported, wanted
+from gradcomp.recorder.rows_layernorm import FusedLayerNorm, patchable_layernorm
 from gradcomp.recorder.rows_linear import FusedLinear, patchable
 from gradcomp.recorder.shared import Layout
 from gradcomp.recorder.stats import acc_dtype, param_stats
@@ -89,12 +91,16 @@ class RowsHooks:
         self.outputs: dict[str, list[Tensor]] = {}
 
     def install(self) -> None:
-        """Route plain ``nn.Linear`` modules through :class:`FusedLinear` (an instance
-        ``forward``) and register a forward hook on the others; :meth:`remove` undoes both."""
+        """Route plain ``nn.Linear`` and ``nn.LayerNorm`` modules through :class:`FusedLinear`
+        and :class:`FusedLayerNorm` (an instance ``forward``) and register a forward hook on the
+        others; :meth:`remove` undoes both."""
         for name, module in self._modules.items():
             if isinstance(module, nn.Linear) and patchable(module):
                 # an instance attribute shadows nn.Linear.forward; remove() deletes it
                 module.__dict__["forward"] = functools.partial(self._linear, name, module)
+                self._patched.append(module)
+            elif patchable_layernorm(module):
+                module.__dict__["forward"] = functools.partial(self._layernorm, name, module)
                 self._patched.append(module)
             else:
                 hook = functools.partial(self._forward, name)
@@ -121,6 +127,56 @@ class RowsHooks:
         if self.keep:
             self.outputs.setdefault(name, []).append(out)
         return out
+
+    def _layernorm(self, name: str, module: nn.LayerNorm, x: Tensor) -> Tensor:
+        if (
+            not (self.armed and torch.is_grad_enabled())
+            or (self.only is not None and name not in self.only)
+            or _autocast(x)
+        ):
+            out = F.layer_norm(x, module.normalized_shape, module.weight, module.bias, module.eps)
+            self._forward(name, module, (x,), out)  # under autocast: the output-gradient hook
+            return out
+        self._calls[name] = self._calls.get(name, 0) + 1
+        self._sizes.setdefault(name, set()).add(int(x.shape[0]) if x.ndim else 0)
+        out: Tensor = FusedLayerNorm.apply(x, module.weight, module.bias, self, name, module)
+        if self.keep:
+            self.outputs.setdefault(name, []).append(out)
+        return out
+
+    def layernorm_blocks(
+        self, name: str, module: nn.LayerNorm, g: Tensor, gxhat: Tensor
+    ) -> tuple[Tensor, Tensor] | None:
+        """Inside :class:`FusedLayerNorm`'s backward: record the per-task blocks of ``γ``
+        (row sums of ``G ⊙ X̂``) and ``β`` (row sums of ``G``); return their sums over tasks when
+        the tasks' rows cover the batch, else ``None``."""
+        st = self._step
+        if st is None or name not in st.covered:
+            return None
+        dt = acc_dtype(g.dtype)
+        shape = tuple(module.normalized_shape)
+        d = math.prod(shape)
+        n_tasks = len(st.rows)
+        if st.even:
+            cut = n_tasks * st.even
+            gw = gxhat[:cut].reshape(n_tasks, -1, d).sum(1, dtype=dt)
+            gb = g[:cut].reshape(n_tasks, -1, d).sum(1, dtype=dt)
+            full = cut == g.shape[0]
+        else:
+            rows = [r.to(g.device) if isinstance(r, Tensor) else r for r in st.rows]
+            gw = torch.stack([gxhat[r].reshape(-1, d).sum(0, dtype=dt) for r in rows])
+            gb = torch.stack([g[r].reshape(-1, d).sum(0, dtype=dt) for r in rows])
+            full = sum(g[r].reshape(-1, d).shape[0] for r in rows) == g.reshape(-1, d).shape[0]
+        want = wanted(module, st)
+        new = {}
+        if "weight" in want:
+            new["weight"] = gw.reshape(n_tasks, *shape)
+        if "bias" in want:
+            new["bias"] = gb.reshape(n_tasks, *shape)
+        self._add(name, new)
+        if not full:
+            return None
+        return gw.sum(0).reshape(shape), gb.sum(0).reshape(shape)
 
     def linear_blocks(self, name: str, module: nn.Linear, x: Tensor, g: Tensor) -> Tensor | None:
         """Inside :class:`FusedLinear`'s backward: record the per-task blocks of the weight (and
@@ -279,6 +335,13 @@ def _even(rows: Sequence[slice | Tensor]) -> int:
         if (r.start or 0) != t * n or r.stop != (t + 1) * n:
             return 0
     return int(n) if n > 0 else 0
+
+
+def _autocast(x: Tensor) -> bool:
+    try:
+        return bool(torch.is_autocast_enabled(x.device.type))
+    except TypeError:  # torch < 2.4: no device argument
+        return bool(torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled())
 
 
 def _remove_all(handles: list[Any], patched: list[nn.Module]) -> None:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from gradcomp.recorder.shared import Layout
 
-__all__ = ["Step", "blocks", "compact", "embedding_rows", "supported"]
+__all__ = ["Step", "blocks", "compact", "embedding_rows", "supported", "wanted"]
 
 
 def supported(module: nn.Module) -> tuple[str, ...]:
@@ -54,13 +54,19 @@ class Step:
 
 def blocks(module: nn.Module, x: Tensor, g: Tensor, st: Step, dt: torch.dtype) -> dict[str, Tensor]:
     """Per-task gradients ``[T, *shape]`` of the module's trainable parameters."""
+    want = wanted(module, st)
+    if st.even:
+        return _even_blocks(module, x, g, st, dt, want)
+    return _loop_blocks(module, x, g, st.rows, dt, want)
+
+
+def wanted(module: nn.Module, st: Step) -> set[str]:
+    """The module's supported parameters that exist and require grad (cached per step)."""
     want = st.want.get(id(module))
     if want is None:
         want = {n for n in supported(module) if getattr(module, n, None) is not None}
         want = st.want[id(module)] = {n for n in want if getattr(module, n).requires_grad}
-    if st.even:
-        return _even_blocks(module, x, g, st, dt, want)
-    return _loop_blocks(module, x, g, st.rows, dt, want)
+    return want
 
 
 def _even_blocks(
