@@ -40,7 +40,7 @@ from gradcomp.recorder.rows_linear import FusedLinear, patchable
 from gradcomp.recorder.shared import Layout
 from gradcomp.recorder.stats import acc_dtype, param_stats
 
-__all__ = ["RowsHooks", "as_row_index", "check_disjoint", "check_rows", "supported"]
+__all__ = ["RowsHooks", "as_row_index", "check_disjoint", "check_rows", "even_rows", "supported"]
 
 RowSpec = slice | Sequence[int] | Tensor
 
@@ -178,9 +178,12 @@ class RowsHooks:
             return None
         return gw.sum(0).reshape(shape), gb.sum(0).reshape(shape)
 
-    def linear_blocks(self, name: str, module: nn.Linear, x: Tensor, g: Tensor) -> Tensor | None:
+    def linear_blocks(
+        self, name: str, module: nn.Linear, x: Tensor, g: Tensor
+    ) -> tuple[Tensor, Tensor | None] | None:
         """Inside :class:`FusedLinear`'s backward: record the per-task blocks of the weight (and
-        bias) gradient; return their sum when the tasks' rows cover the batch, else ``None``."""
+        bias) gradient; return their sums over tasks (weight, bias or ``None``) when the tasks'
+        rows cover the batch, else ``None``."""
         st = self._step
         if st is None or name not in st.covered:
             return None
@@ -209,7 +212,7 @@ class RowsHooks:
         self._add(name, new)
         if not full:
             return None
-        return raw.sum(0, dtype=dt)
+        return raw.sum(0, dtype=dt), None if bias is None else bias.sum(0, dtype=dt)
 
     def captured(self) -> set[str]:
         """Shared modules whose forward ran while armed with inputs of the batch's leading size.
@@ -257,7 +260,7 @@ class RowsHooks:
         """
         scale = [1.0 / w for w in weights]
         self._step = Step(
-            list(rows), scale, layout, units, dict(self._calls), covered, _even(rows),
+            list(rows), scale, layout, units, dict(self._calls), covered, even_rows(rows),
             {n: i for i, n in enumerate(layout.names)},
         )  # fmt: skip
         if any(w != 1.0 for w in weights):
@@ -323,7 +326,7 @@ class RowsHooks:
                 st.done[i] = (gram, unit)
 
 
-def _even(rows: Sequence[slice | Tensor]) -> int:
+def even_rows(rows: Sequence[slice | Tensor]) -> int:
     """n when ``rows[t] == slice(t * n, (t + 1) * n)`` for every task t, else 0."""
     first = rows[0]
     if not isinstance(first, slice) or first.start not in (0, None) or first.stop is None:
