@@ -102,7 +102,7 @@ def record(
             backward of the weighted sum.
         strategy: ``"auto"``, ``"loop"``, ``"batched"``, ``"features"`` or ``"rows"`` (see
             ``docs/record.md``). ``"auto"`` takes ``"rows"`` when ``backward`` gets ``rows=``
-            and T >= 3 (from the step after the first such call, when its hooks are in
+            and T >= 2 (from the step after the first such call, when its hooks are in
             place); on CUDA with T >= 4 ``"features"`` (if ``features=`` is given) or
             ``"batched"``; otherwise ``"loop"``. ``"rows"`` never materialises whole per-task
             gradients, so with ``reduce`` or ``store="full"`` it is replaced by
