@@ -99,7 +99,7 @@ class RowsHooks:
                 # an instance attribute shadows nn.Linear.forward; remove() deletes it
                 module.__dict__["forward"] = functools.partial(self._linear, name, module)
                 self._patched.append(module)
-            elif patchable_layernorm(module):
+            elif isinstance(module, nn.LayerNorm) and patchable_layernorm(module):
                 module.__dict__["forward"] = functools.partial(self._layernorm, name, module)
                 self._patched.append(module)
             else:
@@ -134,9 +134,9 @@ class RowsHooks:
             or (self.only is not None and name not in self.only)
             or _autocast(x)
         ):
-            out = F.layer_norm(x, module.normalized_shape, module.weight, module.bias, module.eps)
-            self._forward(name, module, (x,), out)  # under autocast: the output-gradient hook
-            return out
+            plain = F.layer_norm(x, module.normalized_shape, module.weight, module.bias, module.eps)
+            self._forward(name, module, (x,), plain)  # under autocast: the output-gradient hook
+            return plain
         self._calls[name] = self._calls.get(name, 0) + 1
         self._sizes.setdefault(name, set()).add(int(x.shape[0]) if x.ndim else 0)
         out: Tensor = FusedLayerNorm.apply(x, module.weight, module.bias, self, name, module)
