@@ -2,8 +2,9 @@
 
 For each configuration and T tasks, prints the median step time relative to a plain step
 (forward + backward of the summed loss) measured in the same run (every method runs on its own copy
-of the model, round-robin in an order rotated every round, and the ratio is taken within each round; on the CPU times are the
-thread's CPU time, so other processes on a shared machine disturb them little), for:
+of the model, round-robin in an order rotated every round, and the ratio is taken within each
+round; on the CPU times are the thread's CPU time, so other processes on a shared machine disturb
+them little), for:
 
 - ``baseline loop``: one ``torch.autograd.grad`` per task, then ``.grad`` = the weighted sum and the
   Gram of the flattened per-task gradients (LibMTL / Recon style);
@@ -18,8 +19,9 @@ thread's CPU time, so other processes on a shared machine disturb them little), 
 Configurations (``--models``): BERT-style encoders on the CPU (transformers ``BertModel``, random
 init, no download): ``d64`` (d=64, 2 layers, batch 16 × 32 tokens), ``d256`` (d=256, 4 layers,
 16 × 64) and ``d512`` (d=512, 4 layers, 16 × 128); and, when CUDA is available, a BERT-base-sized
-encoder (12 layers, d=768, batch 32 × 128 tokens, bf16 autocast). Tasks own disjoint rows of the batch (so ``"rows"`` applies);
-every task has its own linear head on the [CLS] vector; the shared parameters are the encoder's.
+encoder (12 layers, d=768, batch 32 × 128 tokens, bf16 autocast). Tasks own disjoint rows of the
+batch (so ``"rows"`` applies); every task has its own linear head on the [CLS] vector; the shared
+parameters are the encoder's.
 Peak memory: ``torch.cuda.max_memory_allocated`` on the GPU; not measurable on the CPU (torch's
 CPU allocator is invisible to ``tracemalloc``).
 
@@ -39,8 +41,8 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch

@@ -146,8 +146,9 @@ class StrategyChoice:
         vmapped pass of T cotangents (on a GPU about 1.4x / 2.6x a plain step at T = 4 / 8 against
         2.3x / 5.6x for the loop; on one CPU thread no faster than the loop), ``rows`` one
         ordinary pass plus the Gram reduction (below the loop from T = 2 on one CPU thread:
-        ``benchmarks/record_overhead.py``). So: ``rows`` from T = 2 when ``rows=`` is given; on CUDA from T = 4 the vmapped pass
-        (``features`` if given, else ``batched``); otherwise ``loop``.
+        ``benchmarks/record_overhead.py``). So: ``rows`` from T = 2 when ``rows=`` is given; on
+        CUDA from T = 4 the vmapped pass (``features`` if given, else ``batched``); otherwise
+        ``loop``.
         """
         n_tasks = len(self.tasks)
         if compiled:  # the only strategy every torch.compile backend runs

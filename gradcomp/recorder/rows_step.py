@@ -12,10 +12,10 @@ from gradcomp.recorder._inputs import weighted_total
 from gradcomp.recorder.batched import stacks_from_jacobian
 from gradcomp.recorder.rows import (
     RowsHooks,
-    even_rows,
     as_row_index,
     check_disjoint,
     check_rows,
+    even_rows,
     supported,
 )
 from gradcomp.recorder.rows_check import verify_rows
