@@ -215,7 +215,12 @@ def make_recorded(
 
 
 def run_config(
-    device: str, model: str, n_tasks: int, reps: int, strategies: tuple[str, ...] = STRATEGIES
+    device: str,
+    model: str,
+    n_tasks: int,
+    reps: int,
+    strategies: tuple[str, ...] = STRATEGIES,
+    baselines: bool = True,
 ) -> list[tuple[str, float, float]]:
     """Every method on its own copy of the model (same weights), timed round-robin so that load
     changes hit all methods alike; ratios are taken within each round, then the median."""
@@ -224,14 +229,13 @@ def run_config(
     # the calling thread), robust to other processes on a shared machine. GPU: wall clock.
     clock = time.perf_counter if device == "cuda" else time.thread_time
     with contextlib.ExitStack() as stack:
-        methods = {
-            "plain": make_plain(build(device, model, n_tasks)),
-            "baseline loop": make_base_loop(build(device, model, n_tasks)),
-            "baseline batched": make_base_batched(build(device, model, n_tasks)),
-        }
-        autogram = make_base_autogram(build(device, model, n_tasks))
-        if autogram is not None:
-            methods["baseline autogram"] = autogram
+        methods = {"plain": make_plain(build(device, model, n_tasks))}
+        if baselines:
+            methods["baseline loop"] = make_base_loop(build(device, model, n_tasks))
+            methods["baseline batched"] = make_base_batched(build(device, model, n_tasks))
+            autogram = make_base_autogram(build(device, model, n_tasks))
+            if autogram is not None:
+                methods["baseline autogram"] = autogram
         for strategy in strategies:
             for every, tag in ((1, "rec"), (10**9, "skip")):
                 b = build(device, model, n_tasks)
@@ -271,6 +275,17 @@ def run_config(
     return out
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=15)
@@ -280,28 +295,33 @@ def main() -> None:
     ap.add_argument("--cpu-only", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--summary", type=Path, default=SUMMARY)
+    ap.add_argument("--no-baselines", action="store_true", help="skip the three baselines")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     configs = [("cpu", m) for m in args.models]
     if torch.cuda.is_available() and not args.cpu_only:
         configs.append(("cuda", "bert-base"))
+    command = "python benchmarks/record_overhead.py " + " ".join(sys.argv[1:])
     summary: dict[str, Any] = {
-        "command": "python benchmarks/record_overhead.py " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.machine()} {platform.processor() or platform.platform()}, "
-        f"{os.cpu_count()} CPUs",
+        "machine": f"{_cpu_name()}, {os.cpu_count()} CPUs, {platform.system()}",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "clock": "thread CPU time (CPU), wall clock (CUDA)",
         "ratio": "median over rounds of (method time / plain step time in the same round)",
         "results": {},
     }
+    if args.summary.exists():  # keep the other configurations' results (one entry per model)
+        summary["results"] = json.loads(args.summary.read_text()).get("results", {})
     for device, model in configs:
         name = "BERT-base, bf16 autocast" if device == "cuda" else f"BERT-style {model}, fp32"
         card = torch.cuda.get_device_name() if device == "cuda" else "CPU"
         threads = torch.get_num_threads()
         load0 = os.getloadavg()[0]
         results = {
-            t: run_config(device, model, t, args.reps, tuple(args.strategies)) for t in args.tasks
+            t: run_config(
+                device, model, t, args.reps, tuple(args.strategies), not args.no_baselines
+            )
+            for t in args.tasks
         }
         load1 = os.getloadavg()[0]
         print(
@@ -323,6 +343,8 @@ def main() -> None:
                     cells.append(f"{value:.2f}×{extra}")
             print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
         summary["results"][f"{device}/{model}"] = {
+            "command": command,
+            "reps": args.reps,
             "load_1min": [round(load0, 1), round(load1, 1)],
             "plain_ms": {str(t): round(results[t][0][1] * 1e3, 1) for t in args.tasks},
             "ratio": {
