@@ -2,33 +2,47 @@
 
 For each configuration and T tasks, prints the median step time relative to a plain step
 (forward + backward of the summed loss) measured in the same run (every method runs on its own copy
-of the model, round-robin, and the ratio is taken within each round; on the CPU times are the
-thread's CPU time, so other processes on a shared machine disturb them little), for:
+of the model, round-robin in an order rotated every round, and the ratio is taken within each
+round; on the CPU times are the thread's CPU time, so other processes on a shared machine disturb
+them little), for:
 
 - ``baseline loop``: one ``torch.autograd.grad`` per task, then ``.grad`` = the weighted sum and the
   Gram of the flattened per-task gradients (LibMTL / Recon style);
-- ``baseline batched``: one ``is_grads_batched`` VJP over all parameters (TorchJD style);
+- ``baseline batched``: one ``is_grads_batched`` VJP over all parameters (TorchJD's autojac style);
+- ``baseline autogram``: TorchJD's ``autogram.Engine`` on the encoder (``batch_dim=None``): the
+  Gramian of the task losses' Jacobian (module by module, without the full Jacobian), then one
+  ``backward`` of the losses for ``.grad`` (skipped when torchjd is not installed);
 - every strategy of ``gradcomp.record`` recording every 1, 4, 16, 64 steps. For every k > 1 the cost
   is amortised: ``(recorded + (k − 1) · unrecorded) / k``, with both medians measured with the
   recorder active (so hook costs on unrecorded steps are included).
 
-Configurations: a small BERT-style encoder on the CPU (transformers ``BertModel``, random init, no
-download), and, when CUDA is available, a BERT-base-sized encoder (12 layers, d=768,
-batch 32 × 128 tokens, bf16 autocast). Tasks own disjoint rows of the batch (so ``"rows"`` applies);
-every task has its own linear head on the [CLS] vector; the shared parameters are the encoder's.
+Configurations (``--models``): BERT-style encoders on the CPU (transformers ``BertModel``, random
+init, no download): ``d64`` (d=64, 2 layers, batch 16 × 32 tokens), ``d256`` (d=256, 4 layers,
+16 × 64) and ``d512`` (d=512, 4 layers, 16 × 128); and, when CUDA is available, a BERT-base-sized
+encoder (12 layers, d=768, batch 32 × 128 tokens, bf16 autocast). Tasks own disjoint rows of the
+batch (so ``"rows"`` applies); every task has its own linear head on the [CLS] vector; the shared
+parameters are the encoder's.
 Peak memory: ``torch.cuda.max_memory_allocated`` on the GPU; not measurable on the CPU (torch's
 CPU allocator is invisible to ``tracemalloc``).
 
-Run: ``python benchmarks/record_overhead.py [--reps 15] [--tasks 2 4 8] [--cpu-only]``.
+Run: ``python benchmarks/record_overhead.py [--reps 15] [--tasks 2 4 8] [--models d64 d256]
+[--strategies rows auto] [--cpu-only]``. Prints the 1-minute load average beside each table and
+writes the rounded ratios, the command, the machine and the load to ``--summary`` (default
+``benchmarks/summaries/record_overhead.json``).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
+import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,21 +52,29 @@ import gradcomp
 
 EVERY = (1, 4, 16, 64)
 STRATEGIES = ("auto", "loop", "batched", "features", "rows")
+#: CPU models: name -> (hidden size, layers, attention heads, intermediate size, batch, tokens)
+MODELS = {
+    "d64": (64, 2, 4, 128, 16, 32),
+    "d256": (256, 4, 4, 1024, 16, 64),
+    "d512": (512, 4, 8, 2048, 16, 128),
+}
+SUMMARY = Path(__file__).parent / "summaries" / "record_overhead.json"
 
 
-def build(device: str, big: bool, n_tasks: int) -> dict[str, Any]:
+def build(device: str, model: str, n_tasks: int) -> dict[str, Any]:
     import transformers
 
     torch.manual_seed(0)
+    big = model == "bert-base"
     if big:
         cfg = transformers.BertConfig(attn_implementation="eager")
         batch, seq = 32, 128
     else:
+        d, layers, heads, inner, batch, seq = MODELS[model]
         cfg = transformers.BertConfig(
-            vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=128, max_position_embeddings=64, attn_implementation="eager",
+            vocab_size=1000, hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads,
+            intermediate_size=inner, max_position_embeddings=seq, attn_implementation="eager",
         )  # fmt: skip
-        batch, seq = 16, 32
     cfg.hidden_dropout_prob = cfg.attention_probs_dropout_prob = 0.0
     bert = transformers.BertModel(cfg, add_pooling_layer=False).to(device)
     tasks = [f"t{i}" for i in range(n_tasks)]
@@ -155,6 +177,26 @@ def make_base_batched(b: dict[str, Any]) -> Callable[[], None]:
     return base_batched
 
 
+def make_base_autogram(b: dict[str, Any]) -> Callable[[], None] | None:
+    """TorchJD's autogram engine on the encoder: Gramian of the task losses, then ``.grad``."""
+    try:
+        from torchjd.autogram import Engine
+    except ImportError:
+        return None
+    model, fwd = b["model"], b["forward"]
+    engine = Engine(b["trunk"], batch_dim=None)
+
+    def base_autogram() -> None:
+        model.zero_grad(set_to_none=True)
+        losses, _ = fwd()
+        stacked = torch.stack(list(losses.values()))
+        gram = engine.compute_gramian(stacked)
+        stacked.backward(torch.ones_like(stacked))
+        gram.cpu()
+
+    return base_autogram
+
+
 def make_recorded(
     b: dict[str, Any], strategy: str, every: int, stack: contextlib.ExitStack
 ) -> Callable[[], None]:
@@ -172,7 +214,14 @@ def make_recorded(
     return step
 
 
-def run_config(device: str, big: bool, n_tasks: int, reps: int) -> list[tuple[str, float, float]]:
+def run_config(
+    device: str,
+    model: str,
+    n_tasks: int,
+    reps: int,
+    strategies: tuple[str, ...] = STRATEGIES,
+    baselines: bool = True,
+) -> list[tuple[str, float, float]]:
     """Every method on its own copy of the model (same weights), timed round-robin so that load
     changes hit all methods alike; ratios are taken within each round, then the median."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -180,20 +229,25 @@ def run_config(device: str, big: bool, n_tasks: int, reps: int) -> list[tuple[st
     # the calling thread), robust to other processes on a shared machine. GPU: wall clock.
     clock = time.perf_counter if device == "cuda" else time.thread_time
     with contextlib.ExitStack() as stack:
-        methods = {
-            "plain": make_plain(build(device, big, n_tasks)),
-            "baseline loop": make_base_loop(build(device, big, n_tasks)),
-            "baseline batched": make_base_batched(build(device, big, n_tasks)),
-        }
-        for strategy in STRATEGIES:
+        methods = {"plain": make_plain(build(device, model, n_tasks))}
+        if baselines:
+            methods["baseline loop"] = make_base_loop(build(device, model, n_tasks))
+            methods["baseline batched"] = make_base_batched(build(device, model, n_tasks))
+            autogram = make_base_autogram(build(device, model, n_tasks))
+            if autogram is not None:
+                methods["baseline autogram"] = autogram
+        for strategy in strategies:
             for every, tag in ((1, "rec"), (10**9, "skip")):
-                b = build(device, big, n_tasks)
+                b = build(device, model, n_tasks)
                 methods[f"{strategy}/{tag}"] = make_recorded(b, strategy, every, stack)
         ratios: dict[str, list[float]] = {m: [] for m in methods}
         plain_s = []
+        names = list(methods)
         for r in range(reps + 2):
             times = {}
-            for name, fn in methods.items():
+            shift = r % len(names)  # rotate the order: no method always runs first or last
+            for name in names[shift:] + names[:shift]:
+                fn = methods[name]
                 sync()
                 t0 = clock()
                 fn()
@@ -206,8 +260,8 @@ def run_config(device: str, big: bool, n_tasks: int, reps: int) -> list[tuple[st
         med = {m: statistics.median(v) for m, v in ratios.items()}
         mem = {m: peak(fn, device) for m, fn in methods.items()}
     out = [("plain", statistics.median(plain_s), mem["plain"])]
-    out += [(m, med[m], mem[m]) for m in ("baseline loop", "baseline batched")]
-    for strategy in STRATEGIES:
+    out += [(m, med[m], mem[m]) for m in methods if m.startswith("baseline")]
+    for strategy in strategies:
         rec, skip = med[f"{strategy}/rec"], med[f"{strategy}/skip"]
         for every in EVERY:
             ratio = (rec + (every - 1) * skip) / every
@@ -221,23 +275,59 @@ def run_config(device: str, big: bool, n_tasks: int, reps: int) -> list[tuple[st
     return out
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--tasks", type=int, nargs="+", default=[2, 4, 8])
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     ap.add_argument("--cpu-only", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--summary", type=Path, default=SUMMARY)
+    ap.add_argument("--no-baselines", action="store_true", help="skip the three baselines")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    configs = [("cpu", False)]
+    configs = [("cpu", m) for m in args.models]
     if torch.cuda.is_available() and not args.cpu_only:
-        configs.append(("cuda", True))
-    for device, big in configs:
-        name = "BERT-base, bf16 autocast" if big else "small BERT-style encoder, fp32"
+        configs.append(("cuda", "bert-base"))
+    command = "python benchmarks/record_overhead.py " + " ".join(sys.argv[1:])
+    summary: dict[str, Any] = {
+        "machine": f"{_cpu_name()}, {os.cpu_count()} CPUs, {platform.system()}",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "clock": "thread CPU time (CPU), wall clock (CUDA)",
+        "ratio": "median over rounds of (method time / plain step time in the same round)",
+        "results": {},
+    }
+    if args.summary.exists():  # keep the other configurations' results (one entry per model)
+        summary["results"] = json.loads(args.summary.read_text()).get("results", {})
+    for device, model in configs:
+        name = "BERT-base, bf16 autocast" if device == "cuda" else f"BERT-style {model}, fp32"
         card = torch.cuda.get_device_name() if device == "cuda" else "CPU"
         threads = torch.get_num_threads()
-        print(f"\n## {name} on {card} ({threads} thread(s), median of {args.reps})\n")
-        results = {t: run_config(device, big, t, args.reps) for t in args.tasks}
+        load0 = os.getloadavg()[0]
+        results = {
+            t: run_config(
+                device, model, t, args.reps, tuple(args.strategies), not args.no_baselines
+            )
+            for t in args.tasks
+        }
+        load1 = os.getloadavg()[0]
+        print(
+            f"\n## {name} on {card} ({threads} thread(s), median of {args.reps}; "
+            f"1-min load average {load0:.1f} before, {load1:.1f} after)\n"
+        )
         labels = [r[0] for r in results[args.tasks[0]]]
         head = " | ".join(f"T={t} ×plain (peak GiB)" for t in args.tasks)
         print(f"| method | {head} |")
@@ -251,7 +341,21 @@ def main() -> None:
                     cells.append(f"1.00× [{value * 1e3:.1f} ms]{extra}")
                 else:
                     cells.append(f"{value:.2f}×{extra}")
-            print(f"| {label} | " + " | ".join(cells) + " |")
+            print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
+        summary["results"][f"{device}/{model}"] = {
+            "command": command,
+            "reps": args.reps,
+            "load_1min": [round(load0, 1), round(load1, 1)],
+            "plain_ms": {str(t): round(results[t][0][1] * 1e3, 1) for t in args.tasks},
+            "ratio": {
+                label: {str(t): round(results[t][i][1], 3) for t in args.tasks}
+                for i, label in enumerate(labels)
+                if i
+            },
+        }
+    args.summary.parent.mkdir(parents=True, exist_ok=True)
+    args.summary.write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"\nsummary: {args.summary}")
 
 
 if __name__ == "__main__":

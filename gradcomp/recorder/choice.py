@@ -145,14 +145,15 @@ class StrategyChoice:
         Costs in reverse passes of the shared trunk: ``loop`` T, ``batched``/``features`` one
         vmapped pass of T cotangents (on a GPU about 1.4x / 2.6x a plain step at T = 4 / 8 against
         2.3x / 5.6x for the loop; on one CPU thread no faster than the loop), ``rows`` one
-        ordinary pass plus the Gram reduction (flat in T; about equal to the loop at T = 2).
-        So: ``rows`` from T = 3 when ``rows=`` is given; on CUDA from T = 4 the vmapped pass
-        (``features`` if given, else ``batched``); otherwise ``loop``.
+        ordinary pass plus the Gram reduction (below the loop from T = 2 on one CPU thread:
+        ``benchmarks/record_overhead.py``). So: ``rows`` from T = 2 when ``rows=`` is given; on
+        CUDA from T = 4 the vmapped pass (``features`` if given, else ``batched``); otherwise
+        ``loop``.
         """
         n_tasks = len(self.tasks)
         if compiled:  # the only strategy every torch.compile backend runs
             return "loop"
-        if rows is not None and self.rows_allowed and n_tasks >= 3:
+        if rows is not None and self.rows_allowed and n_tasks >= 2:
             if self.hooks is not None:
                 return "rows"
             # this step's forward ran without hooks: "rows" from the next step
@@ -171,9 +172,11 @@ class StrategyChoice:
         *,
         layout: Layout,
         compiled: bool,
+        train: bool = True,
     ) -> tuple[str, list[Tensor]]:
-        """Run ``strategy`` (not ``"rows"``): the strategy that ran and the per-task stacks."""
-        train = not self._ddp
+        """Run ``strategy`` (not ``"rows"``): the strategy that ran and the per-task stacks
+        (``train=False``: ``.grad`` untouched, graph kept)."""
+        train = train and not self._ddp
         leaves = self._leaves(ordered)
         if compiled and strategy in ("batched", "features"):
             try:
@@ -226,6 +229,7 @@ class StrategyChoice:
         weights: list[float],
         rows: Mapping[str, Any],
         layout: Layout,
+        train: bool = True,
     ) -> ParamStats:
         """Run ``"rows"``: the Gram statistics from the hooks' captures of this step (on the
         recorder's first ``"rows"`` step, after checking ``rows=`` against the graph)."""
@@ -235,7 +239,7 @@ class StrategyChoice:
         verify = not self.rows_verified
         stats = rows_stats(
             self.hooks, layout, self._hookable, self.tasks, ordered, weights, rows, self.units,
-            verify=verify,
+            verify=verify, train=train,
         )  # fmt: skip
         if verify:
             self.rows_verified = True

@@ -102,7 +102,7 @@ def record(
             backward of the weighted sum.
         strategy: ``"auto"``, ``"loop"``, ``"batched"``, ``"features"`` or ``"rows"`` (see
             ``docs/record.md``). ``"auto"`` takes ``"rows"`` when ``backward`` gets ``rows=``
-            and T >= 3 (from the step after the first such call, when its hooks are in
+            and T >= 2 (from the step after the first such call, when its hooks are in
             place); on CUDA with T >= 4 ``"features"`` (if ``features=`` is given) or
             ``"batched"``; otherwise ``"loop"``. ``"rows"`` never materialises whole per-task
             gradients, so with ``reduce`` or ``store="full"`` it is replaced by
@@ -245,9 +245,46 @@ class Recorder:
             features: the shared trunk's output tensor(s) for strategy ``"features"``.
             rows: task -> its batch rows (dimension 0) for strategy ``"rows"``.
         """
+        self._step_call("backward", losses, step, features, rows)
+
+    def observe(
+        self,
+        losses: Mapping[str, Tensor],
+        *,
+        step: int | None = None,
+        features: Tensor | Sequence[Tensor] | None = None,
+        rows: Mapping[str, rows_mod.RowSpec] | None = None,
+    ) -> None:
+        """Record the statistics of ``losses`` without touching ``.grad``.
+
+        For evaluation batches, or callbacks that must not replay a training step: the
+        recorded ``loss``, ``gram`` (and ``unit_gram``) equal those :meth:`backward` would
+        record for the same losses, while every ``.grad`` stays as it was (``None`` stays
+        ``None``). The step is recorded whatever the schedule (``every=``). The autograd graph
+        is kept, so the caller may still back-propagate the losses. Strategy ``"rows"`` uses the
+        hooks' captures only when this step was scheduled (the forward hooks capture only
+        before scheduled steps); otherwise its shared parameters take one vmapped VJP.
+
+        Args:
+            losses: one scalar loss per task (every task, no other).
+            step: the step number, as for :meth:`backward` (shares its counter).
+            features: the shared trunk's output tensor(s) for strategy ``"features"``.
+            rows: task -> its batch rows (dimension 0) for strategy ``"rows"``.
+        """
+        self._step_call("observe", losses, step, features, rows)
+
+    def _step_call(
+        self,
+        caller: str,
+        losses: Mapping[str, Tensor],
+        step: int | None,
+        features: Tensor | Sequence[Tensor] | None,
+        rows: Mapping[str, rows_mod.RowSpec] | None,
+    ) -> None:
+        train = caller == "backward"
         if not self._active:
             raise RuntimeError(
-                "Recorder.backward() called outside its `with gradcomp.record(...)` block"
+                f"Recorder.{caller}() called outside its `with gradcomp.record(...)` block"
             )
         ordered = check_losses(losses, self.tasks)
         step = self._counter if step is None else self._check_step(step)
@@ -272,11 +309,11 @@ class Recorder:
             self._reach_checked = True
             self._choice.restrict(self.layout)
         weights = [self.weights[t] for t in self.tasks]
-        if not self._schedule(step):
+        if train and not self._schedule(step):
             self._plain(ordered, weights)
             self._choice.arm(self._counter)
             return
-        self._record(step, ordered, weights, features, rows)
+        self._record(step, ordered, weights, features, rows, train)
         self._recorded += 1
         self._choice.arm(self._counter)
         if self.flush_every and self._recorded % self.flush_every == 0:
@@ -356,7 +393,7 @@ class Recorder:
         return read_steps(self.path, names, self._flushed)
 
     def _check_gradients(
-        self, step: int, gram: Tensor, unit: Tensor | None, loss_bad: Tensor
+        self, step: int, gram: Tensor, unit: Tensor | None, loss_bad: Tensor, train: bool = True
     ) -> tuple[Tensor, Tensor | None]:
         """Warn (or raise) for tasks with a finite loss and a non-finite gradient.
 
@@ -377,9 +414,10 @@ class Recorder:
             f"finite (layer(s) {layers})"
         )
         if self.on_nonfinite == "raise":
-            raise ValueError(msg + " (on_nonfinite='raise'; .grad holds the training gradient)")
+            held = "; .grad holds the training gradient" if train else ""
+            raise ValueError(msg + f" (on_nonfinite='raise'{held})")
         warnings.warn(
-            msg + "; their statistics there are NaN", NonfiniteGradientWarning, stacklevel=4
+            msg + "; their statistics there are NaN", NonfiniteGradientWarning, stacklevel=5
         )
         m = layer_bad & worst.to(layer_bad.device)[None]
         pair = m[:, :, None] | m[:, None, :]
@@ -407,6 +445,7 @@ class Recorder:
         weights: list[float],
         feats: Any,
         rows: Any,
+        train: bool = True,
     ) -> None:
         assert self.layout is not None
         values = torch.stack([x.detach().to(torch.float64) for x in ordered]).cpu()
@@ -416,7 +455,7 @@ class Recorder:
             msg = f"non-finite loss for task(s) {names} at step {step}"
             if self.on_nonfinite == "raise":
                 raise ValueError(msg + " (on_nonfinite='raise')")
-            warnings.warn(msg + "; their statistics are NaN", NonfiniteLossWarning, stacklevel=3)
+            warnings.warn(msg + "; their statistics are NaN", NonfiniteLossWarning, stacklevel=4)
         choice = self._choice
         device = ordered[0].device
         strategy = choice.choose(
@@ -424,12 +463,13 @@ class Recorder:
         )
         full = None
         if strategy == "rows":
-            stats = choice.rows_step(ordered, weights, rows, self.layout)
+            stats = choice.rows_step(ordered, weights, rows, self.layout, train)
         else:
             strategy, stacks = choice.stacks(
-                strategy, ordered, weights, feats, layout=self.layout, compiled=self._compiled
-            )
-            if self._ddp:  # DDP syncs .grad in its backward hooks: run a real backward
+                strategy, ordered, weights, feats, layout=self.layout, compiled=self._compiled,
+                train=train,
+            )  # fmt: skip
+            if self._ddp and train:  # DDP syncs .grad in its backward hooks: run a real backward
                 weighted_total(ordered, weights).backward()
             if self.reduce is not None:
                 stacks = [self.reduce(s) for s in stacks]
@@ -448,7 +488,7 @@ class Recorder:
             if full is not None:
                 full[bad] = float("nan")
             values = torch.where(bad, torch.nan, values)
-        gram, unit = self._check_gradients(step, gram, unit, bad)
+        gram, unit = self._check_gradients(step, gram, unit, bad, train)
         self._steps.add(step, values, gram, unit, full)
         self._used.add(strategy)
 

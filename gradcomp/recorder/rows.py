@@ -25,6 +25,7 @@ weights used elsewhere).
 from __future__ import annotations
 
 import functools
+import math
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -33,12 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gradcomp.recorder.rows_blocks import Step, blocks, compact, embedding_rows, supported
+from gradcomp.recorder.rows_blocks import Step, blocks, compact, embedding_rows, supported, wanted
+from gradcomp.recorder.rows_layernorm import FusedLayerNorm, patchable_layernorm
 from gradcomp.recorder.rows_linear import FusedLinear, patchable
 from gradcomp.recorder.shared import Layout
 from gradcomp.recorder.stats import acc_dtype, param_stats
 
-__all__ = ["RowsHooks", "as_row_index", "check_disjoint", "check_rows", "supported"]
+__all__ = ["RowsHooks", "as_row_index", "check_disjoint", "check_rows", "even_rows", "supported"]
 
 RowSpec = slice | Sequence[int] | Tensor
 
@@ -89,12 +91,16 @@ class RowsHooks:
         self.outputs: dict[str, list[Tensor]] = {}
 
     def install(self) -> None:
-        """Route plain ``nn.Linear`` modules through :class:`FusedLinear` (an instance
-        ``forward``) and register a forward hook on the others; :meth:`remove` undoes both."""
+        """Route plain ``nn.Linear`` and ``nn.LayerNorm`` modules through :class:`FusedLinear`
+        and :class:`FusedLayerNorm` (an instance ``forward``) and register a forward hook on the
+        others; :meth:`remove` undoes both."""
         for name, module in self._modules.items():
             if isinstance(module, nn.Linear) and patchable(module):
                 # an instance attribute shadows nn.Linear.forward; remove() deletes it
                 module.__dict__["forward"] = functools.partial(self._linear, name, module)
+                self._patched.append(module)
+            elif isinstance(module, nn.LayerNorm) and patchable_layernorm(module):
+                module.__dict__["forward"] = functools.partial(self._layernorm, name, module)
                 self._patched.append(module)
             else:
                 hook = functools.partial(self._forward, name)
@@ -122,9 +128,62 @@ class RowsHooks:
             self.outputs.setdefault(name, []).append(out)
         return out
 
-    def linear_blocks(self, name: str, module: nn.Linear, x: Tensor, g: Tensor) -> Tensor | None:
+    def _layernorm(self, name: str, module: nn.LayerNorm, x: Tensor) -> Tensor:
+        if (
+            not (self.armed and torch.is_grad_enabled())
+            or (self.only is not None and name not in self.only)
+            or _autocast(x)
+        ):
+            plain = F.layer_norm(x, module.normalized_shape, module.weight, module.bias, module.eps)
+            self._forward(name, module, (x,), plain)  # under autocast: the output-gradient hook
+            return plain
+        self._calls[name] = self._calls.get(name, 0) + 1
+        self._sizes.setdefault(name, set()).add(int(x.shape[0]) if x.ndim else 0)
+        out: Tensor = FusedLayerNorm.apply(x, module.weight, module.bias, self, name, module)
+        if self.keep:
+            self.outputs.setdefault(name, []).append(out)
+        return out
+
+    def layernorm_blocks(
+        self, name: str, module: nn.LayerNorm, g: Tensor, gxhat: Tensor
+    ) -> tuple[Tensor, Tensor] | None:
+        """Inside :class:`FusedLayerNorm`'s backward: record the per-task blocks of ``γ``
+        (row sums of ``G ⊙ X̂``) and ``β`` (row sums of ``G``); return their sums over tasks when
+        the tasks' rows cover the batch, else ``None``."""
+        st = self._step
+        if st is None or name not in st.covered:
+            return None
+        dt = acc_dtype(g.dtype)
+        shape = tuple(module.normalized_shape)
+        d = math.prod(shape)
+        n_tasks = len(st.rows)
+        if st.even:
+            cut = n_tasks * st.even
+            gw = gxhat[:cut].reshape(n_tasks, -1, d).sum(1, dtype=dt)
+            gb = g[:cut].reshape(n_tasks, -1, d).sum(1, dtype=dt)
+            full = cut == g.shape[0]
+        else:
+            rows = [r.to(g.device) if isinstance(r, Tensor) else r for r in st.rows]
+            gw = torch.stack([gxhat[r].reshape(-1, d).sum(0, dtype=dt) for r in rows])
+            gb = torch.stack([g[r].reshape(-1, d).sum(0, dtype=dt) for r in rows])
+            full = sum(g[r].reshape(-1, d).shape[0] for r in rows) == g.reshape(-1, d).shape[0]
+        want = wanted(module, st)
+        new = {}
+        if "weight" in want:
+            new["weight"] = gw.reshape(n_tasks, *shape)
+        if "bias" in want:
+            new["bias"] = gb.reshape(n_tasks, *shape)
+        self._add(name, new)
+        if not full:
+            return None
+        return gw.sum(0).reshape(shape), gb.sum(0).reshape(shape)
+
+    def linear_blocks(
+        self, name: str, module: nn.Linear, x: Tensor, g: Tensor
+    ) -> tuple[Tensor, Tensor | None] | None:
         """Inside :class:`FusedLinear`'s backward: record the per-task blocks of the weight (and
-        bias) gradient; return their sum when the tasks' rows cover the batch, else ``None``."""
+        bias) gradient; return their sums over tasks (weight, bias or ``None``) when the tasks'
+        rows cover the batch, else ``None``."""
         st = self._step
         if st is None or name not in st.covered:
             return None
@@ -145,16 +204,15 @@ class RowsHooks:
             raw = torch.stack([gt.T @ xt for gt, xt in zip(gs, xs, strict=True)])
             bias = torch.stack([gt.sum(0) for gt in gs]) if module.bias is not None else None
             full = sum(gt.shape[0] for gt in gs) == g.reshape(-1, g.shape[-1]).shape[0]
-        scale = torch.tensor(st.scale, dtype=dt, device=g.device)
-        new = {"weight": raw.to(dt) * scale.view(-1, 1, 1)}
+        new = {"weight": raw.to(dt)}  # unscaled: 1 / w_t is applied to the Gram (_finish)
         if bias is not None and module.bias.requires_grad:
-            new["bias"] = bias.to(dt) * scale.view(-1, 1)
+            new["bias"] = bias.to(dt)
         if not module.weight.requires_grad:
             del new["weight"]
         self._add(name, new)
         if not full:
             return None
-        return raw.sum(0, dtype=dt)
+        return raw.sum(0, dtype=dt), None if bias is None else bias.sum(0, dtype=dt)
 
     def captured(self) -> set[str]:
         """Shared modules whose forward ran while armed with inputs of the batch's leading size.
@@ -191,20 +249,29 @@ class RowsHooks:
         layout: Layout,
         units: bool,
         covered: set[str],
+        train: bool = True,
     ) -> dict[int, tuple[Tensor, Tensor | None]]:
         """``total.backward()`` while the hooks of the ``covered`` modules reduce per-task blocks
-        to Grams.
+        to Grams (``train=False``: ``torch.autograd.grad`` to the shared parameters instead, so
+        no ``.grad`` changes and the graph is kept).
 
         Returns:
             For each shared parameter index the hooks covered, ``(gram [T, T], unit | None)``.
         """
         scale = [1.0 / w for w in weights]
         self._step = Step(
-            list(rows), scale, layout, units, dict(self._calls), covered, _even(rows),
+            list(rows), scale, layout, units, dict(self._calls), covered, even_rows(rows),
             {n: i for i, n in enumerate(layout.names)},
         )  # fmt: skip
+        if any(w != 1.0 for w in weights):
+            sc = torch.tensor(scale, dtype=torch.float64)
+            self._step.outer = sc[:, None] * sc[None, :]
         try:
-            total.backward()
+            if train:
+                total.backward()
+            else:
+                wanted = [p for p in layout.params if p.requires_grad]
+                torch.autograd.grad(total, wanted, retain_graph=True, allow_unused=True)
             for name in {*self._step.blocks, *self._step.sparse}:
                 self._finish(name)
             return self._step.done
@@ -251,10 +318,15 @@ class RowsHooks:
         for local, stack in blocks.items():
             i = st.index.get(prefix + local)
             if i is not None:
-                st.done[i] = param_stats(stack, st.layout.units[i] if st.units else 0)
+                gram, unit = param_stats(stack, st.layout.units[i] if st.units else 0)
+                if st.outer is not None:  # blocks of Σ_t w_t L_t: gram[t, s] / (w_t w_s)
+                    outer = st.outer.to(gram.device, gram.dtype)
+                    gram = gram * outer
+                    unit = None if unit is None else unit * outer
+                st.done[i] = (gram, unit)
 
 
-def _even(rows: Sequence[slice | Tensor]) -> int:
+def even_rows(rows: Sequence[slice | Tensor]) -> int:
     """n when ``rows[t] == slice(t * n, (t + 1) * n)`` for every task t, else 0."""
     first = rows[0]
     if not isinstance(first, slice) or first.start not in (0, None) or first.stop is None:
@@ -266,6 +338,13 @@ def _even(rows: Sequence[slice | Tensor]) -> int:
         if (r.start or 0) != t * n or r.stop != (t + 1) * n:
             return 0
     return int(n) if n > 0 else 0
+
+
+def _autocast(x: Tensor) -> bool:
+    try:
+        return bool(torch.is_autocast_enabled(x.device.type))
+    except TypeError:  # torch < 2.4: no device argument
+        return bool(torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled())
 
 
 def _remove_all(handles: list[Any], patched: list[nn.Module]) -> None:

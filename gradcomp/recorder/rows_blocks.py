@@ -1,7 +1,8 @@
 """Per-task gradient blocks of LayerNorm, Embedding and (hooked) Linear modules for ``"rows"``.
 
 With ``G`` the output gradient of the one backward of ``Σ_t w_t L_t`` and ``X`` the module input,
-task t's gradient is computed from its rows only and divided by ``w_t`` (see
+the block of task t is computed from its rows only: it is ``w_t ∂L_t/∂θ``; the recorder divides
+the Gram entries by ``w_t w_s`` (:attr:`Step.outer`) instead of dividing T blocks (see
 :mod:`gradcomp.recorder.rows`).
 """
 
@@ -15,7 +16,7 @@ from torch import Tensor, nn
 
 from gradcomp.recorder.shared import Layout
 
-__all__ = ["Step", "blocks", "compact", "embedding_rows", "supported"]
+__all__ = ["Step", "blocks", "compact", "embedding_rows", "supported", "wanted"]
 
 
 def supported(module: nn.Module) -> tuple[str, ...]:
@@ -43,6 +44,7 @@ class Step:
     covered: set[str]
     even: int  # rows per task when rows are equal consecutive slices in task order, else 0
     index: dict[str, int] = field(default_factory=dict)
+    outer: Tensor | None = None  # scale[t] * scale[s] (float64), None when every scale is 1
     want: dict[int, set[str]] = field(default_factory=dict)
     arrived: dict[str, int] = field(default_factory=dict)
     blocks: dict[str, dict[str, Tensor]] = field(default_factory=dict)
@@ -52,13 +54,19 @@ class Step:
 
 def blocks(module: nn.Module, x: Tensor, g: Tensor, st: Step, dt: torch.dtype) -> dict[str, Tensor]:
     """Per-task gradients ``[T, *shape]`` of the module's trainable parameters."""
+    want = wanted(module, st)
+    if st.even:
+        return _even_blocks(module, x, g, st, dt, want)
+    return _loop_blocks(module, x, g, st.rows, dt, want)
+
+
+def wanted(module: nn.Module, st: Step) -> set[str]:
+    """The module's supported parameters that exist and require grad (cached per step)."""
     want = st.want.get(id(module))
     if want is None:
         want = {n for n in supported(module) if getattr(module, n, None) is not None}
         want = st.want[id(module)] = {n for n in want if getattr(module, n).requires_grad}
-    if st.even:
-        return _even_blocks(module, x, g, st, dt, want)
-    return _loop_blocks(module, x, g, st.rows, st.scale, dt, want)
+    return want
 
 
 def _even_blocks(
@@ -68,8 +76,6 @@ def _even_blocks(
     n_tasks = len(st.rows)
     cut = n_tasks * st.even
     g3 = g[:cut].to(dt).reshape(n_tasks, -1, g.shape[-1])
-    if any(s != 1.0 for s in st.scale):
-        g3 = g3 * torch.tensor(st.scale, dtype=dt, device=g.device).view(-1, 1, 1)
     out: dict[str, Tensor] = {}
     if isinstance(module, nn.Linear):
         if "weight" in want:
@@ -101,7 +107,6 @@ def _loop_blocks(
     x: Tensor,
     g: Tensor,
     rows: Sequence[slice | Tensor],
-    scale: Sequence[float],
     dt: torch.dtype,
     want: set[str],
 ) -> dict[str, Tensor]:
@@ -110,9 +115,8 @@ def _loop_blocks(
     if isinstance(module, nn.LayerNorm):
         xhat = _normalize(module, x, dt)
     rows = [r.to(g.device) if isinstance(r, Tensor) else r for r in rows]
-    for idx, s in zip(rows, scale, strict=True):
+    for idx in rows:
         gt = g[idx].to(dt)
-        gt = gt if s == 1.0 else gt * s
         if isinstance(module, nn.Linear):
             gt2 = gt.reshape(-1, gt.shape[-1])
             if "weight" in want:
@@ -132,12 +136,12 @@ def _loop_blocks(
 def embedding_rows(
     module: nn.Embedding, ids: Tensor, g: Tensor, st: Step, dt: torch.dtype
 ) -> list[tuple[Tensor, Tensor]]:
-    """Per task: the token ids it used and their (scaled) output gradients."""
+    """Per task: the token ids it used and their output gradients (unscaled)."""
     per_task = []
     rows = [r.to(ids.device) if isinstance(r, Tensor) else r for r in st.rows]
-    for idx, s in zip(rows, st.scale, strict=True):
+    for idx in rows:
         flat = ids[idx].reshape(-1)
-        gf = g[idx].to(dt).reshape(-1, g.shape[-1]) * s
+        gf = g[idx].to(dt).reshape(-1, g.shape[-1])
         if module.padding_idx is not None:
             keep = flat != module.padding_idx
             flat, gf = flat[keep], gf[keep]

@@ -20,8 +20,11 @@ __all__ = ["FusedLinear", "patchable"]
 
 
 class _Sink(Protocol):
-    def linear_blocks(self, name: str, module: nn.Linear, x: Tensor, g: Tensor) -> Tensor | None:
-        """Record the per-task blocks; return ``Σ_t`` blocks (the weight gradient) or ``None``."""
+    def linear_blocks(
+        self, name: str, module: nn.Linear, x: Tensor, g: Tensor
+    ) -> tuple[Tensor, Tensor | None] | None:
+        """Record the per-task blocks; return ``Σ_t`` blocks (weight and bias gradients) or
+        ``None``."""
         ...
 
 
@@ -54,15 +57,18 @@ class FusedLinear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         cd = g.dtype  # the forward's compute dtype (bf16 under autocast)
         gx = g.matmul(weight.to(cd)) if ctx.needs_input_grad[0] else None
-        gw = gb = None
+        gw = gb = sums = None
         if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
-            gw = ctx.sink.linear_blocks(ctx.name, ctx.module, x, g)
+            sums = ctx.sink.linear_blocks(ctx.name, ctx.module, x, g)
         if ctx.needs_input_grad[1]:
-            if gw is None:
+            if sums is None:
                 gw = g.reshape(-1, g.shape[-1]).T @ x.to(cd).reshape(-1, x.shape[-1])
+            else:
+                gw = sums[0]
             gw = gw.to(weight.dtype)
-        else:
-            gw = None
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            gb = g.reshape(-1, g.shape[-1]).sum(0).to(ctx.module.bias.dtype)
+            gb = sums[1] if sums is not None else None
+            if gb is None:
+                gb = g.reshape(-1, g.shape[-1]).sum(0)
+            gb = gb.to(ctx.module.bias.dtype)
         return gx, gw, gb, None, None, None

@@ -10,7 +10,14 @@ from torch import Tensor, nn
 
 from gradcomp.recorder._inputs import weighted_total
 from gradcomp.recorder.batched import stacks_from_jacobian
-from gradcomp.recorder.rows import RowsHooks, as_row_index, check_disjoint, check_rows, supported
+from gradcomp.recorder.rows import (
+    RowsHooks,
+    as_row_index,
+    check_disjoint,
+    check_rows,
+    even_rows,
+    supported,
+)
 from gradcomp.recorder.rows_check import verify_rows
 from gradcomp.recorder.shared import Layout
 from gradcomp.recorder.stats import ParamStats, from_stacks
@@ -37,6 +44,7 @@ def rows_stats(
     rows: Mapping[str, Any],
     units: bool,
     verify: bool = False,
+    train: bool = True,
 ) -> ParamStats:
     """One recorded ``"rows"`` step: per-parameter Gram entries, and ``.grad`` from one backward.
 
@@ -54,6 +62,8 @@ def rows_stats(
         units: also per-unit Grams.
         verify: check ``rows=`` against the graph first (:func:`.rows_check.verify_rows`; the
             hooks must have kept this step's outputs).
+        train: back-propagate into ``.grad``; else leave every ``.grad`` alone and keep the
+            graph (``Recorder.observe``).
 
     Returns:
         The per-parameter statistics.
@@ -66,7 +76,8 @@ def rows_stats(
     device = ordered[0].device
     captured = hooks.captured()
     idx = [as_row_index(rows[t], hooks.batch_size) for t in tasks]
-    check_disjoint(idx, hooks.batch_size)
+    if not even_rows(idx):  # equal consecutive slices in task order are disjoint
+        check_disjoint(idx, hooks.batch_size)
     if verify:
         kept = {n: outs for n, outs in hooks.outputs.items() if n in captured}  # forward order
         hooks.outputs.clear()
@@ -87,7 +98,7 @@ def rows_stats(
         for k, i in enumerate(rest):
             extra[i] = (ps.gram[k], ps.units[k] if ps.units else None)
     total = weighted_total(ordered, weights)
-    done = hooks.run(total, idx, weights, layout, units, captured)
+    done = hooks.run(total, idx, weights, layout, units, captured, train)
     done.update(extra)
     t = len(ordered)
     grams: list[Tensor] = []
