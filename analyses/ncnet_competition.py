@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t0
     summary.write(
         path,
-        values(out),
+        {**values(out), "steps": args.steps},
         run_id=run_id,
         argv=["analyses/ncnet_competition.py", *(sys.argv[1:] if argv is None else argv)],
         timings={"wall_s": wall},

@@ -35,6 +35,9 @@ PER_CELL = (
     "cbd_margin",
     "cbd_margin_lo",
     "cbd_margin_hi",
+    "cbd_p_value",
+    "s_odd",
+    "remote_flip_fraction",
     "S_degenerate",
     "S_trivial",
     "n_excluded",
@@ -116,9 +119,21 @@ def main(argv: list[str] | None = None) -> int:
             "seeds_per_cell": args.seeds,
             "steps": args.steps,
             "chunks": n_chunks,
+            "backend": args.backend,
+            "workers": args.workers or "one per core",
             "chunks_computed": computed,
             "cells": {v: grid[v].values for v in PER_CELL if v in grid},
             "max_cbd_margin": float(grid["cbd_margin"].max()),
+            "max_cbd_margin_hi": float(grid["cbd_margin_hi"].max()),
+            "n_cells": int(grid["S"].size),
+            "n_cells_S_above_2": int((grid["S_lo"] > 2).sum()),
+            "n_cells_contextual": int((grid["cbd_margin_lo"] > 0).sum()),
+            "by_width": {
+                f"{v}_{f}": getattr(grid[v], f)("lr").values
+                for v in ("S", "delta", "remote_flip_fraction")
+                for f in ("min", "max")
+            },
+            "max_delta": float(grid["delta"].max()),
         },
         run_id=run_id,
         argv=["analyses/phase_diagram.py", *(sys.argv[1:] if argv is None else argv)],

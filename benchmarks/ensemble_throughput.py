@@ -6,7 +6,11 @@ compiled kernel on the CPU) runs it in full (or ``--seeds``/``--steps`` of it). 
 of the fast path, the generic ``vmap(grad)`` trainer and the per-seed loop (``train_loop``: plain
 autograd, the test reference) run on subsets in the same process, tracing only their last step,
 and their times are scaled linearly to the full sweep. Prints one table; speed-ups are against
-the loop measured in this run.
+the loop measured in this run. Writes the committed summary
+``benchmarks/summaries/ensemble_throughput.json`` (``--summary`` to change): per method the
+measured subset, its wall and CPU seconds scaled to the full sweep, and the speed-ups over the loop
+by wall and by CPU time, with the machine and its load (on a shared machine read the CPU columns:
+with ``--threads 1`` the process's CPU time is the single thread's).
 
     python benchmarks/ensemble_throughput.py                 # full sweep
     python benchmarks/ensemble_throughput.py --seeds 512 --steps 500 --threads 1
@@ -17,11 +21,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+from pathlib import Path
 
 import torch
 
+from gradcomp import summary
 from gradcomp.ncnet import NCnetConfig, run
+
+SUMMARY = summary.ROOT / "benchmarks" / "summaries" / "ensemble_throughput.json"
 
 
 def _timed(fn) -> tuple[float, float, object]:
@@ -35,7 +44,7 @@ def _timed(fn) -> tuple[float, float, object]:
     return time.perf_counter() - t, time.process_time() - c, out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--seeds", type=int, default=2000)
     p.add_argument("--steps", type=int, default=2000)
@@ -51,7 +60,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
-    args = p.parse_args()
+    p.add_argument("--summary", type=Path, default=SUMMARY)
+    args = p.parse_args(argv)
+    load0, t_start = summary.load_average(), time.perf_counter()
     torch.set_num_threads(args.threads)
     widths = list(range(1, args.widths + 1))
     full = len(widths) * 4 * args.seeds * args.steps  # run-steps of the full sweep
@@ -66,15 +77,19 @@ def main() -> None:
     rows = []
     t, f, c, be = go(args.seeds, args.steps, True, chunk=args.chunk, backend=args.backend)
     rows.append((f"fast, backend {be}", f"{args.seeds} x {args.steps} (traced)", t, f, c))
+    keys = ["fast_" + be]
     if be != "torch":
         t, f, c, _ = go(
             args.torch_seeds, args.torch_steps, False, chunk=args.chunk, backend="torch"
         )
         rows.append(("fast, backend torch", f"{args.torch_seeds} x {args.torch_steps}", t, f, c))
+        keys.append("fast_torch")
     t, f, c, _ = go(args.vmap_seeds, args.vmap_steps, False, method="vmap")
     rows.append(("vmap(grad), torch.func", f"{args.vmap_seeds} x {args.vmap_steps}", t, f, c))
+    keys.append("vmap")
     t, f, c, _ = go(args.loop_seeds, args.loop_steps, False, method="loop")
     rows.append(("per-seed loop (autograd)", f"{args.loop_seeds} x {args.loop_steps}", t, f, c))
+    keys.append("loop")
     loop_wall, loop_cpu = rows[-1][3], rows[-1][4]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
@@ -91,6 +106,37 @@ def main() -> None:
             f"{name:<26} {what:<26} {t:>8.2f} {f:>13.1f} {loop_wall / f:>7.0f}x "
             f"{c:>17.1f} {loop_cpu / c:>7.0f}x"
         )
+    methods = {
+        key: {
+            "measured": what,
+            "wall_s": t,
+            "full_sweep_wall_s": f,
+            "full_sweep_cpu_s": c,
+            "speedup_wall": loop_wall / f,
+            "speedup_cpu": loop_cpu / c,
+        }
+        for key, (_, what, t, f, c) in zip(keys, rows, strict=True)
+    }
+    summary.write(
+        args.summary,
+        {
+            "full_sweep": {
+                "widths": args.widths,
+                "setting_pairs": 4,
+                "seeds": args.seeds,
+                "steps": args.steps,
+            },
+            "threads": args.threads,
+            "device": args.device,
+            "dtype": args.dtype,
+            "methods": methods,
+        },
+        run_id=summary.new_run_id(),
+        argv=["benchmarks/ensemble_throughput.py", *(sys.argv[1:] if argv is None else argv)],
+        timings={"wall_s": time.perf_counter() - t_start},
+        load_start=load0,
+    )
+    print(f"wrote {args.summary}")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,31 @@ def tiny(tmp_path_factory) -> tuple[xr.Dataset, Path]:
     return xr.open_dataset(out / "lora_rank.nc", engine="h5netcdf").load(), out
 
 
+def test_tiny_summary_json_matches_the_dataset(tiny):
+    """lora_rank.py's summary (quoted in the docs) against a per-run loop over the dataset."""
+    from gradcomp import summary
+
+    ds, out = tiny
+    doc = summary.read(out / "lora_rank.json")
+    v = doc["values"]
+    assert doc["timings"]["wall_s"] > 0 and doc["machine"]["logical_cores"] >= 1
+    assert v["pool"]["n_words"] == v["pool"]["n_train"] + v["pool"]["n_heldout"]
+    end = ds.isel(step=-1)
+    for i, r in enumerate(ds["rank"].values):
+        for head, own, remote, var in (("A", "alice", "bob", "a"), ("B", "bob", "alice", "b")):
+            for x in (1, 2):
+                acc, plus = [], []
+                for s in ds["seed"].values:
+                    for y in (1, 2):
+                        cell = end.sel(rank=r, seed=s, **{own: x, remote: y})
+                        acc.append(float(cell["heldout_acc"].sel(task=head)))
+                        plus.append(float(cell[var]) == 1)
+                task = v["tasks"][f"{head}{x}"]
+                assert task["heldout_acc_mean"][i] == pytest.approx(np.mean(acc), abs=1e-3)
+                assert task["heldout_acc_sd"][i] == pytest.approx(np.std(acc, ddof=1), abs=1e-3)
+                assert task["share_plus"][i] == pytest.approx(np.mean(plus), abs=1e-3)
+
+
 def test_tiny_experiment_dataset(tiny):
     ds, _ = tiny
     assert ds.attrs["method"] == "vmap"
