@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 import gradcomp
+from gradcomp import summary as gsummary
 
 EVERY = (1, 4, 16, 64)
 STRATEGIES = ("auto", "loop", "batched", "features", "rows")
@@ -302,8 +303,9 @@ def main() -> None:
     if torch.cuda.is_available() and not args.cpu_only:
         configs.append(("cuda", "bert-base"))
     command = "python benchmarks/record_overhead.py " + " ".join(sys.argv[1:])
+    start, load_start = time.perf_counter(), gsummary.load_average()
     summary: dict[str, Any] = {
-        "machine": f"{_cpu_name()}, {os.cpu_count()} CPUs, {platform.system()}",
+        "cpu": f"{_cpu_name()}, {os.cpu_count()} CPUs, {platform.system()}",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "clock": "thread CPU time (CPU), wall clock (CUDA)",
@@ -311,7 +313,8 @@ def main() -> None:
         "results": {},
     }
     if args.summary.exists():  # keep the other configurations' results (one entry per model)
-        summary["results"] = json.loads(args.summary.read_text()).get("results", {})
+        old = json.loads(args.summary.read_text())
+        summary["results"] = old.get("values", old).get("results", {})
     for device, model in configs:
         name = "BERT-base, bf16 autocast" if device == "cuda" else f"BERT-style {model}, fp32"
         card = torch.cuda.get_device_name() if device == "cuda" else "CPU"
@@ -353,8 +356,10 @@ def main() -> None:
                 if i
             },
         }
-    args.summary.parent.mkdir(parents=True, exist_ok=True)
-    args.summary.write_text(json.dumps(summary, indent=1) + "\n")
+    timings = {"wall_s": time.perf_counter() - start}
+    gsummary.write(
+        args.summary, summary, run_id=gsummary.new_run_id(), timings=timings, load_start=load_start
+    )
     print(f"\nsummary: {args.summary}")
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import xarray as xr
 
+from gradcomp import summary as gsummary
 from gradcomp.plot.lora import conflict_vs_rank, s_vs_generalization, s_vs_rank
 
 HERE = Path(__file__).resolve().parent
@@ -24,6 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--summary", default="results/lora_rank_summary.nc")
     parser.add_argument("--out", default=str(HERE / "lora_rank.png"))
+    parser.add_argument(
+        "--stamp",
+        default="analyses/summaries/lora_rank.json",
+        help="the committed summary of the same run, stamped into the figure ('' for none)",
+    )
     parser.add_argument("--dpi", type=int, default=110)
     args = parser.parse_args(argv)
     plt.switch_backend("Agg")
@@ -37,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     seeds = int(summary["n_seeds"].max()) if "n_seeds" in summary else "?"
     rule = summary.attrs.get("outcome_rule", "")
     fig.suptitle(f"MiniLM + LoRA on wordfreq words: {seeds} seeds per setting pair; outcome {rule}")
-    fig.savefig(args.out, dpi=args.dpi)
+    if args.stamp:
+        gsummary.savefig(fig, args.out, args.stamp, dpi=args.dpi)
+    else:
+        fig.savefig(args.out, dpi=args.dpi)
     print(f"wrote {args.out}")
     return 0
 

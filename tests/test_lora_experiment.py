@@ -94,6 +94,7 @@ def test_tiny_summary_and_figure(tiny, tmp_path):
     assert "sensing" in summary.attrs  # 2 seeds: skipped, and it says so
     png = tmp_path / "fig.png"
     args = ["--summary", str(out / "lora_rank_summary.nc"), "--out", str(png), "--dpi", "40"]
+    args += ["--stamp", ""]
     assert load_script("figures/lora_rank.py").main(args) == 0
     assert png.stat().st_size > 1000
 
