@@ -78,7 +78,9 @@ def _check_flat(rec: Any, held: list[int], objects: list[int], flush_every: int)
     # the stated bound: at most flush_every - 1 steps are held between flushes, whatever the length
     assert max(held) <= (flush_every - 1) * per_step
     assert held == [(n % flush_every) * per_step for n in range(1, len(held) + 1)]
-    assert max(objects) - min(objects) < 200  # no Python object kept per step
+    # no Python object kept per step (hundreds of steps between these counts); the first count
+    # is left out: lazy imports and caches of the I/O stack may still settle at the first flushes
+    assert max(objects[1:]) - min(objects[1:]) < 200
     assert rec.nbytes == 0  # flushed on exit
     on_file = xr.open_dataset(rec.path, engine="h5netcdf")
     assert on_file.sizes["step"] == len(held)
