@@ -420,3 +420,19 @@ def test_interval_contains_estimate_and_margin_bounds_are_ordered() -> None:
     assert (est.cbd_margin <= est.cbd_margin_hi + 1e-12).all()
     assert (est.C_lo <= est.C).all() and (est.C <= est.C_hi).all()
     assert ((est.cbd_p_value >= 0) & (est.cbd_p_value <= 1)).all()
+
+
+def test_margin_is_exactly_zero_when_signaling_accounts_for_s_odd() -> None:
+    """s_odd = 2 + Δ with fractions that do not sum exactly in floating point: margin 0, not 4e-16."""
+    rng = np.random.default_rng(5)
+    for n in (7, 30, 301):
+        # at Alice's setting 1, A follows Bob's setting on a random share f of seeds; B = +1:
+        # C12 = 1 − 2f, the other C = 1, so s_odd = 2 + 2f and Δ = 2f
+        follows = rng.random(n) < 0.37
+        a = np.ones((n, 2, 2))
+        a[follows, 0, 1] = -1
+        b = np.ones((n, 2, 2))
+        est = estimate(a, b)
+        s_odd, delta = float(est.s_odd), float(est.delta)
+        assert s_odd == pytest.approx(2 + delta, abs=1e-12)
+        assert float(est.cbd_margin) == 0.0
