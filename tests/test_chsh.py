@@ -423,7 +423,7 @@ def test_interval_contains_estimate_and_margin_bounds_are_ordered() -> None:
 
 
 def test_margin_is_exactly_zero_when_signaling_accounts_for_s_odd() -> None:
-    """s_odd = 2 + Δ with fractions that do not sum exactly in floating point: margin 0, not 4e-16."""
+    """s_odd = 2 + Δ from fractions that do not sum exactly in floats: margin 0, not 4e-16."""
     rng = np.random.default_rng(5)
     for n in (7, 30, 301):
         # at Alice's setting 1, A follows Bob's setting on a random share f of seeds; B = +1:
