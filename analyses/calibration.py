@@ -61,7 +61,7 @@ import xarray as xr
 
 from gradcomp import summary as gsummary
 from gradcomp._dims import ALICE, BOB, SEED, STEP, TASK
-from gradcomp.analyze import correlate, lagged, sensing
+from gradcomp.analyze import lagged, sensing
 from gradcomp.chsh import estimate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,30 +181,9 @@ CORR_ALTS = {"random_walk_rho05": (1.0, 0.5), "ar1_05_rho04": (0.5, 0.4)}
 
 
 def correlate_rates(design: str, reps: int, n_boot: int, phi: float, rho: float = 0.0) -> dict:
-    """As ``tests/test_analyze_correlate.py::null_rates``: same draws, same calls."""
-    g = np.random.default_rng(11)
-    seeds, steps = (16, 60) if design == "seed" else (1, 200)
-    x, y = sim.pair(g, reps, seeds, steps, phi, rho)
-    lo, hi, p = [], [], []
-    for i in range(reps):
-        if design == "seed":
-            a, b = (xr.DataArray(v[i], dims=(SEED, STEP)) for v in (x, y))
-            out = correlate(
-                a,
-                b,
-                (SEED, STEP),
-                serial=STEP,
-                n_boot=n_boot,
-                n_permutations=n_boot,
-                random_state=i,
-            )
-        else:
-            a, b = (xr.DataArray(v[i, 0], dims=STEP) for v in (x, y))
-            out = correlate(a, b, STEP, serial=STEP, random_state=i)
-        lo.append(float(out["pearson_lo"]))
-        hi.append(float(out["pearson_hi"]))
-        p.append(float(out["pearson_p"]))
-    return _rates(lo, hi, p, rho)
+    """The rates of ``tests/test_analyze_correlate.py::null_rates``: the same draws and calls."""
+    lo, hi, p = sim.correlate_intervals(design, reps, n_boot, phi, rho)
+    return _rates(list(lo), list(hi), list(p), rho)
 
 
 def correlate_table(reps: int, n_boot: int) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
-from _simulate import pair
+from _simulate import correlate_intervals, pair
 from scipy import stats
 
 from gradcomp._dims import SEED, STEP, WIDTH
@@ -154,30 +154,9 @@ def test_seed_design_pooled_estimate_and_permutation_against_loops() -> None:
 
 def null_rates(design: str, reps: int, n_boot: int, phi: float, rho: float = 0.0):
     """Share of replications whose interval excludes 0 / whose p < 0.05 / that cover rho."""
-    g = np.random.default_rng(11)
-    seeds, steps = (16, 60) if design == "seed" else (1, 200)
-    x, y = pair(g, reps, seeds, steps, phi, rho)
-    excl = rej = cover = 0
-    for i in range(reps):
-        if design == "seed":
-            a, b = (xr.DataArray(v[i], dims=(SEED, STEP)) for v in (x, y))
-            out = correlate(
-                a,
-                b,
-                (SEED, STEP),
-                serial=STEP,
-                n_boot=n_boot,
-                n_permutations=n_boot,
-                random_state=i,
-            )
-        else:
-            a, b = (xr.DataArray(v[i, 0], dims=STEP) for v in (x, y))
-            out = correlate(a, b, STEP, serial=STEP, random_state=i)
-        lo, hi = float(out["pearson_lo"]), float(out["pearson_hi"])
-        excl += not lo <= 0 <= hi
-        rej += float(out["pearson_p"]) < 0.05
-        cover += lo <= rho <= hi
-    return excl / reps, rej / reps, cover / reps
+    lo, hi, p = correlate_intervals(design, reps, n_boot, phi, rho)
+    excl = ~((lo <= 0) & (0 <= hi))
+    return excl.mean(), (p < 0.05).mean(), ((lo <= rho) & (rho <= hi)).mean()
 
 
 MODELS = [("AR(1) 0.5", 0.5), ("AR(1) 0.9", 0.9), ("random walk", 1.0)]
