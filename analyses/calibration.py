@@ -60,8 +60,8 @@ import numpy as np
 import xarray as xr
 
 from gradcomp import summary as gsummary
-from gradcomp._dims import ALICE, BOB, SEED, STEP, TASK
-from gradcomp.analyze import lagged, sensing
+from gradcomp._dims import SEED, STEP, TASK
+from gradcomp.analyze import lagged
 from gradcomp.chsh import estimate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -226,24 +226,8 @@ def lagged_table(reps: int, n_boot: int, truth_seeds: int) -> dict:
     return table
 
 
-def _sensing_runs(reps: int, steps: int, window: int, shift: float, n_perm: int) -> xr.Dataset:
-    """As ``tests/test_analyze_sensing.py::null_sensing`` (16 seeds)."""
-    seeds = 16
-    traces = sim.sensing_traces(np.random.default_rng(3), reps, seeds, steps, shift)
-    coords = {SEED: np.arange(seeds), ALICE: [1, 2], BOB: [1, 2], STEP: np.arange(steps)}
-    outs = []
-    for i in range(reps):
-        ds = xr.Dataset(
-            {"loss": ((SEED, ALICE, BOB, STEP, TASK), traces[i])},
-            coords={**coords, TASK: ["A", "B"]},
-        )
-        out = sensing(ds, window=window, n_permutations=n_perm, n_boot=n_perm, random_state=i)
-        outs.append(out[["p_value", "onset", "accuracy", "accuracy_lo", "accuracy_hi"]])
-    return xr.concat(outs, dim="rep")
-
-
 def sensing_table(reps: int, n_perm: int) -> dict:
-    null = _sensing_runs(reps, 50, 5, 0.0, n_perm)
+    null = sim.sensing_runs(reps, 16, 50, 5, 0.0, n_perm)
     table: dict[str, Any] = {
         "null": {
             "p_below_005": float((null["p_value"] < ALPHA).mean()),
@@ -253,7 +237,7 @@ def sensing_table(reps: int, n_perm: int) -> dict:
         "coverage": {},
     }
     for key, shift in (("shift03", 0.3), ("shift3", 3.0)):
-        out = _sensing_runs(reps, 20, 10, shift, n_perm).sel({TASK: "A"})
+        out = sim.sensing_runs(reps, 16, 20, 10, shift, n_perm).sel({TASK: "A"})
         truth = out["accuracy"].mean("rep")
         cover = (out["accuracy_lo"] <= truth) & (truth <= out["accuracy_hi"])
         table["coverage"][key] = {

@@ -99,6 +99,30 @@ def sensing_traces(
     return loss
 
 
+def sensing_runs(
+    reps: int, seeds: int, steps: int, window: int, shift: float = 0.0, n_perm: int = 199
+) -> xr.Dataset:
+    """``sensing`` on ``reps`` sets of :func:`sensing_traces` (generator seed 3), dim ``rep``.
+
+    Seed effects and AR(1) noise, no common random numbers; ``shift = 0`` is the null (no trace
+    depends on the remote setting). ``random_state`` = the replication.
+    """
+    from gradcomp._dims import ALICE, BOB, SEED, STEP, TASK
+    from gradcomp.analyze import sensing
+
+    traces = sensing_traces(np.random.default_rng(3), reps, seeds, steps, shift)
+    coords = {SEED: np.arange(seeds), ALICE: [1, 2], BOB: [1, 2], STEP: np.arange(steps)}
+    outs = []
+    for i in range(reps):
+        ds = xr.Dataset(
+            {"loss": ((SEED, ALICE, BOB, STEP, TASK), traces[i])},
+            coords={**coords, TASK: ["A", "B"]},
+        )
+        kw = {"n_permutations": n_perm, "n_boot": n_perm, "random_state": i}
+        outs.append(sensing(ds, window=window, **kw))
+    return xr.concat(outs, dim="rep")
+
+
 def no_lead(g: np.random.Generator, reps: int, seeds: int, steps: int, rho: float = 0.0):
     """Per seed: AR(1) 0.5 noise (innovations correlated rho, at lag 0 only), a seed random
     effect and one shared deterministic trend in both x and y: no lead, true asymmetry 0."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
-from _simulate import sensing_traces
+from _simulate import sensing_runs
 from scipy import stats
 
 from gradcomp._dims import ALICE, BOB, SEED, STEP, TASK, WIDTH
@@ -243,23 +243,8 @@ def test_max_statistic_adjustment_against_a_loop() -> None:
     assert qvalues is not None
 
 
-def null_sensing(reps: int, seeds: int, steps: int, window: int, shift: float = 0.0, rng=3):
-    """Sensing on synthetic traces (seed effects, AR(1) noise, no common random numbers)."""
-    g = np.random.default_rng(rng)
-    traces = sensing_traces(g, reps, seeds, steps, shift)
-    coords = {SEED: np.arange(seeds), ALICE: [1, 2], BOB: [1, 2], STEP: np.arange(steps)}
-    outs = []
-    for i in range(reps):
-        ds = xr.Dataset(
-            {"loss": ((SEED, ALICE, BOB, STEP, TASK), traces[i])},
-            coords={**coords, TASK: ["A", "B"]},
-        )
-        outs.append(sensing(ds, window=window, n_permutations=199, n_boot=199, random_state=i))
-    return xr.concat(outs, dim="rep")
-
-
 def test_decoder_is_calibrated_on_a_synthetic_null_fast() -> None:
-    out = null_sensing(40, 16, 50, 5)
+    out = sensing_runs(40, 16, 50, 5)
     assert float((out["p_value"] < 0.05).mean()) <= 0.09
     assert float(out["onset"].notnull().mean()) <= 0.15
 
@@ -268,7 +253,7 @@ def test_decoder_is_calibrated_on_a_synthetic_null_fast() -> None:
 def test_decoder_is_calibrated_on_a_synthetic_null() -> None:
     """No trace depends on the remote setting: the per-window test rejects at 3-7 %, and a
     false onset over 10 scanned windows happens in at most 7 % of curves."""
-    out = null_sensing(400, 16, 50, 5)
+    out = sensing_runs(400, 16, 50, 5)
     fpr = float((out["p_value"] < 0.05).mean())
     assert 0.03 <= fpr <= 0.07, fpr
     assert float(out["onset"].notnull().mean()) <= 0.07
@@ -279,7 +264,7 @@ def test_decoder_is_calibrated_on_a_synthetic_null() -> None:
 def test_accuracy_interval_covers(shift: float) -> None:
     """Coverage of the accuracy interval for a partial and a perfect (degenerate) decoder; the
     truth is the mean accuracy over the replications (the decoder's expected accuracy)."""
-    out = null_sensing(200, 16, 20, 10, shift).sel({TASK: "A"})
+    out = sensing_runs(200, 16, 20, 10, shift).sel({TASK: "A"})
     truth = out["accuracy"].mean("rep")
     cover = float(((out["accuracy_lo"] <= truth) & (truth <= out["accuracy_hi"])).mean())
     assert cover >= 0.93, (cover, truth.values)
