@@ -17,6 +17,7 @@ from os import PathLike
 from types import TracebackType
 from typing import Any
 
+import numpy as np
 import torch
 import xarray as xr
 from torch import Tensor, nn
@@ -34,7 +35,7 @@ from gradcomp.recorder.compiled import (
     rows_error,
 )
 from gradcomp.recorder.dataset import Steps
-from gradcomp.recorder.io import append_netcdf, read_steps
+from gradcomp.recorder.io import append_netcdf, keep_steps, read_steps
 from gradcomp.recorder.shared import (
     Layout,
     SharedSpec,
@@ -192,6 +193,7 @@ class Recorder:
         self._active = False
         self._compiled = is_compiled(model)  # also set by a compiled node in the first graph
         self._reached: dict[str, set[str]] | None = None
+        self._latest: tuple[int, Tensor, Tensor] | None = None
         # DistributedDataParallel syncs gradients in hooks that only ``backward()`` fires
         self._ddp = any(isinstance(m, nn.parallel.DistributedDataParallel) for m in model.modules())
         self._choice = StrategyChoice(
@@ -355,6 +357,41 @@ class Recorder:
             self._flushed += held
             self._steps.clear()
 
+    @property
+    def latest(self) -> tuple[int, np.ndarray, np.ndarray] | None:
+        """The most recently recorded step as ``(step, loss [T], gram [L+1, T, T])`` (float64
+        host arrays; ``grad_norm`` and ``cosine`` follow from ``gram``), flushed or not;
+        ``None`` before the first recorded step. For trainer loggers."""
+        if self._latest is None:
+            return None
+        step, loss, gram = self._latest
+        return step, loss.numpy(), gram.detach().to(torch.float64).cpu().numpy()
+
+    def resume(self, before: int) -> int:
+        """Continue the recording already at ``path`` (e.g. after resuming from a checkpoint).
+
+        The file's steps numbered below ``before`` are kept (later ones, recorded after the
+        checkpoint being resumed, are dropped, atomically), new steps are appended after them and
+        must be numbered ``before`` or later. Call inside the ``with`` block, before the first
+        ``backward``/``observe``. A missing file starts a new recording.
+
+        Args:
+            before: the first step of the resumed run (its ``global_step``).
+
+        Returns:
+            The number of steps kept.
+        """
+        if self.path is None:
+            raise ValueError("resume() needs record(..., path=...): the recording to continue")
+        if self.layout is not None and (self._recorded or len(self._steps)):
+            raise ValueError("resume() must come before the first recorded step")
+        kept, last = keep_steps(self.path, before)
+        self._flushed = kept
+        if last is not None:
+            self._last_step = last
+            self._counter = max(last + 1, operator.index(before))
+        return kept
+
     # -- internals ----------------------------------------------------------------------------
     def _config(self) -> dict[str, Any]:
         return {
@@ -490,6 +527,7 @@ class Recorder:
             values = torch.where(bad, torch.nan, values)
         gram, unit = self._check_gradients(step, gram, unit, bad, train)
         self._steps.add(step, values, gram, unit, full)
+        self._latest = (step, values, gram.detach())
         self._used.add(strategy)
 
 

@@ -20,7 +20,7 @@ import xarray as xr
 from gradcomp._dims import STEP
 from gradcomp.recorder.dataset import STEP_VARIABLES, Arrays
 
-__all__ = ["append_netcdf", "read_steps", "write_netcdf"]
+__all__ = ["append_netcdf", "keep_steps", "read_steps", "write_netcdf"]
 
 _CHUNK_BYTES = 1 << 18  # about 256 KiB per chunk along ``step``
 _MAX_CHUNK = 4096
@@ -137,3 +137,27 @@ def read_steps(path: str | os.PathLike[str], names: Sequence[str], n_steps: int)
         raise ValueError(
             f"{path} (where {n_steps} recorded step(s) were flushed) no longer exists"
         ) from err
+
+
+def keep_steps(path: str | os.PathLike[str], before: int) -> tuple[int, int | None]:
+    """Keep only the steps numbered below ``before`` of a recording file (atomically rewritten
+    when it holds later ones), for a run resumed at step ``before``.
+
+    Returns:
+        ``(steps kept, last kept step number or None)``; ``(0, None)`` when ``path`` is missing.
+    """
+    if not Path(path).is_file():
+        return 0, None
+    with xr.open_dataset(path, engine="h5netcdf") as ds:
+        steps = np.asarray(ds[STEP].values)
+        kept = int((steps < before).sum())
+        if kept and not (steps[:kept] < before).all():
+            raise ValueError(f"{path}: its steps are not in increasing order")
+        if kept < len(steps):
+            head = ds.isel({STEP: slice(0, kept)}).load()
+    if kept < len(steps):
+        if kept == 0:
+            Path(path).unlink()
+        else:
+            append_netcdf(head, path, None)
+    return kept, (int(steps[kept - 1]) if kept else None)

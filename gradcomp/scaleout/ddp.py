@@ -93,13 +93,20 @@ class DDPRecorder:
         ``L + (mean_r L.detach() − L.detach())`` has the global mean as value and the local
         graph, so ``.grad`` (and DDP's own all-reduce) is exactly as without recording.
         """
+        self.recorder.backward(self._global(losses), **kwargs)
+
+    def observe(self, losses: Mapping[str, Tensor], **kwargs: Any) -> None:
+        """Recorder ``observe`` (``.grad`` untouched) with the losses' values meaned over ranks,
+        as :meth:`backward`; for callbacks that record next to the trainer's own backward."""
+        self.recorder.observe(self._global(losses), **kwargs)
+
+    def _global(self, losses: Mapping[str, Tensor]) -> dict[str, Tensor]:
         names = list(losses)
         local = torch.stack([losses[n].detach().reshape(()) for n in names])
         total = local.clone()
         dist.all_reduce(total, op=dist.ReduceOp.SUM, group=self.group)
         shift = total / self._size - local
-        shifted = {n: losses[n] + shift[i] for i, n in enumerate(names)}
-        self.recorder.backward(shifted, **kwargs)
+        return {n: losses[n] + shift[i] for i, n in enumerate(names)}
 
     def to_dataset(self) -> Any:
         """The recording (identical on every rank)."""
