@@ -107,7 +107,7 @@ def test_hf_scalars_reach_tensorboard(tmp_path):
     logs = tmp_path / "tb"
     for native in (True, False):
         cb = GradcompCallback(["a", "b"], log_every=2)
-        args = {"report_to": ["tensorboard"], "logging_dir": str(logs / str(native))}
+        args = {"report_to": ["tensorboard"], "output_dir": str(logs / str(native))}
         _hf(tmp_path, cb, native=native, steps=5, args=args, attach=True)
         ds = cb.to_dataset()
         got = _tb_scalars(logs / str(native))
@@ -273,32 +273,34 @@ def test_lightning_resume_appends_to_the_recording(tmp_path):
     path = tmp_path / "rec.nc"
 
     def ckpt():
-        return pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3,
+        return pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4,
                                             save_top_k=-1)  # fmt: skip
 
     first = GradcompLightningCallback(["a", "b"], path=path, flush_every=100)
-    _lightning(first, native=True, batch=4, steps=3, ckpt=ckpt())
+    _lightning(first, native=True, batch=4, steps=4, ckpt=ckpt())  # one epoch
     before = xr.open_dataset(path, engine="h5netcdf").load()
-    assert list(before["step"].values) == [0, 1, 2]
+    assert list(before["step"].values) == [0, 1, 2, 3]
     saved = torch.load(next((tmp_path / "ckpt").iterdir()), weights_only=False)
     state = next(v for k, v in saved["callbacks"].items() if "GradcompLightningCallback" in k)
-    assert state == {"path": str(path), "steps": 3}
+    assert state == {"path": str(path), "steps": 4}
     again = GradcompLightningCallback(["a", "b"], path=path)
     resume = str(next((tmp_path / "ckpt").iterdir()))
-    _lightning(again, native=True, batch=4, steps=5, resume=resume)
+    _lightning(again, native=True, batch=4, steps=6, resume=resume)
     after = xr.open_dataset(path, engine="h5netcdf").load()
-    assert list(after["step"].values) == [0, 1, 2, 3, 4]
+    assert list(after["step"].values) == [0, 1, 2, 3, 4, 5]
     for name in ("loss", "gram"):
-        xr.testing.assert_equal(after[name].isel(step=slice(0, 3)), before[name])
+        xr.testing.assert_equal(after[name].isel(step=slice(0, 4)), before[name])
+    # resumed at an epoch's end (Lightning restarts a plain DataLoader's epoch), the resumed
+    # steps are those of an uninterrupted run
     straight = GradcompLightningCallback(["a", "b"])
-    _lightning(straight, native=True, batch=4, steps=5)
+    _lightning(straight, native=True, batch=4, steps=6)
     for name in ("loss", "gram"):
         xr.testing.assert_allclose(after[name], straight.to_dataset()[name], rtol=1e-10)
     # a recording that lost steps since the checkpoint is refused, not silently continued
     path.unlink()
     with pytest.raises(ValueError, match="holds 0 recorded step"):
         _lightning(GradcompLightningCallback(["a", "b"], path=path), native=True, batch=4,
-                   steps=5, resume=resume)  # fmt: skip
+                   steps=6, resume=resume)  # fmt: skip
 
 
 def test_lightning_version_and_sharding_errors(monkeypatch):

@@ -42,7 +42,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-import transformers
 from packaging.version import Version
 from transformers import TrainerCallback
 
@@ -55,6 +54,8 @@ MIN_TRANSFORMERS = "4.45"
 
 
 def _check_version() -> None:
+    import transformers  # the module now in sys.modules (transformers replaces its lazy module)
+
     found = getattr(transformers, "__version__", "0")
     if Version(found) < Version(MIN_TRANSFORMERS) or not hasattr(
         TrainerCallback, "on_pre_optimizer_step"
