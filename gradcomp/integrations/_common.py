@@ -91,13 +91,16 @@ def check_unsharded(model: nn.Module, *, strategy: Any = None, args: Any = None)
     fsdp = torch.distributed.fsdp if torch.distributed.is_available() else None
     kinds = tuple(
         k
-        for k in (getattr(fsdp, "FullyShardedDataParallel", None), getattr(fsdp, "FSDPModule", None))
+        for k in (
+            getattr(fsdp, "FullyShardedDataParallel", None),
+            getattr(fsdp, "FSDPModule", None),
+        )
         if k is not None
     )
     try:
         from torch.distributed.tensor import DTensor
     except ImportError:  # pragma: no cover - torch without distributed
-        DTensor = ()  # type: ignore[assignment,misc]  # noqa: N806
+        DTensor = ()  # type: ignore[assignment,misc]
     if kinds and any(isinstance(m, kinds) for m in model.modules()):
         reason = "the model is wrapped by FSDP (FullyShardedDataParallel / fully_shard)"
     elif any(isinstance(p, DTensor) for p in model.parameters()):
@@ -250,7 +253,7 @@ class Recording:
                 raise ValueError("under DDP the reduction is the mean over ranks: drop reduce=")
             from gradcomp.scaleout.ddp import record_ddp
 
-            rec = record_ddp(ddp, self.tasks, **kwargs)
+            rec: Any = record_ddp(ddp, self.tasks, **kwargs)
             if self._scaler is not None:
                 self._unscale = _Unscale(rec.recorder.reduce)
                 rec.recorder.reduce = self._unscale

@@ -47,12 +47,12 @@ try:
     import lightning.pytorch as _pl
     from lightning.pytorch.callbacks import Callback
 except ImportError:  # the standalone package
-    import pytorch_lightning as _pl  # type: ignore[no-redef]
-    from pytorch_lightning.callbacks import Callback  # type: ignore[no-redef]
+    import pytorch_lightning as _pl
+    from pytorch_lightning.callbacks import Callback
 
 from gradcomp.integrations._common import Recording, check_unsharded, same_path
 
-__all__ = ["GradcompLightningCallback", "GradcompLightningMixin", "MIN_LIGHTNING"]
+__all__ = ["MIN_LIGHTNING", "GradcompLightningCallback", "GradcompLightningMixin"]
 
 #: ``on_before_optimizer_step(trainer, pl_module, optimizer)`` (no ``opt_idx``) is 2.0's
 MIN_LIGHTNING = "2.0"
