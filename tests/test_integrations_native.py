@@ -473,3 +473,34 @@ def test_recorder_resume_keeps_the_steps_before_and_appends(tmp_path):
         _record_steps(path, [2], resume=3)
     # a missing file starts a new recording
     assert _record_steps(tmp_path / "new.nc", [7], resume=7).to_dataset().sizes["step"] == 1
+
+
+def test_lightning_fp16_with_a_gradscaler_records_unscaled_statistics():
+    pl = pytest.importorskip("pytorch_lightning")
+    from pytorch_lightning.plugins.precision import MixedPrecision
+
+    from gradcomp.integrations.lightning import GradcompLightningCallback
+
+    class Floats(Rows):
+        def __getitem__(self, i):
+            return {k: v.float() for k, v in super().__getitem__(i).items()}
+
+    def fit(scale):
+        module = _module(pl, native=True)
+        module.net.float()
+        scaler = None if scale is None else torch.amp.GradScaler("cpu", init_scale=scale)
+        cb = GradcompLightningCallback(["a", "b"])
+        trainer = pl.Trainer(
+            max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, callbacks=[cb],
+            plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)],
+        )  # fmt: skip
+        trainer.fit(module, torch.utils.data.DataLoader(Floats(), batch_size=N))
+        return cb, cb.to_dataset(), scaler
+
+    _, ref, _ = fit(None)  # fp16 autocast, no loss scaling
+    cb, ds, scaler = fit(2.0**10)
+    assert scaler is not None and scaler.get_scale() == 2.0**10  # no step skipped
+    assert cb._rec._unscale is not None and cb._rec._unscale.scale == 2.0**10  # it was scaled
+    xr.testing.assert_allclose(ds["loss"], ref["loss"], rtol=1e-6)
+    xr.testing.assert_allclose(ds["gram"], ref["gram"], rtol=1e-4, atol=1e-8)
