@@ -247,7 +247,8 @@ class Recording:
                 raise ValueError(
                     f"torch.distributed runs {world} ranks but the model is not wrapped in "
                     "DistributedDataParallel: gradcomp records only DDP (each rank's statistics "
-                    "would describe its local batch)"
+                    "would describe its local batch). A Hugging Face callback sees the DDP "
+                    "wrapper through the Trainer: use GradcompTrainerMixin or cb.attach(trainer)"
                 )
             if user_reduce is not None:
                 raise ValueError("under DDP the reduction is the mean over ranks: drop reduce=")
