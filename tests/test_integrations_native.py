@@ -504,3 +504,14 @@ def test_lightning_fp16_with_a_gradscaler_records_unscaled_statistics():
     assert cb._rec._unscale is not None and cb._rec._unscale.scale == 2.0**10  # it was scaled
     xr.testing.assert_allclose(ds["loss"], ref["loss"], rtol=1e-6)
     xr.testing.assert_allclose(ds["gram"], ref["gram"], rtol=1e-4, atol=1e-8)
+
+
+def test_more_than_one_rank_without_ddp_is_refused(monkeypatch):
+    from gradcomp.integrations import _common
+
+    monkeypatch.setattr(_common, "_world", lambda: (1, 2))
+    rec = Recording(["a", "b"], {"path": "never.nc"})
+    with pytest.raises(ValueError, match=r"2 ranks.*not wrapped in DistributedDataParallel"):
+        rec.start(TwoTask())
+    with pytest.raises(ValueError, match="log_every"):
+        Recording(["a", "b"], {}, log_every=-1)
