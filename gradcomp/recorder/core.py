@@ -33,7 +33,7 @@ from gradcomp.recorder.compiled import (
     is_compiled,
     rows_error,
 )
-from gradcomp.recorder.dataset import Steps
+from gradcomp.recorder.dataset import Steps, records_rep_gram
 from gradcomp.recorder.io import append_netcdf, read_steps
 from gradcomp.recorder.shared import (
     Layout,
@@ -198,6 +198,7 @@ class Recorder:
             model, self.weights, strategy, reduce=reduce, store=store, units=units,
             schedule=self._schedule, ddp=self._ddp,
         )  # fmt: skip
+        self._rep_gram = records_rep_gram(self._config())  # the Dataset gets ``rep_gram``
         if shared is not None:
             self.layout = make_layout(model, resolve_shared(model, shared), layers)
 
@@ -390,6 +391,7 @@ class Recorder:
         names = [STEP, "loss", "gram"]
         names += ["unit_gram"] if self.units else []
         names += ["grad"] if self.store == "full" else []
+        names += ["rep_gram"] if self._rep_gram else []
         return read_steps(self.path, names, self._flushed)
 
     def _check_gradients(
@@ -461,11 +463,11 @@ class Recorder:
         strategy = choice.choose(
             feats, rows, device, layout=self.layout, compiled=self._compiled, step=self._counter
         )
-        full = None
+        full = rep = None
         if strategy == "rows":
             stats = choice.rows_step(ordered, weights, rows, self.layout, train)
         else:
-            strategy, stacks = choice.stacks(
+            strategy, stacks, rep = choice.stacks(
                 strategy, ordered, weights, feats, layout=self.layout, compiled=self._compiled,
                 train=train,
             )  # fmt: skip
@@ -487,9 +489,13 @@ class Recorder:
                 unit[..., :, b] = float("nan")
             if full is not None:
                 full[bad] = float("nan")
+            if rep is not None:
+                rep = rep.masked_fill((b[:, None] | b[None, :]).to(rep.device), float("nan"))
             values = torch.where(bad, torch.nan, values)
         gram, unit = self._check_gradients(step, gram, unit, bad, train)
-        self._steps.add(step, values, gram, unit, full)
+        if not self._rep_gram:
+            rep = None
+        self._steps.add(step, values, gram, unit, full, rep)
         self._used.add(strategy)
 
 
