@@ -168,6 +168,30 @@ def test_lora_report_estimates_s_from_outcomes(capsys, tmp_path, lora_run) -> No
     np.testing.assert_allclose(axes["S"].lines[0].get_ydata(), want.S.values)
 
 
+def test_sweep_output_report(capsys, tmp_path) -> None:
+    """A sweep's output (grid axes width x lr, outcomes only, no attributes): S per grid point."""
+    from gradcomp.scaleout import Toy
+
+    exp, seeds = Toy(), range(12)
+    grid = {"width": [2, 3], "lr": [0.0, 0.5]}
+    rows = [
+        xr.concat([exp({"width": w, "lr": lr}, seeds) for lr in grid["lr"]], "lr")
+        for w in grid["width"]
+    ]
+    ds = xr.concat(rows, "width").assign_coords(grid)
+    ds.to_netcdf(tmp_path / "sweep.nc", engine="h5netcdf")
+    assert panels(ds) == ["S"]
+    png, pdf = _report(capsys, tmp_path / "sweep.nc", tmp_path / "sweep")
+    _check_image(png, pdf, 1)
+    s_lines = _axes(figure(ds))["S"].lines
+    lines = {ln.get_label(): ln.get_ydata() for ln in s_lines if not ln.get_label().startswith("_")}
+    assert len(lines) == 4
+    order = ("seed", "alice", "bob", "step")
+    cell = ds.sel(width=3, lr=0.5)
+    want = gradcomp.chsh.estimate(cell.a.transpose(*order), cell.b.transpose(*order))
+    np.testing.assert_allclose(lines["width = 3, lr = 0.5"], want.S.values)
+
+
 def _fails(capsys, argv: list[str], match: str) -> None:
     capsys.readouterr()
     rc = main(argv)
@@ -184,7 +208,7 @@ def test_bad_input(capsys, tmp_path) -> None:
     _fails(capsys, ["report", str(tmp_path / "notes.txt")], r"unknown suffix '.txt'")
     (tmp_path / "garbage.nc").write_text("not a netCDF file")
     _fails(capsys, ["report", str(tmp_path / "garbage.nc")], r"cannot read .* as a netCDF file")
-    other = xr.Dataset({"loss": (("step", "task"), np.ones((3, 2)))})
+    other = xr.Dataset({"temperature": (("time",), np.ones(3))}, attrs={"source": "x"})
     other.to_netcdf(tmp_path / "other.nc", engine="h5netcdf")
     _fails(capsys, ["report", str(tmp_path / "other.nc")], r"not a gradcomp Dataset")
     empty = xr.Dataset({"x": ("i", np.arange(3.0))}, attrs={"gradcomp_version": "0"})

@@ -71,8 +71,8 @@ def open_run(run: Path):  # -> xr.Dataset
         raise CommandError(f"cannot read {run} as {kind} ({type(err).__name__}: {err})") from None
 
 
-def is_gradcomp(ds) -> bool:  # ds: xr.Dataset
-    """Whether ``ds`` was written by gradcomp (its provenance attributes)."""
+def has_provenance(ds) -> bool:  # ds: xr.Dataset
+    """Whether ``ds`` carries gradcomp's provenance attributes (a sweep's output has none)."""
     return any(str(k).startswith("gradcomp") for k in ds.attrs)
 
 
@@ -87,11 +87,12 @@ def run(args: argparse.Namespace) -> int:
     png, pdf = outputs(path, args.out, args.force)
     ds = open_run(path)
     with ds:
-        if not is_gradcomp(ds):
-            raise CommandError(
-                f"{path} is not a gradcomp Dataset (no gradcomp provenance attributes)"
-            )
         names = panels(ds)
+        if not names and not has_provenance(ds):
+            raise CommandError(
+                f"{path} is not a gradcomp Dataset (no gradcomp provenance attributes and none of "
+                "its variables: loss, gram, unit_gram, S or outcomes a, b with its dimensions)"
+            )
         if not names:
             raise CommandError(
                 f"{path}: nothing to plot (no loss(step, task), gram(step, layer, task, task_j), "

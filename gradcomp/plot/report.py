@@ -293,8 +293,9 @@ def _s(ds: xr.Dataset, ax: Axes) -> None:
     for k, point in enumerate(points):
         d = s.sel(point)
         label = _name(point) or "S"
+        marker = "o" if d.sizes[STEP] < 4 else None  # a point or two: no line to see
         _band(ax, d[STEP].values, d["S"].values, d["S_lo"].values, d["S_hi"].values, label,
-              color=colors[k])  # fmt: skip
+              color=colors[k], marker=marker)  # fmt: skip
     ax.axhline(2, color="k", lw=0.8)
     ax.axhline(2 * np.sqrt(2), color="k", lw=0.8, ls=":")
     ax.set_ylabel(f"{_label(s['S'], 'S')}, with [S_lo, S_hi]")
