@@ -24,7 +24,7 @@ point, at most :data:`MAX_SERIES` per panel (the rest are left out and the panel
 from __future__ import annotations
 
 import itertools
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,7 +37,18 @@ from gradcomp._dims import ALICE, ALL, BOB, LAYER, SEED, STEP, TASK, TASK_J, UNI
 from gradcomp._exact import clopper_pearson
 from gradcomp.plot.mechanism import _band, _colors, _time_axis
 
-__all__ = ["MAX_SERIES", "PANELS", "figure", "panels"]
+__all__ = [
+    "DRAW",
+    "MAX_SERIES",
+    "PANELS",
+    "conflict_share",
+    "cosine",
+    "figure",
+    "losses",
+    "panels",
+    "s_over_steps",
+    "unit_competition",
+]
 
 #: the panels, in the order they are drawn
 PANELS = ("loss", "cosine", "conflict", "units", "S")
@@ -136,7 +147,24 @@ def _layers(da: xr.DataArray, n_points: int) -> list[str]:
 
 
 # -- panels -----------------------------------------------------------------------------------
-def _loss(ds: xr.Dataset, ax: Axes) -> None:
+def _prepare(ds: xr.Dataset) -> xr.Dataset:
+    """Integer coordinates for dims without one; grid dims of size 1 dropped (one grid point)."""
+    ds = ds.assign_coords({d: np.arange(n) for d, n in ds.sizes.items() if d not in ds.coords})
+    own = (STEP, TASK, TASK_J, LAYER, UNIT, *_REPLICATES)
+    return ds.isel({d: 0 for d, n in ds.sizes.items() if n == 1 and d not in own})
+
+
+def _conflict_stats(ds: xr.Dataset, units: bool = False) -> xr.Dataset:
+    from gradcomp.analyze.conflict import conflict
+
+    keep = ["gram", "unit_gram"] if units else ["gram"]
+    return conflict(ds[keep], window=_window(ds), units=units)
+
+
+def losses(ds: xr.Dataset, ax: Axes) -> Axes:
+    """Each task's ``loss`` over steps (mean over ``seed, alice, bob``), one line per task and
+    grid point; log scale when every value is positive."""
+    ds = _prepare(ds)
     loss = ds["loss"]
     grid = _grid_dims(loss, (TASK,))
     mean = loss.mean([d for d in _REPLICATES if d in loss.dims], skipna=True)
@@ -158,6 +186,8 @@ def _loss(ds: xr.Dataset, ax: Axes) -> None:
         ax.set_yscale("log")
     ax.set_ylabel(_label(loss, "loss") + (" (replicate mean)" if _replicated(loss) else ""))
     ax.set_title("losses")
+    _steps_axis(ax, ds)
+    return ax
 
 
 def _pair_lines(
@@ -187,16 +217,19 @@ def _pair_lines(
                 _band(ax, ds[STEP].values, y, lo, hi, label, **style)
 
 
-def _cosine(ds: xr.Dataset, stats: xr.Dataset, ax: Axes) -> None:
+def cosine(ds: xr.Dataset, ax: Axes) -> Axes:
+    """Cosine between the first two tasks' gradients per layer over steps (ensemble mean), from
+    ``gram``; with ``rep_gram`` also the cosine at the shared representation (dashed)."""
+    from gradcomp.analyze.conflict import _cosine
+
+    ds = _prepare(ds)
+    stats = _conflict_stats(ds)
     a, b = _pair(ds)
     cos = stats["cosine"].sel({TASK: a, TASK_J: b})
     mean = cos.mean([d for d in _REPLICATES if d in cos.dims], skipna=True)
     _pair_lines(ds, mean, ax, band=None)
     if _has(ds, "rep_gram", (STEP, TASK, TASK_J)):
-        g = ds["rep_gram"]
-        rep = g.sel({TASK: a, TASK_J: b}) / np.sqrt(
-            g.sel({TASK: a, TASK_J: a}) * g.sel({TASK: b, TASK_J: b})
-        )
+        rep = _cosine(ds["rep_gram"]).sel({TASK: a, TASK_J: b})
         rep = rep.mean([d for d in rep.dims if d != STEP], skipna=True)
         ax.plot(ds[STEP].values, rep.values, color="k", ls="--", lw=1.2,
                 label="shared representation (rep_gram)")  # fmt: skip
@@ -205,6 +238,8 @@ def _cosine(ds: xr.Dataset, stats: xr.Dataset, ax: Axes) -> None:
     extra = " (replicate mean)" if _replicated(cos) else ""
     ax.set_ylabel(f"cos(g_{a}, g_{b}){extra}")
     ax.set_title(_label(ds["cosine"], "cosine") if "cosine" in ds else "cosine")
+    _steps_axis(ax, ds)
+    return ax
 
 
 def _share(ind: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray]:
@@ -221,7 +256,13 @@ def _window(ds: xr.Dataset) -> int:
     return int(min(10, max(1, ds.sizes[STEP] // 5)))
 
 
-def _conflict(ds: xr.Dataset, stats: xr.Dataset, ax: Axes, window: int) -> None:
+def conflict_share(ds: xr.Dataset, ax: Axes) -> Axes:
+    """Conflict share per layer over steps, from ``gram``: for an ensemble the share of runs with
+    cosine < 0 and its 95% Clopper–Pearson band, for one recording the share of the last w steps
+    (w = min(10, steps // 5), at least 1)."""
+    ds = _prepare(ds)
+    stats = _conflict_stats(ds)
+    window = _window(ds)
     a, b = _pair(ds)
     sel = {TASK: a, TASK_J: b}
     if _replicated(stats["conflicting"]):
@@ -234,9 +275,17 @@ def _conflict(ds: xr.Dataset, stats: xr.Dataset, ax: Axes, window: int) -> None:
         ax.set_ylabel(f"share of the last {window} steps with cos(g_{a}, g_{b}) < 0")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("conflict share")
+    _steps_axis(ax, ds)
+    return ax
 
 
-def _units(ds: xr.Dataset, stats: xr.Dataset, ax: Axes, window: int) -> None:
+def unit_competition(ds: xr.Dataset, ax: Axes) -> Axes:
+    """Each hidden unit's conflict share (cosine of the unit's per-task gradients < 0; share of
+    runs, or of the last w steps for one recording) over steps, as a heat map, on the first layer
+    with units at the last grid point; from ``unit_gram``."""
+    ds = _prepare(ds)
+    stats = _conflict_stats(ds, units=True)
+    window = _window(ds)
     a, b = _pair(ds)
     ucos = stats["unit_cosine"].sel({TASK: a, TASK_J: b})
     layers = [
@@ -245,7 +294,7 @@ def _units(ds: xr.Dataset, stats: xr.Dataset, ax: Axes, window: int) -> None:
     if not layers:
         ax.text(0.5, 0.5, "no layer with units", ha="center", transform=ax.transAxes)
         ax.set_title("unit competition")
-        return
+        return ax
     ucos = ucos.sel({LAYER: layers[0]})
     grid = _grid_dims(ucos, (UNIT,))
     last = {d: ucos[d].values[-1] if d in ucos.coords else ucos.sizes[d] - 1 for d in grid}
@@ -267,6 +316,8 @@ def _units(ds: xr.Dataset, stats: xr.Dataset, ax: Axes, window: int) -> None:
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     where = f"{layers[0]}" + (f", {_name(last)}" if last else "")
     ax.set_title(f"unit competition ({where}; {a} vs {b})")
+    _steps_axis(ax, ds)
+    return ax
 
 
 def _chsh(ds: xr.Dataset) -> xr.Dataset:
@@ -279,14 +330,17 @@ def _chsh(ds: xr.Dataset) -> xr.Dataset:
     return estimate(ds["a"].transpose(*order), ds["b"].transpose(*order))
 
 
-def _s(ds: xr.Dataset, ax: Axes) -> None:
+def s_over_steps(ds: xr.Dataset, ax: Axes) -> Axes:
+    """CHSH S(step) with its ``[S_lo, S_hi]`` band per grid point: the Dataset's own ``S`` or
+    :func:`gradcomp.chsh.estimate` of its outcomes ``a, b``; lines at 2 and 2√2."""
+    ds = _prepare(ds)
     ax.set_title("CHSH S")
     try:
         s = _chsh(ds)
     except ValueError as err:
         ax.text(0.5, 0.5, f"S not estimable:\n{err}", ha="center", va="center", wrap=True,
                 fontsize=7, transform=ax.transAxes)  # fmt: skip
-        return
+        return ax
     grid = _grid_dims(s["S"], ())
     points = _cut(_points(s["S"], grid), 1, ax)
     colors = _colors(list(range(len(points))))
@@ -299,6 +353,8 @@ def _s(ds: xr.Dataset, ax: Axes) -> None:
     ax.axhline(2, color="k", lw=0.8)
     ax.axhline(2 * np.sqrt(2), color="k", lw=0.8, ls=":")
     ax.set_ylabel(f"{_label(s['S'], 'S')}, with [S_lo, S_hi]")
+    _steps_axis(ax, ds)
+    return ax
 
 
 # -- figure -----------------------------------------------------------------------------------
@@ -310,8 +366,19 @@ def _title(ds: xr.Dataset) -> str:
     return f"{what} ({sizes})" if sizes else what
 
 
+#: the function drawing each panel
+DRAW: dict[str, Callable[[xr.Dataset, Axes], Axes]] = {
+    "loss": losses,
+    "cosine": cosine,
+    "conflict": conflict_share,
+    "units": unit_competition,
+    "S": s_over_steps,
+}
+
+
 def figure(ds: xr.Dataset, *, title: str | None = None) -> Figure:
-    """The one-page report of ``ds``: one panel per entry of :func:`panels`, two per row.
+    """The one-page report of ``ds``: one panel per entry of :func:`panels` (drawn by
+    :data:`DRAW`), two per row.
 
     Each panel's axes carry the label ``"panel:<name>"`` (``ax.get_label()``).
 
@@ -323,42 +390,18 @@ def figure(ds: xr.Dataset, *, title: str | None = None) -> Figure:
         ValueError: nothing to plot (no panel applies).
     """
     title = title if title is not None else _title(ds)
-    ds = ds.assign_coords({d: np.arange(n) for d, n in ds.sizes.items() if d not in ds.coords})
-    own = (STEP, TASK, TASK_J, LAYER, UNIT, *_REPLICATES)
-    ds = ds.isel({d: 0 for d, n in ds.sizes.items() if n == 1 and d not in own})  # one grid point
     names = panels(ds)
     if not names:
         raise ValueError(
             "nothing to plot: the Dataset has none of loss(step, task), gram(step, layer, task, "
             "task_j), unit_gram, S(step) or outcomes a, b(seed, alice, bob, step)"
         )
-    stats = None
-    window = _window(ds)
-    if "cosine" in names or "units" in names:
-        from gradcomp.analyze.conflict import conflict
-
-        keep = [v for v in ("gram", "unit_gram") if v in ds.variables]
-        stats = conflict(ds[keep], window=window, units="units" in names)
     rows = (len(names) + 1) // 2
     fig = Figure(figsize=(12, 3.8 * rows + 0.6), layout="constrained")
     axes = fig.subplots(rows, 2, squeeze=False).ravel()
     for ax, name in zip(axes, names, strict=False):
         ax.set_label(f"panel:{name}")
-        if name == "loss":
-            _loss(ds, ax)
-        elif name == "cosine":
-            assert stats is not None
-            _cosine(ds, stats, ax)
-        elif name == "conflict":
-            assert stats is not None
-            _conflict(ds, stats, ax, window)
-        elif name == "units":
-            assert stats is not None
-            _units(ds, stats, ax, window)
-        else:
-            _s(ds, ax)
-        if name != "S" or STEP in ds.dims:
-            _steps_axis(ax, ds)
+        DRAW[name](ds, ax)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="x-small")
     for ax in axes[len(names) :]:
