@@ -108,6 +108,8 @@ def record(
             gradients, so with ``reduce`` or ``store="full"`` it is replaced by
             ``"features"`` (when ``features=`` is given) or ``"batched"``. Under
             ``torch.compile`` ``"auto"`` is ``"loop"`` and ``"rows"`` is refused.
+            ``"features"`` also records ``rep_gram(step, task, task_j)``, the Gram of the
+            per-task gradients at ``features=`` (``docs/record.md``), unless ``reduce`` is given.
         units: also record ``unit_gram`` for shared ``nn.Linear`` layers (per output neuron).
         store: ``"stats"`` or ``"full"`` (also the per-task gradients, variable ``grad``).
         path: netCDF file the recording is flushed to (every ``flush_every`` recorded steps and
@@ -331,7 +333,8 @@ class Recorder:
     def nbytes(self) -> int:
         """Bytes of statistics held in memory: the steps recorded since the last flush to
         ``path`` (every step without ``path``), ``8 × (1 + T + (L+1)·T²)`` per step, plus
-        ``8 × (L+1)·U·T²`` with ``units`` and ``8 × T·N`` with ``store="full"``."""
+        ``8 × (L+1)·U·T²`` with ``units``, ``8 × T·N`` with ``store="full"`` and ``8 × T²``
+        with ``rep_gram`` (``strategy="features"``)."""
         return self._steps.nbytes()
 
     def flush(self, path: str | PathLike[str] | None = None) -> None:
