@@ -19,7 +19,7 @@ from gradcomp.commands._common import CommandError, one_line
 __all__ = ["COMMANDS", "Parser", "build_parser", "main"]
 
 #: command modules, in the order ``gradcomp --help`` lists them
-COMMANDS = ("ncnet", "lora", "sweep")
+COMMANDS = ("ncnet", "lora", "sweep", "report")
 
 
 class Parser(argparse.ArgumentParser):

@@ -173,9 +173,11 @@ class StrategyChoice:
         layout: Layout,
         compiled: bool,
         train: bool = True,
-    ) -> tuple[str, list[Tensor]]:
-        """Run ``strategy`` (not ``"rows"``): the strategy that ran and the per-task stacks
-        (``train=False``: ``.grad`` untouched, graph kept)."""
+    ) -> tuple[str, list[Tensor], Tensor | None]:
+        """Run ``strategy`` (not ``"rows"``): the strategy that ran, the per-task stacks and,
+        for ``"features"``, the Gram ``[T, T]`` of the per-task gradients at the features
+        (:func:`.features.rep_gram`; ``None`` otherwise) (``train=False``: ``.grad`` untouched,
+        graph kept)."""
         train = train and not self._ddp
         leaves = self._leaves(ordered)
         if compiled and strategy in ("batched", "features"):
@@ -196,21 +198,21 @@ class StrategyChoice:
         layout: Layout,
         leaves: list[Tensor],
         train: bool,
-    ) -> tuple[str, list[Tensor]]:
+    ) -> tuple[str, list[Tensor], Tensor | None]:
         if strategy == "features":
             fs = as_features(feats)
             check = not self._features_checked
             try:
-                out = features(ordered, weights, layout, fs, leaves, train, check)
+                out, rep = features(ordered, weights, layout, fs, leaves, train, check)
             except FeaturesNotApplicable:
                 if self.strategy != "auto":
                     raise
-                return "loop", loop(ordered, weights, layout, leaves, train)
+                return "loop", loop(ordered, weights, layout, leaves, train), None
             self._features_checked = True
-            return strategy, out
+            return strategy, out, rep
         if strategy == "batched":
-            return strategy, batched(ordered, weights, layout, leaves, train)
-        return "loop", loop(ordered, weights, layout, leaves, train)
+            return strategy, batched(ordered, weights, layout, leaves, train), None
+        return "loop", loop(ordered, weights, layout, leaves, train), None
 
     def _leaves(self, ordered: list[Tensor]) -> list[Tensor]:
         """Leaves that receive the training gradient: the model's trainable parameters, plus

@@ -34,7 +34,7 @@ from gradcomp.recorder.compiled import (
     is_compiled,
     rows_error,
 )
-from gradcomp.recorder.dataset import Steps
+from gradcomp.recorder.dataset import Steps, records_rep_gram
 from gradcomp.recorder.io import append_netcdf, keep_steps, read_steps
 from gradcomp.recorder.shared import (
     Layout,
@@ -109,6 +109,8 @@ def record(
             gradients, so with ``reduce`` or ``store="full"`` it is replaced by
             ``"features"`` (when ``features=`` is given) or ``"batched"``. Under
             ``torch.compile`` ``"auto"`` is ``"loop"`` and ``"rows"`` is refused.
+            ``"features"`` also records ``rep_gram(step, task, task_j)``, the Gram of the
+            per-task gradients at ``features=`` (``docs/record.md``), unless ``reduce`` is given.
         units: also record ``unit_gram`` for shared ``nn.Linear`` layers (per output neuron).
         store: ``"stats"`` or ``"full"`` (also the per-task gradients, variable ``grad``).
         path: netCDF file the recording is flushed to (every ``flush_every`` recorded steps and
@@ -200,6 +202,7 @@ class Recorder:
             model, self.weights, strategy, reduce=reduce, store=store, units=units,
             schedule=self._schedule, ddp=self._ddp,
         )  # fmt: skip
+        self._rep_gram = records_rep_gram(self._config())  # the Dataset gets ``rep_gram``
         if shared is not None:
             self.layout = make_layout(model, resolve_shared(model, shared), layers)
 
@@ -332,7 +335,8 @@ class Recorder:
     def nbytes(self) -> int:
         """Bytes of statistics held in memory: the steps recorded since the last flush to
         ``path`` (every step without ``path``), ``8 × (1 + T + (L+1)·T²)`` per step, plus
-        ``8 × (L+1)·U·T²`` with ``units`` and ``8 × T·N`` with ``store="full"``."""
+        ``8 × (L+1)·U·T²`` with ``units``, ``8 × T·N`` with ``store="full"`` and ``8 × T²``
+        with ``rep_gram`` (``strategy="features"``)."""
         return self._steps.nbytes()
 
     def flush(self, path: str | PathLike[str] | None = None) -> None:
@@ -427,6 +431,7 @@ class Recorder:
         names = [STEP, "loss", "gram"]
         names += ["unit_gram"] if self.units else []
         names += ["grad"] if self.store == "full" else []
+        names += ["rep_gram"] if self._rep_gram else []
         return read_steps(self.path, names, self._flushed)
 
     def _check_gradients(
@@ -498,11 +503,11 @@ class Recorder:
         strategy = choice.choose(
             feats, rows, device, layout=self.layout, compiled=self._compiled, step=self._counter
         )
-        full = None
+        full = rep = None
         if strategy == "rows":
             stats = choice.rows_step(ordered, weights, rows, self.layout, train)
         else:
-            strategy, stacks = choice.stacks(
+            strategy, stacks, rep = choice.stacks(
                 strategy, ordered, weights, feats, layout=self.layout, compiled=self._compiled,
                 train=train,
             )  # fmt: skip
@@ -524,9 +529,13 @@ class Recorder:
                 unit[..., :, b] = float("nan")
             if full is not None:
                 full[bad] = float("nan")
+            if rep is not None:
+                rep = rep.masked_fill((b[:, None] | b[None, :]).to(rep.device), float("nan"))
             values = torch.where(bad, torch.nan, values)
         gram, unit = self._check_gradients(step, gram, unit, bad, train)
-        self._steps.add(step, values, gram, unit, full)
+        if not self._rep_gram:
+            rep = None
+        self._steps.add(step, values, gram, unit, full, rep)
         self._latest = (step, values, gram.detach())
         self._used.add(strategy)
 

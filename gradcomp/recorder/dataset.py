@@ -15,24 +15,45 @@ from gradcomp._dims import LAYER, STEP, TASK, TASK_J, UNIT, annotate
 from gradcomp._provenance import provenance
 from gradcomp.recorder.shared import Layout
 
-__all__ = ["STEP_VARIABLES", "Arrays", "Steps", "build_dataset", "cosine_from_gram"]
+__all__ = [
+    "STEP_VARIABLES",
+    "Arrays",
+    "Steps",
+    "build_dataset",
+    "cosine_from_gram",
+    "records_rep_gram",
+]
 
 _PARAM = "param"
 _LABELS = {
     TASK: ("task", "1"),
     TASK_J: ("task (second axis)", "1"),
     LAYER: ("shared layer", "1"),
+    "rep_gram": (
+        "inner product of per-task loss gradients at the shared representation, summed over rows",
+        "1",
+    ),
 }
 
 
-#: ``step``, ``loss``, ``gram`` and where recorded ``unit_gram`` and ``grad``, step first
+#: ``step``, ``loss``, ``gram`` and where recorded ``unit_gram``, ``grad`` and ``rep_gram``, step
+#: first
 Arrays = dict[str, np.ndarray]
 
 #: steps per host block (and the most kept on the device before moving them to the host)
 _BLOCK = 256
 
 #: the variables (and the coordinate) that have a ``step`` dimension
-STEP_VARIABLES = (STEP, "loss", "gram", "unit_gram", "grad")
+STEP_VARIABLES = (STEP, "loss", "gram", "unit_gram", "grad", "rep_gram")
+
+_COLUMNS = ("loss", "gram", "unit_gram", "grad", "rep_gram")
+
+
+def records_rep_gram(config: Mapping[str, Any]) -> bool:
+    """Whether a recorder with this config records ``rep_gram``: with ``strategy="features"``
+    (every recorded step then runs it) and no ``reduce`` (which would make the parameter Grams
+    describe another batch than the representation's)."""
+    return config.get("strategy") == "features" and not config.get("reduce")
 
 
 def cosine_from_gram(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -61,7 +82,9 @@ class Steps:
     variable for up to :data:`_BLOCK` steps, so memory is the statistics' size)."""
 
     def __init__(self) -> None:
-        self._pending: list[tuple[int, Tensor, Tensor, Tensor | None, Tensor | None]] = []
+        self._pending: list[
+            tuple[int, Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]
+        ] = []
         self._blocks: list[Arrays] = []
         self._n = 0
 
@@ -69,11 +92,19 @@ class Steps:
         return self._n
 
     def add(
-        self, step: int, loss: Tensor, gram: Tensor, unit: Tensor | None, full: Tensor | None
+        self,
+        step: int,
+        loss: Tensor,
+        gram: Tensor,
+        unit: Tensor | None,
+        full: Tensor | None,
+        rep: Tensor | None = None,
     ) -> None:
         """Append one step: losses ``[T]``, ``gram [L+1, T, T]``, ``unit [L+1, U, T, T]``, ``full``
-        per-task flat gradients ``[T, N]`` (already on the CPU)."""
-        self._pending.append((int(step), loss, gram.detach(), unit, full))
+        per-task flat gradients ``[T, N]`` (already on the CPU), ``rep`` the Gram ``[T, T]`` at
+        the shared representation."""
+        rep = None if rep is None else rep.detach()
+        self._pending.append((int(step), loss, gram.detach(), unit, full, rep))
         self._n += 1
         if len(self._pending) >= _BLOCK:
             self._sync()
@@ -87,7 +118,8 @@ class Steps:
     def nbytes(self) -> int:
         """Bytes of the statistics held: ``8 × (1 + T + (L+1)·T² [+ (L+1)·U·T²] [+ T·N])`` per
         step (the step number, ``loss``, ``gram``, ``unit_gram``, ``grad``, as float64 on the
-        host; steps still on the device are counted at that size)."""
+        host; steps still on the device are counted at that size), plus ``8 × T²`` with
+        ``rep_gram``."""
         n = sum(a.nbytes for block in self._blocks for a in block.values())
         for _, *xs in self._pending:
             n += 8 * (1 + sum(x.numel() for x in xs if x is not None))
@@ -98,7 +130,7 @@ class Steps:
             return
         steps, *columns = zip(*self._pending, strict=True)
         block: Arrays = {STEP: np.asarray(steps, dtype=np.int64)}
-        for name, xs in zip(("loss", "gram", "unit_gram", "grad"), columns, strict=True):
+        for name, xs in zip(_COLUMNS, columns, strict=True):
             if xs[0] is not None:  # one stack and one copy to the host per variable
                 stacked = torch.stack([x.detach().to(torch.float64) for x in xs])
                 block[name] = stacked.cpu().numpy()
@@ -123,10 +155,12 @@ class Steps:
             "gram": np.zeros((0, n_layers, t, t)),
             "unit_gram": np.zeros((0, n_layers, n_units, t, t)),
             "grad": np.zeros((0, t, n_params)),
+            "rep_gram": np.zeros((0, t, t)),
         }
         names = [STEP, "loss", "gram"]
         names += ["unit_gram"] if config.get("units") else []
         names += ["grad"] if config.get("store") == "full" else []
+        names += ["rep_gram"] if records_rep_gram(config) else []
         return {
             k: np.concatenate([b[k] for b in self._blocks]) if self._blocks else empty[k]
             for k in names
@@ -174,6 +208,8 @@ def build_dataset(
         coords[UNIT] = np.arange(unit.shape[2], dtype=np.int64)
     if config.get("store") == "full":
         data["grad"] = ((STEP, TASK, _PARAM), arrays["grad"])
+    if "rep_gram" in arrays:
+        data["rep_gram"] = ((STEP, TASK, TASK_J), arrays["rep_gram"])
     ds = xr.Dataset(data, coords=coords)
     annotate(ds, _LABELS)
     ds.attrs.update(provenance(config))

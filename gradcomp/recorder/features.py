@@ -7,6 +7,14 @@ with the T cotangents ``(c_1, …, c_T)`` gives ``∂L_t/∂θ = c_t · ∂h/∂
 once (TorchJD's ``mtl_backward`` does the same). Exact when every path from a loss to a trunk
 parameter passes through ``h``; a parameter used both above and below ``h`` (e.g. tied embeddings)
 is refused with a ``ValueError``.
+
+The cotangents ``c_t`` are the per-task gradients at the shared *representation*; their Gram
+
+    ``rep_gram[s, t] = Σ_k ⟨∂L_s/∂h_k, ∂L_t/∂h_k⟩ = Σ_k Σ_rows ⟨∂L_s/∂h_k[row], ∂L_t/∂h_k[row]⟩``
+
+(summed over every element of every features tensor ``h_k``, i.e. over the batch rows and the
+feature dimension; the "representation-gradient Gram" of LibMTL's users, cf. Sener & Koltun 2018,
+arXiv 1810.04650, MGDA-UB) is returned alongside the parameter gradients at no extra backward.
 """
 
 from __future__ import annotations
@@ -20,8 +28,9 @@ from gradcomp.recorder._common import weighted_sum
 from gradcomp.recorder._graph import accumulate, reachable_leaves, reaches
 from gradcomp.recorder.batched import batched_vjp, stacks_from_jacobian
 from gradcomp.recorder.shared import Layout
+from gradcomp.recorder.stats import acc_dtype
 
-__all__ = ["FeaturesNotApplicable", "as_features", "features"]
+__all__ = ["FeaturesNotApplicable", "as_features", "features", "rep_gram"]
 
 
 class FeaturesNotApplicable(ValueError):
@@ -42,6 +51,25 @@ def as_features(features: Tensor | Sequence[Tensor]) -> list[Tensor]:
     return feats
 
 
+def rep_gram(cotangents: Sequence[Tensor]) -> Tensor:
+    """Gram ``[T, T]`` of the per-task gradients at the features.
+
+    ``rep_gram[s, t] = Σ_k ⟨c_s^k, c_t^k⟩`` for ``c_t^k = ∂L_t/∂h_k``, the inner product taken
+    over every element of ``h_k`` (batch rows and feature dimensions); accumulated in float32 at
+    least (float64 for float64 features).
+
+    Args:
+        cotangents: per features tensor ``h_k``, its stacked per-task gradients ``[T, *h_k.shape]``.
+    """
+    total = None
+    for c in cotangents:
+        flat = c.detach().to(acc_dtype(c.dtype)).reshape(c.shape[0], -1)
+        g = flat @ flat.T
+        total = g if total is None else total + g.to(total.dtype)
+    assert total is not None
+    return total
+
+
 def features(
     losses: Sequence[Tensor],
     weights: Sequence[float],
@@ -50,7 +78,7 @@ def features(
     leaves: Sequence[Tensor],
     train: bool = True,
     check: bool = True,
-) -> list[Tensor]:
+) -> tuple[list[Tensor], Tensor]:
     """Per-task gradients of the shared parameters via the trunk output ``feats``.
 
     Args:
@@ -65,7 +93,8 @@ def features(
             large).
 
     Returns:
-        ``[T, *shape]`` per shared parameter; ``.grad`` has received the training gradient.
+        ``([T, *shape] per shared parameter, rep_gram [T, T])`` (:func:`rep_gram` of the
+        per-task gradients at ``feats``); ``.grad`` has received the training gradient.
     """
     n_tasks = len(losses)
     stop = {f.grad_fn for f in feats}
@@ -119,4 +148,4 @@ def features(
             stacks[i] = torch.stack(
                 [torch.zeros_like(p) if g is None else g for g in per_head[k]]
             ).to(stacks[i].dtype)
-    return stacks
+    return stacks, rep_gram(stacked)
