@@ -202,9 +202,13 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as err:
         raise CommandError(str(err)) from None
+
     # the data first: nothing after training may lose them
     # compact: int8 outcomes, gzip; read it back with gradcomp.ncnet.open_dataset
-    save(lambda p: save_dataset(ds, p), out, what="the dataset", name="ncnet")
+    def write(path: Path) -> None:
+        save_dataset(ds, path)
+
+    save(write, out, what="the dataset", name="ncnet")
     print(table(ds))
     print(f"backend: {ds.attrs['backend']}")
     print(f"wrote {out}")
