@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import xarray as xr
 
-from gradcomp import summary
+from gradcomp import ncnet, summary
 from gradcomp._dims import STEP, WIDTH
 from gradcomp.ncnet import NCnetConfig
 from gradcomp.ncnet._experiment import CONTROL_PREFIX, capacity, table
@@ -95,11 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     run_id = summary.new_run_id()
     ds.attrs.update(summary.dataset_attrs(path, run_id))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    # the per-step Gram traces are large at full size: compress them
-    enc = {
-        v: {"compression": "gzip", "compression_opts": 4} for v in ds.data_vars if ds[v].ndim >= 5
-    }
-    ds.to_netcdf(args.out, engine="h5netcdf", encoding=enc)
+    ncnet.save(ds, args.out)  # compact: int8 outcomes, gzip, cosine and grad_norm from gram
     wall = time.perf_counter() - t0
     summary.write(
         path,

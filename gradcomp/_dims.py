@@ -14,7 +14,7 @@ import xarray as xr
 STEP = "step"  # optimiser step at which a statistic was recorded
 TASK = "task"  # task (or head) name
 TASK_J = "task_j"  # second task axis of pairwise (T x T) matrices
-LAYER = "layer"  # group of shared parameters; always includes ALL
+LAYER = "layer"  # group of shared parameters; includes ALL, or attrs[ALL_IS] names its alias
 UNIT = "unit"  # hidden neuron (output row of a shared Linear layer)
 SEED = "seed"  # independent training run
 ALICE = "alice"  # Alice's setting, 1 or 2
@@ -27,6 +27,9 @@ OWN = "own"  # a head's own setting (sensing decodes the remote one)
 ANALYSIS = "analysis"  # rows of a correlation table
 
 ALL = "all"  # the LAYER entry for every shared parameter as one vector
+#: Dataset attribute naming the one LAYER entry that is also ALL (stored once, e.g. NCnet's
+#: "hidden": its shared parameters are exactly one layer); see :func:`layer`
+ALL_IS = "layer_all"
 SETTINGS = (1, 2)  # the values of ALICE and BOB
 
 #: (long_name, units) of the variables that several modules produce.
@@ -84,3 +87,17 @@ def require(ds: xr.Dataset, names: list[str] | tuple[str, ...], hint: str = "") 
     if missing:
         how = f" Produce them with {hint}." if hint else ""
         raise ValueError(f"the Dataset lacks {', '.join(map(repr, missing))}.{how}")
+
+
+def layer(ds: xr.Dataset | xr.DataArray, name: str) -> str:
+    """The ``layer`` label under which ``ds`` stores layer ``name``.
+
+    ``name`` itself, except ``"all"`` in a Dataset that stores it under another label
+    (``attrs["layer_all"]``, e.g. ``"hidden"`` for NCnet, whose shared parameters are one layer):
+    ``ds.sel(layer=layer(ds, "all"))`` works on every gradcomp Dataset.
+    """
+    if name == ALL and LAYER in ds.coords and ALL not in ds[LAYER].values:
+        alias = ds.attrs.get(ALL_IS)
+        if alias is not None:
+            return str(alias)
+    return name

@@ -157,7 +157,8 @@ def test_dataset_layout(small_run: xr.Dataset, tmp_path: Path) -> None:
     assert ds.diverged.dims == ds.a.dims and ds.diverged.dtype == bool
     assert not ds.diverged.any()
     assert ds.gram.dims == ("width", "seed", "alice", "bob", "step", "layer", "task", "task_j")
-    assert ds.layer.values.tolist() == ["hidden", "all"]
+    assert ds.layer.values.tolist() == ["hidden"]  # also layer "all": stored once
+    assert ds.attrs["layer_all"] == "hidden"
     assert ds.task.values.tolist() == ["A", "B"]
     assert ds.unit_gram.sizes["unit"] == 3
     assert np.isnan(ds.unit_gram.sel(width=1, unit=2)).all()

@@ -152,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
 
     from gradcomp.commands._common import save
     from gradcomp.ncnet import NCnetConfig
+    from gradcomp.ncnet import save as save_dataset
     from gradcomp.ncnet._experiment import capacity, table
 
     # every check before training: results are never computed only to be lost
@@ -201,8 +202,13 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as err:
         raise CommandError(str(err)) from None
+
     # the data first: nothing after training may lose them
-    save(lambda p: ds.to_netcdf(p, engine="h5netcdf"), out, what="the dataset", name="ncnet")
+    # compact: int8 outcomes, gzip; read it back with gradcomp.ncnet.open_dataset
+    def write(path: Path) -> None:
+        save_dataset(ds, path)
+
+    save(write, out, what="the dataset", name="ncnet")
     print(table(ds))
     print(f"backend: {ds.attrs['backend']}")
     print(f"wrote {out}")

@@ -3,7 +3,9 @@
 Each head's *setting* picks which Boolean task it trains on; across seeds the ±1 training
 outcomes give the CHSH statistic (Zhao, Wu, Hou 2026, arXiv 2603.04451). :func:`run` trains
 every width × seed × setting pair at once and returns an ``xarray.Dataset``;
-:func:`gradcomp.chsh.estimate` turns its outcomes into S with intervals.
+:func:`gradcomp.chsh.estimate` turns its outcomes into S with intervals. :func:`save` writes a
+Dataset compactly (int8 outcomes, gzip, no derived variables) and :func:`open_dataset` reads it
+back identical.
 
 Example:
     >>> from gradcomp import ncnet, chsh
@@ -17,6 +19,16 @@ from __future__ import annotations
 
 from gradcomp.ncnet._config import DEFAULT_ALICE, DEFAULT_BOB, NCnetConfig
 from gradcomp.ncnet._expr import truth_table
+from gradcomp.ncnet._io import open_dataset, save
 from gradcomp.ncnet._run import TASKS, run
 
-__all__ = ["DEFAULT_ALICE", "DEFAULT_BOB", "TASKS", "NCnetConfig", "run", "truth_table"]
+__all__ = [
+    "DEFAULT_ALICE",
+    "DEFAULT_BOB",
+    "TASKS",
+    "NCnetConfig",
+    "open_dataset",
+    "run",
+    "save",
+    "truth_table",
+]

@@ -11,17 +11,29 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from gradcomp import _dims
-from gradcomp._dims import ALICE, ALL, BOB, LAYER, SEED, SETTINGS, STEP, TASK, TASK_J, UNIT, WIDTH
+from gradcomp._dims import (
+    ALICE,
+    ALL_IS,
+    BOB,
+    LAYER,
+    SEED,
+    SETTINGS,
+    STEP,
+    TASK,
+    TASK_J,
+    UNIT,
+    WIDTH,
+)
 from gradcomp._provenance import provenance
 from gradcomp.ensemble import chunks
 from gradcomp.ncnet._config import NCnetConfig
 from gradcomp.ncnet._fast import train_fast
 from gradcomp.ncnet._reference import train_reference
 
-__all__ = ["LABELS", "TASKS", "run"]
+__all__ = ["HIDDEN", "LABELS", "TASKS", "derived", "run"]
 
 TASKS = ("A", "B")  # heads: Alice's and Bob's
-HIDDEN = "hidden"
+HIDDEN = "hidden"  # NCnet's one shared layer, also layer "all" (attrs[ALL_IS], stored once)
 
 LABELS: dict[str, tuple[str, str]] = {
     "a": ("Alice's outcome (+1: task solved; NaN: diverged)", "1"),
@@ -91,8 +103,10 @@ def run(
         parameter or task loss of the run was non-finite at or before this step; parameters are
         checked at the traced steps, which is exact, see :mod:`gradcomp.ncnet._fast`), ``loss``,
         ``acc``, ``heldout_acc`` (with holdout),
-        ``gram``, ``grad_norm``, ``cosine`` (layers ``hidden`` and ``all``, identical for NCnet)
-        and ``unit_gram`` (with ``config.units``), labelled, with provenance in ``attrs``.
+        ``gram``, ``grad_norm``, ``cosine`` (layer ``hidden`` only: NCnet's shared parameters are
+        exactly the hidden layer, so layer ``"all"`` is the same data, stored once;
+        ``attrs["layer_all"] = "hidden"`` says so and :func:`gradcomp._dims.layer` maps ``"all"``
+        to it) and ``unit_gram`` (with ``config.units``), labelled, with provenance in ``attrs``.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -191,6 +205,20 @@ def resolve_backend(
     return "torch"
 
 
+def derived(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(grad_norm, cosine)`` from ``gram (..., task, task_j)``: ``√G_tt`` and
+    ``G_ts / (‖g_t‖ ‖g_s‖)`` (NaN where a norm is 0), in ``gram``'s dtype.
+
+    The one definition used when the Dataset is built and when :func:`gradcomp.ncnet.open_dataset`
+    restores them from a file (they are not stored: bit for bit the same values).
+    """
+    norm = np.sqrt(np.clip(np.diagonal(gram, axis1=-2, axis2=-1), 0, None))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        denom = norm[..., :, None] * norm[..., None, :]
+        cosine = np.where(denom > 0, gram / np.where(denom > 0, denom, 1), np.nan)
+    return norm, cosine.astype(gram.dtype, copy=False)
+
+
 def _to_dataset(config, widths, seeds, tr) -> xr.Dataset:
     steps = config.trace_steps()
 
@@ -209,12 +237,8 @@ def _to_dataset(config, widths, seeds, tr) -> xr.Dataset:
     }
     if "heldout_acc" in tr:
         data["heldout_acc"] = ([*base, TASK], arrange(tr["heldout_acc"]))
-    gram = arrange(tr["gram"])  # (..., task, task_j)
-    gram = np.stack([gram, gram], axis=-3)  # layer "hidden" and "all" (the same parameters)
-    norm = np.sqrt(np.clip(np.diagonal(gram, axis1=-2, axis2=-1), 0, None))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        denom = norm[..., :, None] * norm[..., None, :]
-        cosine = np.where(denom > 0, gram / np.where(denom > 0, denom, 1), np.nan)
+    gram = arrange(tr["gram"])[..., None, :, :]  # (..., layer, task, task_j)
+    norm, cosine = derived(gram)
     data["gram"] = ([*base, LAYER, TASK, TASK_J], gram)
     data["grad_norm"] = ([*base, LAYER, TASK], norm)
     data["cosine"] = ([*base, LAYER, TASK, TASK_J], cosine)
@@ -226,11 +250,11 @@ def _to_dataset(config, widths, seeds, tr) -> xr.Dataset:
         STEP: steps,
         TASK: list(TASKS),
         TASK_J: list(TASKS),
-        LAYER: [HIDDEN, ALL],
+        LAYER: [HIDDEN],
     }
     if "unit_gram" in tr:
         ug = arrange(tr["unit_gram"])
-        data["unit_gram"] = ([*base, LAYER, UNIT, TASK, TASK_J], np.stack([ug, ug], axis=-4))
+        data["unit_gram"] = ([*base, LAYER, UNIT, TASK, TASK_J], ug[..., None, :, :, :])
         coords[UNIT] = list(range(ug.shape[-3]))
     ds = xr.Dataset(data, coords=coords)
     cfg = {**config.to_dict(), "widths": widths, "n_seeds": len(seeds)}
@@ -240,4 +264,5 @@ def _to_dataset(config, widths, seeds, tr) -> xr.Dataset:
     ds.attrs["alice_tasks"] = " ; ".join(config.alice)
     ds.attrs["bob_tasks"] = " ; ".join(config.bob)
     ds.attrs["unshared"] = int(config.unshared)
+    ds.attrs[ALL_IS] = HIDDEN
     return _dims.annotate(ds, LABELS)

@@ -10,6 +10,7 @@ import xarray as xr
 from matplotlib.axes import Axes
 
 from gradcomp._dims import ALL, LAYER, STEP, TASK, TASK_J, require
+from gradcomp._dims import layer as layer_label
 
 __all__ = ["cosine_over_steps", "grad_norm_over_steps"]
 
@@ -43,7 +44,7 @@ def cosine_over_steps(
             raise ValueError(f"task {t!r} is not in the recording (tasks: {tasks})")
     cos = ds["cosine"].sel({TASK: pair[0], TASK_J: pair[1]})
     for layer in layers or [str(x) for x in ds[LAYER].values]:
-        line = cos.sel({LAYER: layer})
+        line = cos.sel({LAYER: layer_label(ds, layer)})
         ax.plot(ds[STEP].values, line.values, label=layer, lw=2.0 if layer == ALL else 1.0)
     ax.axhline(0.0, color="0.6", lw=0.8, ls=":")
     ax.set_ylim(-1.05, 1.05)
@@ -59,14 +60,15 @@ def grad_norm_over_steps(ds: xr.Dataset, ax: Axes, *, layer: str = ALL, log: boo
     Args:
         ds: a recording with ``grad_norm``.
         ax: the axes to draw on.
-        layer: the layer (default ``"all"``).
+        layer: the layer (default ``"all"``; in an NCnet Dataset that is layer ``"hidden"``, see
+            :func:`gradcomp._dims.layer`).
         log: logarithmic y axis (zeros are not drawn).
 
     Returns:
         ``ax``.
     """
     require(ds, ["grad_norm"], "gradcomp.record(...)")
-    norm = ds["grad_norm"].sel({LAYER: layer})
+    norm = ds["grad_norm"].sel({LAYER: layer_label(ds, layer)})
     for task in norm[TASK].values:
         y = norm.sel({TASK: task}).values
         ax.plot(ds[STEP].values, np.where(y > 0, y, np.nan) if log else y, label=str(task))
