@@ -3,7 +3,8 @@
 Runs ``python -m gradcomp ncnet`` (widths 1-8, 500 seeds per setting pair, 2000 steps, with
 the unshared control, the table and the figure) in a fresh process ``--repeats`` times,
 writing into a temporary directory, and records the wall-clock seconds (interpreter start and
-imports included), the machine and its 1-minute load in ``benchmarks/summaries/ncnet_cli.json``.
+imports included), the size of the written file, the machine and its 1-minute load in
+``benchmarks/summaries/ncnet_cli.json``.
 
     python benchmarks/ncnet_cli.py [--repeats 3] [--summary PATH]
 """
@@ -41,10 +42,15 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
             walls.append(time.perf_counter() - t)
+            size = out.stat().st_size
             print(f"run {k + 1}: {walls[-1]:.1f} s (load {summary.load_average()})")
     summary.write(
         args.summary,
-        {"cli": "gradcomp ncnet " + " ".join(args.extra), "repeats": args.repeats},
+        {
+            "cli": "gradcomp ncnet " + " ".join(args.extra),
+            "repeats": args.repeats,
+            "file_mb": round(size / 1e6, 2),
+        },
         run_id=summary.new_run_id(),
         argv=["benchmarks/ncnet_cli.py", *(sys.argv[1:] if argv is None else argv)],
         timings={"wall_s_median": statistics.median(walls), "wall_s_min": min(walls)},

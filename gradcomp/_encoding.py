@@ -24,10 +24,22 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-__all__ = ["GZIP_LEVEL", "OUTCOME_FILL", "encoding_for", "is_outcome"]
+__all__ = [
+    "GZIP_LEVEL",
+    "KEEP_BITS",
+    "OUTCOME_FILL",
+    "QUANTIZE_ATTR",
+    "bit_round",
+    "encoding_for",
+    "is_outcome",
+]
 
 #: the stored value of a NaN outcome (CF ``_FillValue``); 0 is never a ±1 outcome
 OUTCOME_FILL = np.int8(0)
+#: default mantissa bits kept of rounded traces: relative error ≤ 2**-12 = 2.4e-4 (NCnet files)
+KEEP_BITS = 11
+#: the netCDF-C 4.9 attribute that records how many mantissa bits a quantized variable keeps
+QUANTIZE_ATTR = "_QuantizeBitRoundNumberOfSignificantBits"
 #: gzip (zlib) level: level 9 gave files < 1 % smaller, several times slower to write
 GZIP_LEVEL = 4
 
@@ -62,3 +74,32 @@ def encoding_for(ds: xr.Dataset, *, engine: str = "h5netcdf") -> dict[str, dict[
         if enc:
             out[str(name)] = enc
     return out
+
+
+def bit_round(x: np.ndarray, keep_bits: int) -> np.ndarray:
+    """``x`` (float32) with its mantissa rounded to ``keep_bits`` bits, round half to even.
+
+    The BitRound of Klöwer et al. (2021, Nat. Comput. Sci. 1, 713) and netCDF-C 4.9: the dropped
+    bits become zeros, which gzip stores almost for free. The relative error is at most
+    ``2**-(keep_bits + 1)``; NaN and ±inf are kept; ``keep_bits=23`` returns ``x`` unchanged.
+
+    Args:
+        x: a float32 array.
+        keep_bits: mantissa bits kept, 1 to 23.
+    """
+    x = np.asarray(x)
+    if x.dtype != np.float32:
+        raise TypeError(f"bit_round takes float32, got {x.dtype}")
+    if not 1 <= keep_bits <= 23:
+        raise ValueError(f"keep_bits must be in 1..23, got {keep_bits}")
+    if keep_bits == 23:
+        return x.copy()
+    drop = 23 - keep_bits
+    bits = np.ascontiguousarray(x).view(np.uint32)
+    # round half to even: add half an ulp of the kept part, minus one when the kept part is even
+    odd = (bits >> np.uint32(drop)) & np.uint32(1)
+    half = np.uint32((1 << (drop - 1)) - 1)
+    mask = np.uint32((0xFFFFFFFF >> drop) << drop)
+    out = ((bits + half + odd) & mask).view(np.float32)
+    # non-finite values, and the rare round-up past the largest float32, keep their value
+    return np.where(np.isfinite(out), out, x)

@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from gradcomp._encoding import KEEP_BITS
 from gradcomp.commands._common import (
     NETCDF_SUFFIXES,
     CommandError,
@@ -133,6 +134,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--force", action="store_true", help="overwrite --out and --figure if they exist"
     )
+    p.add_argument(
+        "--keep-bits",
+        type=int,
+        default=KEEP_BITS,
+        choices=range(1, 24),
+        metavar="K",
+        help=f"mantissa bits kept of the stored loss and Gram traces (default {KEEP_BITS}: "
+        f"relative error ≤ 2^-{KEEP_BITS + 1}; 23 stores them bit for bit). Outcomes and "
+        "estimates are never rounded",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -206,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
     # the data first: nothing after training may lose them
     # compact: int8 outcomes, gzip; read it back with gradcomp.ncnet.open_dataset
     def write(path: Path) -> None:
-        save_dataset(ds, path)
+        save_dataset(ds, path, keep_bits=None if args.keep_bits == 23 else args.keep_bits)
 
     save(write, out, what="the dataset", name="ncnet")
     print(table(ds))

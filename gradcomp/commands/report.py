@@ -65,7 +65,9 @@ def open_run(run: Path):  # -> xr.Dataset
     try:
         if zarr:
             return xr.open_dataset(run, engine="zarr")
-        return xr.open_dataset(run, engine="h5netcdf")
+        from gradcomp.ncnet import open_dataset  # restores what NCnet files store compactly
+
+        return open_dataset(run)
     except Exception as err:  # any reader error: one line
         kind = "a Zarr store" if zarr else "a netCDF file"
         raise CommandError(f"cannot read {run} as {kind} ({type(err).__name__}: {err})") from None

@@ -4,8 +4,9 @@ Each head's *setting* picks which Boolean task it trains on; across seeds the ±
 outcomes give the CHSH statistic (Zhao, Wu, Hou 2026, arXiv 2603.04451). :func:`run` trains
 every width × seed × setting pair at once and returns an ``xarray.Dataset``;
 :func:`gradcomp.chsh.estimate` turns its outcomes into S with intervals. :func:`save` writes a
-Dataset compactly (int8 outcomes, gzip, no derived variables) and :func:`open_dataset` reads it
-back identical.
+Dataset compactly (int8 outcomes, gzip, Gram upper triangles, no derived variables, loss and Gram
+traces rounded to :data:`KEEP_BITS` mantissa bits unless ``keep_bits=None``) and
+:func:`open_dataset` reads it back.
 
 Example:
     >>> from gradcomp import ncnet, chsh
@@ -19,12 +20,13 @@ from __future__ import annotations
 
 from gradcomp.ncnet._config import DEFAULT_ALICE, DEFAULT_BOB, NCnetConfig
 from gradcomp.ncnet._expr import truth_table
-from gradcomp.ncnet._io import open_dataset, save
+from gradcomp.ncnet._io import KEEP_BITS, open_dataset, save
 from gradcomp.ncnet._run import TASKS, run
 
 __all__ = [
     "DEFAULT_ALICE",
     "DEFAULT_BOB",
+    "KEEP_BITS",
     "TASKS",
     "NCnetConfig",
     "open_dataset",

@@ -3,16 +3,21 @@
 What is stored (``gradcomp ncnet`` and ``analyses/ncnet_capacity.py`` write this way):
 
 - every variable of the Dataset except ``grad_norm`` and ``cosine``, which are exact functions
-  of ``gram`` (:func:`gradcomp.ncnet._run.derived`) and are recomputed by :func:`open_dataset`,
-  bit for bit the values the run had;
+  of ``gram`` (:func:`gradcomp.ncnet._run.derived`) and are recomputed by :func:`open_dataset`;
+- the symmetric T × T statistics (``gram``, ``unit_gram``) as their upper triangle
+  (``gram_triu``, ``unit_gram_triu`` along ``task_pair``), rebuilt by :func:`open_dataset`;
+- with ``keep_bits`` (default :data:`KEEP_BITS`) the float32 traces of :data:`ROUNDED` rounded
+  to that many mantissa bits (:func:`gradcomp._encoding.bit_round`, relative error at most
+  ``2**-(keep_bits + 1)``, 2.4e-4 at the default; recorded in the netCDF-C attribute
+  ``_QuantizeBitRoundNumberOfSignificantBits``); ``keep_bits=None`` stores them bit for bit;
 - the encoding of :func:`gradcomp._encoding.encoding_for`: outcomes ``a``, ``b`` as int8 with
-  ``_FillValue`` 0 for NaN, booleans as int8, float32 statistics (``loss``, ``acc``, ``gram``)
-  as float32, everything gzip-compressed after the byte shuffle. Nothing is rounded.
+  ``_FillValue`` 0 for NaN, booleans as int8, everything gzip-compressed after the byte shuffle.
+  Outcomes, accuracies, flags and every estimate (S, Δ, margin, their bounds) are never rounded.
 
-``open_dataset(path)`` therefore returns a Dataset identical to the one saved
-(``xarray.testing.assert_identical``, tested). ``xarray.open_dataset`` also reads the file; it
-lacks only ``grad_norm`` and ``cosine`` (``gradcomp.analyze.conflict`` computes the cosine from
-``gram`` itself).
+With ``keep_bits=None``, ``open_dataset(path)`` returns a Dataset identical to the one saved
+(``xarray.testing.assert_identical``, tested); with rounding, identical but for the rounded
+traces and what is computed from them (``cosine``, ``grad_norm``). ``xarray.open_dataset`` also
+reads the file; it lacks ``gram``, ``grad_norm`` and ``cosine``, which need :func:`open_dataset`.
 """
 
 from __future__ import annotations
@@ -24,32 +29,88 @@ import numpy as np
 import xarray as xr
 
 from gradcomp import _dims
-from gradcomp._encoding import encoding_for
+from gradcomp._encoding import KEEP_BITS, QUANTIZE_ATTR, bit_round, encoding_for
 from gradcomp.ncnet._run import derived
 
-__all__ = ["DERIVED", "open_dataset", "save"]
+__all__ = ["DERIVED", "KEEP_BITS", "ROUNDED", "open_dataset", "save"]
 
 #: variables not stored, recomputed from ``gram`` on opening
 DERIVED = ("grad_norm", "cosine")
+#: the float32 per-run traces that ``keep_bits`` rounds (never outcomes, accuracies or estimates)
+ROUNDED = ("loss", "gram", "unit_gram")
 _MARK = "derived_from_gram"
+_ONE_CHUNK = 64 * 2**20  # bytes: a variable up to this size is stored as one compressed chunk
+_TRIU = "_triu"
+PAIR = "task_pair"
 
 
-def save(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:
+def _triu(var: xr.DataArray) -> xr.DataArray | None:
+    """The upper triangle of a symmetric ``(..., task, task_j)`` variable, or None."""
+    if var.dims[-2:] != (_dims.TASK, _dims.TASK_J):
+        return None
+    x = np.asarray(var.values)
+    if not np.array_equal(x, np.swapaxes(x, -1, -2), equal_nan=True):
+        return None
+    i, j = np.triu_indices(x.shape[-1])
+    tasks = var[_dims.TASK].values
+    pairs = [f"{tasks[a]}|{tasks[b]}" for a, b in zip(i, j, strict=True)]
+    return xr.DataArray(x[..., i, j], dims=(*var.dims[:-2], PAIR), attrs=var.attrs).assign_coords(
+        {PAIR: pairs}
+    )
+
+
+def _full(tri: xr.DataArray, tasks: np.ndarray, tasks_j: np.ndarray) -> xr.DataArray:
+    """The symmetric ``(..., task, task_j)`` variable whose upper triangle is ``tri``."""
+    n = len(tasks)
+    i, j = np.triu_indices(n)
+    x = np.asarray(tri.values)
+    full = np.empty((*x.shape[:-1], n, n), x.dtype)
+    full[..., i, j] = x
+    full[..., j, i] = x
+    dims = (*tri.dims[:-1], _dims.TASK, _dims.TASK_J)
+    return xr.DataArray(full, dims=dims, attrs=tri.attrs)
+
+
+def save(
+    ds: xr.Dataset, path: str | os.PathLike[str], *, keep_bits: int | None = KEEP_BITS
+) -> Path:
     """Write ``ds`` (from :func:`gradcomp.ncnet.run` or ``capacity``) to a netCDF file, compactly.
 
     Args:
         ds: the Dataset.
         path: the ``.nc`` file (written as is: callers that need an atomic write pass a
             temporary path and rename it).
+        keep_bits: mantissa bits kept of the float32 traces :data:`ROUNDED` (1 to 23), or
+            None to store them bit for bit (module docstring).
 
     Returns:
         The path written.
     """
+    if keep_bits is not None and not 1 <= keep_bits <= 23:
+        raise ValueError(f"keep_bits must be in 1..23 or None, got {keep_bits}")
     drop = [v for v in DERIVED if v in ds.data_vars] if "gram" in ds.data_vars else []
     out = ds.drop_vars(drop)
     if drop:
         out.attrs[_MARK] = " ".join(drop)
-    out.to_netcdf(path, engine="h5netcdf", encoding=encoding_for(out))
+    for name in ROUNDED:
+        if name not in out.data_vars or out[name].dtype != np.float32:
+            continue
+        var = out[name]
+        if keep_bits is not None:
+            var = var.copy(data=bit_round(var.values, keep_bits))
+            var.attrs[QUANTIZE_ATTR] = np.int32(keep_bits)
+        tri = _triu(var)
+        if tri is not None:
+            out = out.drop_vars(name)
+            out[name + _TRIU] = tri
+        else:
+            out[name] = var
+    encoding = encoding_for(out)
+    for name, var in out.data_vars.items():
+        # one HDF5 chunk a variable compresses 10-20 % better than h5py's guessed chunks
+        if var.ndim and 0 < var.nbytes <= _ONE_CHUNK:
+            encoding.setdefault(str(name), {})["chunksizes"] = var.shape
+    out.to_netcdf(path, engine="h5netcdf", encoding=encoding)
     return Path(path)
 
 
@@ -60,6 +121,14 @@ def open_dataset(path: str | os.PathLike[str]) -> xr.Dataset:
     """
     with xr.open_dataset(path, engine="h5netcdf") as f:
         ds = f.load()
+    order = list(ds.data_vars)
+    for tri_name in [v for v in order if v.endswith(_TRIU) and PAIR in ds[v].dims]:
+        name = tri_name[: -len(_TRIU)]
+        ds[name] = _full(ds[tri_name], ds[_dims.TASK].values, ds[_dims.TASK_J].values)
+        ds = ds.drop_vars(tri_name)
+    if any(v.endswith(_TRIU) for v in order):
+        ds = ds.drop_vars(PAIR, errors="ignore")
+        ds = ds[[v[: -len(_TRIU)] if v.endswith(_TRIU) else v for v in order]]
     names = str(ds.attrs.pop(_MARK, "")).split()
     if names:
         gram = ds["gram"]
