@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -142,7 +143,7 @@ def outputs(args: argparse.Namespace) -> tuple[Path, Path | None]:
     if args.figure is not None and str(args.figure).lower() == "none":
         return out, None
     fig = Path(args.figure) if args.figure else out.with_name(f"{out.stem}_capacity.png")
-    if fig.resolve() == out.resolve():
+    if "\x00" not in str(fig) and fig.resolve() == out.resolve():  # check_output refuses NUL
         raise CommandError(f"--figure {fig} is the --out file; give another name", status=2)
     return out, check_output(fig, flag="--figure", suffixes=figure_formats(), force=args.force)
 
@@ -203,9 +204,9 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(str(err)) from None
     # the data first: nothing after training may lose them
     save(lambda p: ds.to_netcdf(p, engine="h5netcdf"), out, what="the dataset", name="ncnet")
-    print(table(ds))
-    print(f"backend: {ds.attrs['backend']}")
-    print(f"wrote {out}")
+    print(table(ds))  # the result: the only output on stdout
+    print(f"backend: {ds.attrs['backend']}", file=sys.stderr)
+    print(f"wrote {out}", file=sys.stderr)
     if fig is not None:
         from gradcomp.plot.chsh import figure
 
@@ -218,6 +219,6 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError(
                 f"{err.message} (the data are in {out}; gradcomp.plot.chsh.figure redraws it)"
             ) from None
-        print(f"wrote {fig}")
-    print(f"done in {time.perf_counter() - t0:.1f} s")
+        print(f"wrote {fig}", file=sys.stderr)
+    print(f"done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0
