@@ -62,10 +62,10 @@ CHSH_VARS = (
     "n_seeds",
 )
 LABELS = {
-    "contested_mean": ("contested units, mean over settings and traced steps", "units"),
-    "contested_end": ("contested units at the end of training, mean over settings", "units"),
+    "contested_mean": ("number of contested units, mean over settings and traced steps", "1"),
+    "contested_end": ("number of contested units at the end of training, settings mean", "1"),
     "s_seed": ("per-seed CHSH contribution (seed mean = S)", "1"),
-    "critical_unit_gram": ("per-unit Gram at the critical width (drawn slice)", "loss² / param²"),
+    "critical_unit_gram": ("per-unit Gram at the critical width (drawn slice)", "1"),
 }
 
 

@@ -7,9 +7,13 @@ recorder never pays for Dask or transformers.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from typing import Any
 
-__version__ = "0.1.0"
+try:  # the version of the installed distribution, not a second copy of it
+    __version__ = importlib.metadata.version("gradcomp")
+except importlib.metadata.PackageNotFoundError:  # running from a tree that was never installed
+    __version__ = "0+unknown"
 
 # name -> (module, attribute or None for the module itself)
 _LAZY: dict[str, tuple[str, str | None]] = {

@@ -3,6 +3,12 @@
 Every Dataset gradcomp writes uses these dimension names, and every variable carries a
 ``long_name`` and ``units`` attribute so that xarray labels plots by itself. Modules that add
 variables pass their own labels to :func:`annotate` next to the shared ones defined here.
+
+Units are UDUNITS-2 strings (CF 1.10 §3.1): ``"1"`` for dimensionless quantities, counts and
+indices, with the ``long_name`` saying what is counted or in which scale (losses, gradients and
+their inner products are dimensionless, like the loss they derive from). :func:`annotate` also
+adds the CF links (:func:`gradcomp._cf.link`): ``flag_values`` on ±1 outcomes and
+``ancillary_variables`` from an estimate to its bounds.
 """
 
 from __future__ import annotations
@@ -10,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import xarray as xr
+
+from gradcomp import _cf
 
 STEP = "step"  # optimiser step at which a statistic was recorded
 TASK = "task"  # task (or head) name
@@ -35,29 +43,30 @@ SETTINGS = (1, 2)  # the values of ALICE and BOB
 #: (long_name, units) of the variables that several modules produce.
 LABELS: dict[str, tuple[str, str]] = {
     "loss": ("task loss", "1"),
-    "gram": ("inner product of per-task gradients", "loss² / param²"),
-    "grad_norm": ("per-task gradient norm", "loss / param"),
+    "gram": ("inner product of per-task gradients (loss² per parameter²)", "1"),
+    "grad_norm": ("per-task gradient norm (loss per parameter)", "1"),
     "cosine": ("cosine between per-task gradients", "1"),
-    "unit_gram": ("per-unit inner product of per-task gradients", "loss² / param²"),
-    "grad": ("per-task gradient", "loss / param"),
-    STEP: ("training step", "step"),
+    "unit_gram": ("per-unit inner product of per-task gradients (loss² per parameter²)", "1"),
+    "grad": ("per-task gradient (loss per parameter)", "1"),
+    STEP: ("training step (optimiser steps taken)", "1"),
     TASK: ("task", "1"),
     TASK_J: ("task (second axis)", "1"),
     LAYER: ("shared layer", "1"),
     SEED: ("seed", "1"),
-    WIDTH: ("hidden width", "units"),
+    WIDTH: ("hidden width (number of hidden units)", "1"),
     RANK: ("LoRA rank", "1"),
     ALICE: ("Alice's setting", "1"),
     BOB: ("Bob's setting", "1"),
     UNIT: ("hidden unit", "1"),
-    FREQUENCY: ("frequency", "cycles / step"),
-    LAG: ("lag", "traced steps"),
+    FREQUENCY: ("frequency (cycles per training step)", "1"),
+    LAG: ("lag (in traced steps)", "1"),
     OWN: ("own setting", "1"),
 }
 
 
 def annotate(ds: xr.Dataset, labels: Mapping[str, tuple[str, str]] | None = None) -> xr.Dataset:
-    """Set ``long_name`` and ``units`` on every variable and coordinate with a known label.
+    """Set ``long_name`` and ``units`` on every variable and coordinate with a known label, and
+    the CF links of :func:`gradcomp._cf.link` (outcome flags, estimates to their bounds).
 
     Args:
         ds: the Dataset to label (modified in place and returned).
@@ -72,7 +81,7 @@ def annotate(ds: xr.Dataset, labels: Mapping[str, tuple[str, str]] | None = None
             long_name, units = table[str(name)]
             ds[name].attrs.setdefault("long_name", long_name)
             ds[name].attrs.setdefault("units", units)
-    return ds
+    return _cf.link(ds)
 
 
 def require(ds: xr.Dataset, names: list[str] | tuple[str, ...], hint: str = "") -> None:

@@ -1,39 +1,93 @@
-"""Provenance attributes for every Dataset gradcomp writes."""
+"""Provenance attributes for every Dataset gradcomp writes.
+
+The CF global attributes (``Conventions``, ``history``; CF 1.10 §2.6.2) and the versions of
+gradcomp and of the libraries its numbers depend on. gradcomp's version comes from its package
+metadata; a ``git describe`` state is recorded only when gradcomp runs from its own checkout (the
+package's parent directory holds gradcomp's ``pyproject.toml`` and is the git toplevel), never the
+state of a user's repository that gradcomp happens to be installed or vendored in.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import functools
+import importlib.metadata
 import json
 import platform
+import re
 import subprocess
+import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
+__all__ = ["CONVENTIONS", "LIBRARIES", "command", "package_version", "provenance"]
 
-from gradcomp import __version__
+#: the CF version the Datasets follow
+CONVENTIONS = "CF-1.10"
+
+#: distributions whose versions every Dataset records (``<name>_version``)
+LIBRARIES = ("gradcomp", "torch", "numpy", "xarray", "scipy")
+
+#: the command line being run, set by :func:`gradcomp.cli.main` for the ``history`` attribute
+command: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "gradcomp_command", default=None
+)
+
+_NAME = re.compile(r'^\s*name\s*=\s*["\']gradcomp["\']\s*$', re.MULTILINE)
 
 
-@functools.lru_cache(maxsize=1)
-def _git_state() -> str:
-    """``git describe`` of the package's checkout, looked up once per process."""
-    here = Path(__file__).resolve().parent
+@functools.cache
+def package_version(name: str) -> str:
+    """The installed version of distribution ``name`` (``"unknown"`` if not installed)."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _git(cwd: Path, *args: str) -> str:
+    """Stripped stdout of ``git args`` in ``cwd``; ``""`` if git is missing or fails."""
     try:
         out = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5, check=False
         )
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
 
 
-def provenance(config: Mapping[str, Any] | None = None) -> dict[str, str]:
+@functools.cache
+def _git_state(package_dir: str) -> str:
+    """``git describe --always --dirty`` of gradcomp's own checkout, else ``""``.
+
+    A checkout is the parent of ``package_dir`` when it holds a ``pyproject.toml`` naming the
+    project ``gradcomp`` *and* is the toplevel of a git work tree. An installed copy (site-packages
+    inside a user's repository), a vendored copy or a gradcomp source tree nested in another
+    repository gets ``""``: the commit there is not gradcomp's.
+    """
+    root = Path(package_dir).resolve().parent
+    try:
+        pyproject = (root / "pyproject.toml").read_text(encoding="utf-8")
+    except OSError:
+        return ""
+    if not _NAME.search(pyproject.split("[project]", 1)[-1].split("\n[", 1)[0]):
+        return ""
+    toplevel = _git(root, "rev-parse", "--show-toplevel")
+    if not toplevel or Path(toplevel).resolve() != root:
+        return ""
+    return _git(root, "describe", "--always", "--dirty")
+
+
+def _caller(depth: int) -> str:
+    frame = sys._getframe(depth + 1)
+    return f"{frame.f_globals.get('__name__', '?')}.{frame.f_code.co_name}"
+
+
+def provenance(
+    config: Mapping[str, Any] | None = None, *, source: str | None = None
+) -> dict[str, str]:
     """Attributes that say how a Dataset was made.
 
     netCDF attributes must be strings or numbers, so the config is stored as JSON.
@@ -41,15 +95,27 @@ def provenance(config: Mapping[str, Any] | None = None) -> dict[str, str]:
     Args:
         config: the settings of the run (any JSON-serialisable mapping; other values are
             stored through ``str``).
+        source: what made the Dataset, for ``history``; default: the calling function
+            (``module.function``).
 
     Returns:
         A dict for ``Dataset.attrs``; every value is a plain ``str`` (h5netcdf writes no
-        ``str`` subclass such as ``torch.__version__``).
+        ``str`` subclass such as ``torch.__version__``): ``Conventions``, ``history``
+        (``"<UTC time>: gradcomp <version> <source>"``, and the command line when run by the
+        ``gradcomp`` command), ``<library>_version`` for each of :data:`LIBRARIES`,
+        ``python_version``, ``git_state`` (``""`` unless run from gradcomp's own checkout) and
+        ``config``.
     """
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    history = f"{stamp}: gradcomp {package_version('gradcomp')} {source or _caller(1)}"
+    cmd = command.get()
+    if cmd:
+        history += f" (command: {cmd})"
     return {
-        "gradcomp_version": __version__,
-        "torch_version": str(torch.__version__),
+        "Conventions": CONVENTIONS,
+        "history": history,
+        **{f"{lib}_version": package_version(lib) for lib in LIBRARIES},
         "python_version": platform.python_version(),
-        "git_state": _git_state(),
+        "git_state": _git_state(str(Path(__file__).resolve().parent)),
         "config": json.dumps(dict(config or {}), sort_keys=True, default=str),
     }

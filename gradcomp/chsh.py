@@ -71,6 +71,7 @@ from gradcomp._cbd import (
 from gradcomp._cbd import margin as cbd_margin
 from gradcomp._dims import ALICE, BOB, SEED, SETTINGS
 from gradcomp._exact import clopper_pearson, mcnemar_exact, mean_bound, mean_pvalue
+from gradcomp._provenance import provenance
 
 __all__ = ["LABELS", "SHIFT", "SHIFTS", "bootstrap_means", "estimate"]
 
@@ -334,6 +335,8 @@ def estimate(
         coords=coords,
     )
     n_bad = int((~valid).sum())
+    config = {"confidence": confidence, "paired": paired}  # n_boot and seed are unused
+    ds.attrs.update(provenance(config))
     ds.attrs.update(
         {
             "confidence": float(confidence),

@@ -78,6 +78,8 @@ NCNET_BAD = [
     (["--device", "banana"], r"--device: device 'banana' is not a torch device"),
     (["--device", "meta"], r"meta"),
     (["--backend", "c", "--device", "cuda:0"], r"backend c runs on the CPU|CUDA"),
+    (["--out", "a\x00b.nc"], r"--out 'a\\x00b.nc': a path cannot contain a NUL byte"),
+    (["--figure", "f\x00.png"], r"--figure .*NUL byte"),
 ]
 
 
@@ -166,7 +168,10 @@ def test_figure_write_failure_keeps_the_data(capsys, tmp_path, monkeypatch) -> N
     capsys.readouterr()
     assert main(ncnet(tmp_path, "--no-control")) == 1
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    # stderr: what was done ("wrote" the data), then the error as its last and only error line
+    assert "Traceback" not in err and f"wrote {tmp_path / 'n.nc'}" in err
+    assert [line for line in err.splitlines() if "error" in line] == [err.splitlines()[-1]]
+    err = err.splitlines()[-1]
     assert "could not write the figure" in err and "the data are in" in err
     assert (tmp_path / "n.nc").exists() and not (tmp_path / "n_capacity.png").exists()
 
@@ -341,6 +346,8 @@ LORA_BAD = [
     (["--languages", "en", "zz"], r"unknown language code"),
     (["--device", "banana"], r"'banana' is not a torch device"),
     (["--small"], r"not allowed with argument"),
+    # a ValueError ("embedded null byte") from the first write, after training, until checked
+    (["--out", "out\x00x"], r"--out .*: a path cannot contain a NUL byte"),
 ]
 
 

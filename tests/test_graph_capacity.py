@@ -48,7 +48,7 @@ def test_capacity_coord(tmp_path) -> None:
     out = ds.assign_coords(shared_capacity=coord)
     out.to_netcdf(tmp_path / "c.nc", engine="h5netcdf")
     back = xr.load_dataset(tmp_path / "c.nc", engine="h5netcdf")
-    assert back["shared_capacity"].attrs["units"] == "channels"
+    assert back["shared_capacity"].attrs["units"] == "1"  # a channel count (UDUNITS)
     unshared = ds.assign_attrs(unshared=1)  # as gradcomp.ncnet.run writes for the control
     np.testing.assert_array_equal(capacity_coord(unshared).values, [0.0, 0.0, 0.0])
     bits = capacity_coord(ds, unit="bits")

@@ -122,15 +122,19 @@ def test_flush_equals_the_unflushed_recording(tmp_path: Path, every: int) -> Non
     ref_rec, ref_mid, ref_end, ref_held = runs["memory"]
     rec, mid, end, held = runs["file"]
     assert held <= ref_held / 4  # at most one step held against all of them
-    xr.testing.assert_identical(mid, ref_mid)
-    xr.testing.assert_identical(end, ref_end)
-    xr.testing.assert_identical(rec.to_dataset(), ref_rec.to_dataset())
+
+    def same(x: xr.Dataset, y: xr.Dataset) -> None:  # but for the time stamp of each build
+        xr.testing.assert_identical(x.assign_attrs(history=None), y.assign_attrs(history=None))
+
+    same(mid, ref_mid)
+    same(end, ref_end)
+    same(rec.to_dataset(), ref_rec.to_dataset())
     for name in ("memory-mid.nc", "file-mid.nc"):
         with xr.open_dataset(tmp_path / name, engine="h5netcdf") as back:
-            xr.testing.assert_identical(back.load(), ref_mid)
+            same(back.load(), ref_mid)
     with xr.open_dataset(tmp_path / "r.nc", engine="h5netcdf") as back:
-        xr.testing.assert_identical(back.load(), ref_end)
-        assert back.attrs == ref_end.attrs
+        same(back.load(), ref_end)
+        assert back.attrs.keys() == ref_end.attrs.keys()
 
 
 def test_a_file_changed_behind_the_recorder_is_named(tmp_path: Path) -> None:

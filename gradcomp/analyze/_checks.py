@@ -77,11 +77,11 @@ def finish(
     ``undefined_reason`` entries are also plain attrs (``undefined_reason`` only when some
     statistic is undefined).
     """
-    for name in labels:  # the analyzer's own label, not one inherited through arithmetic
-        if name in ds.variables:
-            ds[name].attrs.pop("long_name", None)
-            ds[name].attrs.pop("units", None)
+    for var in labels:  # the analyzer's own label, not one inherited through arithmetic
+        if var in ds.variables:
+            ds[var].attrs.pop("long_name", None)
+            ds[var].attrs.pop("units", None)
     _dims.annotate(ds, labels)
-    ds.attrs = provenance({"analyzer": name, **config})
+    ds.attrs = provenance({"analyzer": name, **config}, source=f"gradcomp.analyze.{name}")
     ds.attrs.update({k: str(config[k]) for k in PLAIN if k in config and config[k] != ""})
     return ds

@@ -44,7 +44,7 @@ LABELS: dict[str, tuple[str, str]] = {
     "lead_asymmetry_lo": ("lead asymmetry, lower bound", "1"),
     "lead_asymmetry_hi": ("lead asymmetry, upper bound", "1"),
     "lead_asymmetry_p": ("two-sided p-value of a lead asymmetry", "1"),
-    LAG: ("lag (positive: x leads y)", "traced steps"),
+    LAG: ("lag in traced steps (positive: x leads y)", "1"),
 }
 
 

@@ -40,13 +40,13 @@ __all__ = ["oscillation"]
 _BLOCK, _OFFSET = "_block", "_offset"
 
 LABELS: dict[str, tuple[str, str]] = {
-    "osc_amplitude": ("loss oscillation amplitude (half the mean leg height, detrended)", "loss"),
+    "osc_amplitude": ("loss oscillation amplitude (half the mean leg height, detrended)", "1"),
     "reversals": ("reversals of the loss increment in the window", "1"),
     "reversal_rate": ("share of turning points in the window", "1"),
-    "loss_psd": ("power spectral density of the detrended loss (Welch)", "loss² · step"),
-    "dominant_frequency": ("dominant frequency of the loss oscillation", "cycles / step"),
+    "loss_psd": ("power spectral density of the detrended loss (Welch; loss² × steps)", "1"),
+    "dominant_frequency": ("dominant frequency of the loss oscillation (cycles per step)", "1"),
     "hf_share": ("share of loss power at high frequency", "1"),
-    FREQUENCY: ("frequency", "cycles / step"),
+    FREQUENCY: ("frequency (cycles per training step)", "1"),
 }
 
 

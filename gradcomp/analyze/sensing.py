@@ -71,7 +71,7 @@ LABELS: dict[str, tuple[str, str]] = {
     "information_bias": ("first-order plug-in bias of the information", "bit"),
     "p_adjusted": ("p-value adjusted over windows (max statistic)", "1"),
     "q_value": ("q-value over windows (Benjamini-Hochberg)", "1"),
-    "onset": ("sensing onset (first window reliably above chance)", "step"),
+    "onset": ("sensing onset: training step of the first window reliably above chance", "1"),
     "n_seeds": ("seeds", "1"),
     OWN: ("own setting", "1"),
 }

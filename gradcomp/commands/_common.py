@@ -158,9 +158,12 @@ def check_output(
     creates them).
 
     Raises:
-        CommandError: ``path`` is a directory, has a suffix not in ``suffixes``, exists without
-            ``force``, or lies under a file or an unwritable directory.
+        CommandError: ``path`` holds a NUL byte, is a directory, has a suffix not in
+            ``suffixes``, exists without ``force``, or lies under a file or an unwritable
+            directory.
     """
+    if "\x00" in str(path):  # os calls raise ValueError on it, possibly only after training
+        raise CommandError(f"{flag} {str(path)!r}: a path cannot contain a NUL byte", status=2)
     path = Path(path)
     allowed = tuple(suffixes)
     if path.is_dir():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 
 from gradcomp.commands._common import (
@@ -172,6 +173,6 @@ def run(args: argparse.Namespace) -> int:
             f"{int(r):>5} {float(e.S):7.3f} {float(e.S_lo):7.3f} {float(e.S_hi):7.3f} "
             f"{float(e.delta):7.3f} {float(e.generalization):13.3f}"
         )
-    print(f"method: {ds.attrs['method']}; config: {dataclasses.asdict(cfg)}")
-    print(f"wrote {data_file} and {summary_file}")
+    print(f"method: {ds.attrs['method']}; config: {dataclasses.asdict(cfg)}", file=sys.stderr)
+    print(f"wrote {data_file} and {summary_file}", file=sys.stderr)
     return 0

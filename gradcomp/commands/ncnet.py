@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -153,7 +154,7 @@ def outputs(args: argparse.Namespace) -> tuple[Path, Path | None]:
     if args.figure is not None and str(args.figure).lower() == "none":
         return out, None
     fig = Path(args.figure) if args.figure else out.with_name(f"{out.stem}_capacity.png")
-    if fig.resolve() == out.resolve():
+    if "\x00" not in str(fig) and fig.resolve() == out.resolve():  # check_output refuses NUL
         raise CommandError(f"--figure {fig} is the --out file; give another name", status=2)
     return out, check_output(fig, flag="--figure", suffixes=figure_formats(), force=args.force)
 
@@ -220,9 +221,9 @@ def run(args: argparse.Namespace) -> int:
         save_dataset(ds, path, keep_bits=None if args.keep_bits == 23 else args.keep_bits)
 
     save(write, out, what="the dataset", name="ncnet")
-    print(table(ds))
-    print(f"backend: {ds.attrs['backend']}")
-    print(f"wrote {out}")
+    print(table(ds))  # the result: the only output on stdout
+    print(f"backend: {ds.attrs['backend']}", file=sys.stderr)
+    print(f"wrote {out}", file=sys.stderr)
     if fig is not None:
         from gradcomp.plot.chsh import figure
 
@@ -235,6 +236,6 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError(
                 f"{err.message} (the data are in {out}; gradcomp.plot.chsh.figure redraws it)"
             ) from None
-        print(f"wrote {fig}")
-    print(f"done in {time.perf_counter() - t0:.1f} s")
+        print(f"wrote {fig}", file=sys.stderr)
+    print(f"done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0

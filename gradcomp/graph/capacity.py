@@ -144,5 +144,9 @@ def capacity_coord(
         raise ValueError("ds has neither a 'width' nor a 'rank' coordinate to attach capacity to.")
     out = xr.DataArray(np.asarray(values, float), dims=(dim,), coords={dim: ds[dim].values})
     out.name = "shared_capacity"
-    out.attrs.update(long_name="shared-channel capacity between the heads", units=unit)
+    # UDUNITS units: a channel count is dimensionless ("1"), a log2 count is in bits
+    out.attrs.update(
+        long_name=f"shared-channel capacity between the heads (in {unit})",
+        units="1" if unit == "channels" else "bit",
+    )
     return out

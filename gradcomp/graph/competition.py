@@ -35,11 +35,11 @@ __all__ = ["competition", "competition_graph", "unit_shares"]
 LABELS = {
     "share": ("share of the task's squared gradient norm on the unit", "1"),
     "contested": ("unit is contested (both tasks active, conflicting pulls)", "1"),
-    "n_units": ("units in the layer", "units"),
-    "n_contested": ("contested units", "units"),
+    "n_units": ("number of units in the layer", "1"),
+    "n_contested": ("number of contested units", "1"),
     "contested_share": ("contested units / units in the layer", "1"),
     "contested_mass": ("share of the task's gradient on contested units", "1"),
-    "n_owned": ("units the task owns outright", "units"),
+    "n_owned": ("number of units the task owns outright", "1"),
     "n_components": ("connected components of the task–unit graph with a task", "1"),
     "min_share": ("share threshold for an active task", "1"),
 }

@@ -27,7 +27,7 @@ LABELS = {
     "rank_bits": ("measured log2 rank [A]_{I,J} (random Gaussian weights)", "bit"),
     "n_params": ("weights in the ConvAC", "1"),
     "channels": ("channels after each 1×1 convolution", "1"),
-    "block": ("partition block size (1: interleaved, N/2: left/right)", "inputs"),
+    "block": ("partition block size in inputs (1: interleaved, N/2: left/right)", "1"),
     "level": ("pooling level", "1"),
 }
 

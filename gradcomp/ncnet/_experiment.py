@@ -77,7 +77,8 @@ def capacity(
     est = chsh.estimate(ds.a, ds.b, n_boot=n_boot, confidence=confidence)
     est["diverged_share"] = share
     out = xr.merge([ds, est], combine_attrs="override")
-    out.attrs.update({f"chsh_{k}": v for k, v in est.attrs.items()})
+    # the estimate's own attrs; its provenance (versions, history, config) is the run's already
+    out.attrs.update({f"chsh_{k}": v for k, v in est.attrs.items() if k not in out.attrs})
     out.attrs["max_diverged"] = float(max_diverged)
     if control and not config.unshared:
         ctrl_cfg = replace(config, unshared=True, trace_every=(config.steps,), units=False)

@@ -24,7 +24,7 @@ __all__ = ["AXIS_LABELS", "decode", "encode", "open_store", "run_chunk"]
 AXIS_LABELS: dict[str, tuple[str, str]] = {
     "lr": ("learning rate", "1"),
     "init_scale": ("initialisation scale", "1"),
-    "steps": ("training steps", "step"),
+    "steps": ("number of training steps", "1"),
 }
 
 
