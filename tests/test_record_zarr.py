@@ -76,18 +76,22 @@ def test_zarr_flushes_equal_the_in_memory_recording(tmp_path: Path) -> None:
 
 
 def test_each_flush_writes_only_the_new_steps(tmp_path: Path, monkeypatch) -> None:
-    written: list[int] = []
-    real = xr.Dataset.to_zarr
+    from gradcomp.recorder import core
 
-    def spy(self: xr.Dataset, *args: Any, **kw: Any) -> Any:
-        written.append(self.sizes["step"])
-        return real(self, *args, **kw)
+    written: list[tuple[int, int]] = []
+    real = rec_io._append_arrays
 
-    monkeypatch.setattr(xr.Dataset, "to_zarr", spy)
+    def spy(ds: xr.Dataset, target: Path, n_before: int) -> None:
+        written.append((n_before, ds.sizes["step"]))
+        real(ds, target, n_before)
+
+    monkeypatch.setattr(rec_io, "_append_arrays", spy)
     m = _model()
     _train(10, m, torch.optim.SGD(m.parameters(), lr=0.05), path=tmp_path / "r.zarr",
            flush_every=4)  # fmt: skip
-    assert written == [4, 4, 2]
+    assert written == [(4, 4), (8, 2)]  # the first flush creates the store with steps 0-3
+    assert core.append_zarr is rec_io.append_zarr
+    assert _open(tmp_path / "r.zarr").step.values.tolist() == list(range(10))
 
 
 def test_a_resumed_recording_appends(tmp_path: Path) -> None:

@@ -193,6 +193,7 @@ class Recorder:
         self._used: set[str] = set()
         self._counter = 0
         self._last_step: int | None = None
+        self._appended = False  # this recorder appended to its Zarr store (so checked it)
         if path is not None and is_zarr(path):  # resume: append to the steps already there
             self._flushed, self._last_step = zarr_steps(path)
             if self._last_step is not None:
@@ -361,7 +362,8 @@ class Recorder:
         from_zarr = self._flushed and self.path is not None and is_zarr(self.path)
         if own and is_zarr(target):  # only the new steps are written
             new = self._steps.to_dataset(self.tasks, self.layout, self._config())
-            append_zarr(new, target, self._flushed)
+            append_zarr(new, target, self._flushed, check=not self._appended)
+            self._appended = True
         elif not own and (from_zarr or is_zarr(target)):  # another path: the whole recording
             whole = self.to_dataset()
             if is_zarr(target):

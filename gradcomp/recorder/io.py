@@ -173,7 +173,7 @@ def _cut(target: Path, n: int) -> None:
     import zarr
 
     with _quiet():
-        arrays = list(zarr.open_group(target, mode="r+").arrays())
+        arrays = list(zarr.open_group(target, mode="r+", use_consolidated=False).arrays())
     cut = False
     for _, arr in arrays:
         dims = arr.metadata.dimension_names or ()
@@ -187,14 +187,17 @@ def _cut(target: Path, n: int) -> None:
             zarr.consolidate_metadata(target)
 
 
-def append_zarr(ds: xr.Dataset, path: str | os.PathLike[str], n_before: int) -> Path:
+def append_zarr(
+    ds: xr.Dataset, path: str | os.PathLike[str], n_before: int, *, check: bool = True
+) -> Path:
     """Append ``ds``'s steps to the Zarr recording at ``path`` holding ``n_before`` steps.
 
     With ``n_before == 0`` a new store is written (built next to ``path`` and renamed over it).
     Otherwise the store's variables and non-``step`` coordinates must equal ``ds``'s, and its
     last step must precede ``ds``'s first; the new steps are appended along ``step`` (only they
     are written), the global attributes are replaced by ``ds``'s, and the new step count is
-    committed last.
+    committed last. ``check=False`` skips reading the store back (for the appends after a
+    recorder's first, to a store only it writes).
 
     Raises:
         ValueError: the store does not hold this recording's variables or coordinates, or its
@@ -220,17 +223,45 @@ def append_zarr(ds: xr.Dataset, path: str | os.PathLike[str], n_before: int) -> 
         return target
     if not (target / COMMITTED).exists():
         raise ValueError(f"{target} (where earlier recorded steps were flushed) no longer exists")
-    _cut(target, n_before)
-    with _quiet(), xr.open_zarr(target, consolidated=True, chunks=None) as old:
-        _check_same(old, ds, target, n_before)
+    if check:
+        _cut(target, n_before)
+        with _quiet(), xr.open_zarr(target, consolidated=True, chunks=None) as old:
+            _check_same(old, ds, target, n_before)
     with _quiet():
-        ds.to_zarr(target, append_dim=STEP, consolidated=True)
-        group = zarr.open_group(target, mode="r+")
-        group.attrs.clear()
-        group.attrs.update(_attrs(ds.attrs))
+        _append_arrays(ds, target, n_before)
+        group = zarr.open_group(target, mode="r+", use_consolidated=False)
+        group.attrs.put(_attrs(ds.attrs))  # replaces them all, in one write
         zarr.consolidate_metadata(target)
     _commit(target, n_before + n_new)
     return target
+
+
+def _append_arrays(ds: xr.Dataset, target: Path, n_before: int) -> None:
+    """Extend every ``step`` array of the store by ``ds``'s steps and write them (concurrently):
+    what ``ds.to_zarr(append_dim="step")`` does, without re-reading and re-writing the rest."""
+    import asyncio
+
+    import zarr
+    from xarray.backends.zarr import encode_zarr_variable
+    from zarr.core.sync import sync
+
+    n1 = n_before + ds.sizes[STEP]
+    writes = []
+    for name, var in ds.variables.items():
+        if STEP not in var.dims:
+            continue
+        arr = zarr.open_array(target / str(name), mode="r+")
+        dims = tuple(arr.metadata.dimension_names or ())
+        if dims != var.dims or dims[0] != STEP or arr.shape[0] != n_before:
+            raise ValueError(f"{target}: array {name!r} does not continue this recording")
+        arr.resize((n1, *arr.shape[1:]))
+        data = np.asarray(encode_zarr_variable(var, zarr_format=3).values, dtype=arr.dtype)
+        writes.append(arr.async_array.setitem(slice(n_before, n1), data))
+
+    async def write_all() -> None:
+        await asyncio.gather(*writes)
+
+    sync(write_all())
 
 
 def _attrs(attrs: dict[Any, Any]) -> dict[str, Any]:

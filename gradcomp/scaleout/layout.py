@@ -111,16 +111,21 @@ class Layout:
             out.append(f"{DATA}/{name}/{arr.metadata.encode_chunk_key(key)}")
         return out
 
-    def write(self, chunk: Chunk, part: xr.Dataset) -> str:
-        """Write ``part`` (the chunk's Dataset) into its region; return the digest of its values.
+    def write(self, chunk: Chunk, part: xr.Dataset | Mapping[Hashable, xr.Variable]) -> str:
+        """Write ``part`` (the chunk's Dataset or its variables) into its region; return the
+        digest of the values written. The variables' arrays are written concurrently.
 
         Raises:
             ValueError: ``part`` does not fit the layout (other variables, or coordinates of a
                 non-grid dim that differ from the first chunk's).
         """
-        from xarray.backends.zarr import encode_zarr_variable
+        import asyncio
 
-        names = {str(n) for n in part.variables if _region_dims(part[n].variable, self.names)}
+        from xarray.backends.zarr import encode_zarr_variable
+        from zarr.core.sync import sync
+
+        variables = part.variables if isinstance(part, xr.Dataset) else part
+        names = {str(n) for n, v in variables.items() if _region_dims(v, self.names)}
         names -= {*self.names, SEED}
         if names != set(self.written):
             raise ValueError(
@@ -128,22 +133,27 @@ class Layout:
                 f"{sorted(self.written)}: an experiment must return the same variables in every cell"
             )
         for name, var in self.fixed.items():
-            if name in part.coords and not np.array_equal(part[name].values, var.values):
+            if name in variables and not np.array_equal(variables[name].values, var.values):
                 raise ValueError(
                     f"chunk {chunk.key}: coordinate {name!r} differs from the first chunk's; "
                     "an experiment must return the same non-grid coordinates in every cell"
                 )
         region = self.region(chunk)
-        values = {}
+        values, writes = {}, []
         for name in self.written:
-            var = encode_zarr_variable(part[name].variable, zarr_format=3)
+            var = encode_zarr_variable(variables[name], zarr_format=3)
             arr = self._array(name)
             order = [str(d) for d in arr.metadata.dimension_names]
             if sorted(order) != sorted(str(d) for d in var.dims):
                 raise ValueError(f"chunk {chunk.key}: variable {name!r} has dims {var.dims}")
             data = np.asarray(var.transpose(*order).values, dtype=arr.dtype)
             values[name] = data
-            arr[self._where(name, region)] = data
+            writes.append(arr.async_array.setitem(self._where(name, region), data))
+
+        async def write_all() -> None:
+            await asyncio.gather(*writes)
+
+        sync(write_all())
         return _digest(values)
 
     def digest(self, chunk: Chunk) -> str:

@@ -25,6 +25,7 @@ import os
 import shutil
 import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -287,23 +288,26 @@ class ChunkStore:
                 previously finished chunk is untouched.
             ValueError: the chunk's variables or non-grid coordinates differ from the first's.
         """
-        from gradcomp.scaleout.chunkio import decode
+        from gradcomp.scaleout.chunkio import decode, decode_variables
 
         key = chunk.key
-        part = decode(payload) if isinstance(payload, bytes) else payload
+        part: xr.Dataset | dict[str, xr.Variable] = payload  # type: ignore[assignment]
         try:
             if self._layout is None or not self._meta_written:
                 with self._lock:  # chunks are written from a few threads at once
                     if self._layout is None:
-                        self._create(part)
+                        if isinstance(payload, bytes):
+                            part = decode(payload)
+                        self._create(part)  # type: ignore[arg-type]
                     elif not self._meta_written:
                         self._write_meta()
+            if isinstance(part, bytes):
+                part = decode_variables(part)[0]
             assert self._layout is not None
             self.marker_path(key).unlink(missing_ok=True)
             digest = _write_region(self._layout, chunk, part)
             files = self._sizes(chunk)
-            for f in files:
-                _fsync_file(self.path / f)
+            list(_FSYNC.map(_fsync_file, [self.path / f for f in files]))
             marker = {
                 "key": key,
                 "sha256": digest,
@@ -350,7 +354,11 @@ def check_chunk(root: Path, lay: Layout | None, key: str, verify: Verify) -> boo
         return False
 
 
-def _write_region(lay: Layout, chunk: Chunk, part: xr.Dataset) -> str:
+#: fsyncs of a chunk's files run side by side (the file system may commit them together)
+_FSYNC = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gradcomp-fsync")
+
+
+def _write_region(lay: Layout, chunk: Chunk, part: xr.Dataset | Mapping[Any, xr.Variable]) -> str:
     """Write ``part`` into ``chunk``'s region (a hook tests replace to simulate a full disk)."""
     return lay.write(chunk, part)
 
