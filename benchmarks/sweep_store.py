@@ -3,7 +3,8 @@ flushes (cumulative cost over a long recording).
 
 Sweep store, at 160 chunks (4 widths × 5 learning rates × 8 blocks of 250 seeds, as the phase
 diagram), chunks shaped like NCnet's with a loss trace (``a``, ``b`` int8 and ``loss`` float32
-over ``seed × alice × bob × step`` with 21 trace steps, ``diverged`` bool), identical values in both:
+over ``seed × alice × bob × step`` with 21 trace steps, ``diverged`` bool), the same values in
+both:
 
 - ``npz + netCDF`` (store format 2, reimplemented here as it was): each chunk an ``.npz`` file
   (atomic, fsync'd) plus its done-marker; opening gathers every chunk into ``consolidated.nc``
@@ -202,7 +203,10 @@ def bench_recorder(root: Path, n_steps: int, flush_every: int) -> dict[str, Any]
 
     marks = [m for m in (1000, 2000, 5000, 10_000) if m <= n_steps]
     result: dict[str, Any] = {"flush_every": flush_every, "steps": marks, "cumulative_s": {}}
-    for kind, suffix, name in (("netcdf", ".nc", "append_netcdf"), ("zarr", ".zarr", "append_zarr")):
+    for kind, suffix, name in (
+        ("netcdf", ".nc", "append_netcdf"),
+        ("zarr", ".zarr", "append_zarr"),
+    ):
         torch.manual_seed(0)
         m = nn.ModuleDict(
             {
@@ -214,9 +218,9 @@ def bench_recorder(root: Path, n_steps: int, flush_every: int) -> dict[str, Any]
         spent: list[float] = []
         real = getattr(core, name)
 
-        def timed(*args: Any, real: Any = real, spent: list[float] = spent) -> Any:
+        def timed(*args: Any, real: Any = real, spent: list[float] = spent, **kw: Any) -> Any:
             t = time.perf_counter()
-            out = real(*args)
+            out = real(*args, **kw)
             spent.append(time.perf_counter() - t)
             return out
 
@@ -234,8 +238,8 @@ def bench_recorder(root: Path, n_steps: int, flush_every: int) -> dict[str, Any]
         finally:
             setattr(core, name, real)
         result["cumulative_s"][kind] = cumulative
-        result.setdefault("size_mb", {})[kind] = _du(path) / 1e6 if path.is_dir() else (
-            path.stat().st_size / 1e6
+        result.setdefault("size_mb", {})[kind] = (
+            _du(path) / 1e6 if path.is_dir() else (path.stat().st_size / 1e6)
         )
     nc, zr = result["cumulative_s"]["netcdf"], result["cumulative_s"]["zarr"]
     result["ratio_netcdf_over_zarr"] = [a / b for a, b in zip(nc, zr, strict=True)]

@@ -246,7 +246,7 @@ def test_damaged_layout_metadata_is_an_error_and_a_rerun_recomputes(tmp_path, ke
     raw = target.read_bytes()
     cut = int(len(raw) * keep) if isinstance(keep, float) else keep % len(raw)
     target.write_bytes(raw[:cut])  # truncated: empty, mid-header, half, one byte short
-    with pytest.raises(ValueError, match="unreadable data.zarr"):
+    with pytest.raises(ValueError, match=r"unreadable data\.zarr"):
         open_store(tmp_path / "s")
     st = ChunkStore(tmp_path / "s", CONFIG, grid)  # the markers vouch for nothing now
     assert st.done(grid.chunks()) == (set(), [])
@@ -298,8 +298,9 @@ def test_a_larger_grid_grows_the_layout_and_keeps_finished_chunks(tmp_path) -> N
     old = open_store(tmp_path / "s", grid=small)
     ref = reference(exp, AXES, range(3, 14))
     xr.testing.assert_equal(old[["a", "b"]].load(), ref[["a", "b"]].transpose(*old.a.dims))
-    assert json.loads(st.marker_path(small.chunks()[0].key).read_bytes())["sha256"] == (
-        marker["sha256"]
+    assert (
+        json.loads(st.marker_path(small.chunks()[0].key).read_bytes())["sha256"]
+        == (marker["sha256"])
     )
     with pytest.raises(ValueError, match=r"grid axes \['width', 'lr'\], this sweep has"):
         ChunkStore(tmp_path / "s", CONFIG, Grid.build({"width": [2]}, range(7), 7))

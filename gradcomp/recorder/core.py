@@ -34,7 +34,14 @@ from gradcomp.recorder.compiled import (
     rows_error,
 )
 from gradcomp.recorder.dataset import Steps
-from gradcomp.recorder.io import append_netcdf, append_zarr, is_zarr, read_steps, write_netcdf, zarr_steps
+from gradcomp.recorder.io import (
+    append_netcdf,
+    append_zarr,
+    is_zarr,
+    read_steps,
+    write_netcdf,
+    zarr_steps,
+)
 from gradcomp.recorder.shared import (
     Layout,
     SharedSpec,

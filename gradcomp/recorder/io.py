@@ -176,7 +176,7 @@ def _cut(target: Path, n: int) -> None:
         arrays = list(zarr.open_group(target, mode="r+", use_consolidated=False).arrays())
     cut = False
     for _, arr in arrays:
-        dims = arr.metadata.dimension_names or ()
+        dims = getattr(arr.metadata, "dimension_names", None) or ()
         if STEP in dims and arr.shape[dims.index(STEP)] != n:
             shape = list(arr.shape)
             shape[dims.index(STEP)] = n
@@ -251,7 +251,7 @@ def _append_arrays(ds: xr.Dataset, target: Path, n_before: int) -> None:
         if STEP not in var.dims:
             continue
         arr = zarr.open_array(target / str(name), mode="r+")
-        dims = tuple(arr.metadata.dimension_names or ())
+        dims = tuple(getattr(arr.metadata, "dimension_names", None) or ())
         if dims != var.dims or dims[0] != STEP or arr.shape[0] != n_before:
             raise ValueError(f"{target}: array {name!r} does not continue this recording")
         arr.resize((n1, *arr.shape[1:]))

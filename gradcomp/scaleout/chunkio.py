@@ -193,4 +193,3 @@ def open_store(
         ds.attrs.pop(key, None)
     ds.attrs["sweep_grid"] = grid.to_json()
     return ds
-

@@ -107,7 +107,10 @@ class Layout:
         for name in self.written:
             arr = self._array(name)
             where = self._where(name, region)
-            key = tuple(0 if s.start is None else s.start // c for s, c in zip(where, arr.chunks))
+            key = tuple(
+                0 if s.start is None else s.start // c
+                for s, c in zip(where, arr.chunks, strict=True)
+            )
             out.append(f"{DATA}/{name}/{arr.metadata.encode_chunk_key(key)}")
         return out
 
@@ -130,7 +133,8 @@ class Layout:
         if names != set(self.written):
             raise ValueError(
                 f"chunk {chunk.key} has variables {sorted(names)}, the store's other chunks "
-                f"{sorted(self.written)}: an experiment must return the same variables in every cell"
+                f"{sorted(self.written)}: an experiment must return the same variables in every "
+                "cell"
             )
         for name, var in self.fixed.items():
             if name in variables and not np.array_equal(variables[name].values, var.values):
