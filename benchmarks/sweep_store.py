@@ -16,7 +16,7 @@ both:
 Reported: write cost per chunk (median ms), first open and a later open (median s), size on disk,
 and the ratios; the two opened Datasets are checked equal.
 
-Recorder: ``gradcomp.record(..., path=..., flush_every=100)`` over 10,000 steps of a small MLP
+Recorder: ``gradcomp.record(..., path=..., flush_every=100)`` over 10,000 SGD steps of a small MLP
 (``units=True``), once to ``r.nc`` (each flush copies the file and appends) and once to ``r.zarr``
 (each flush appends the new steps); the time spent in flushes is summed and printed at 1k, 2k,
 5k and 10k steps.
@@ -215,6 +215,7 @@ def bench_recorder(root: Path, n_steps: int, flush_every: int) -> dict[str, Any]
             }
         )
         x, y = torch.randn(16, 8), torch.randn(16, 1)
+        opt = torch.optim.SGD(m.parameters(), lr=0.01)  # the statistics change from step to step
         spent: list[float] = []
         real = getattr(core, name)
 
@@ -231,8 +232,10 @@ def bench_recorder(root: Path, n_steps: int, flush_every: int) -> dict[str, Any]
             with gradcomp.record(m, ["a", "b"], units=True, path=path,
                                  flush_every=flush_every) as rec:  # fmt: skip
                 for step in range(1, n_steps + 1):
+                    opt.zero_grad()
                     h = m["trunk"](x)
                     rec.backward({t: ((m["heads"][t](h) - y) ** 2).mean() for t in "ab"})
+                    opt.step()
                     if step in marks:
                         cumulative.append(sum(spent))
         finally:
