@@ -5,6 +5,7 @@ checkpoint resume, GradScaler, sharding and version errors, and DDP (2 gloo proc
 from __future__ import annotations
 
 import csv
+import json
 import os
 import socket
 
@@ -456,15 +457,21 @@ def _record_steps(path, steps, *, resume=None):
     return rec
 
 
-def test_recorder_resume_keeps_the_steps_before_and_appends(tmp_path):
-    path = tmp_path / "rec.nc"
+@pytest.mark.parametrize("suffix", [".nc", ".zarr"])
+def test_recorder_resume_keeps_the_steps_before_and_appends(tmp_path, suffix):
+    path = tmp_path / f"rec{suffix}"
     full = _record_steps(path, range(5)).to_dataset()
     # resumed at step 3: steps 3 and 4 (recorded after the checkpoint) are dropped, then appended
     rec = _record_steps(path, [3, 4, 5], resume=3)
     ds = rec.to_dataset()
     assert list(ds["step"].values) == [0, 1, 2, 3, 4, 5]
     xr.testing.assert_equal(ds["gram"].isel(step=slice(0, 5)), full["gram"])
-    on_file = xr.open_dataset(path, engine="h5netcdf").load()
+    if suffix == ".zarr":
+        on_file = xr.open_zarr(path, consolidated=True).load()
+        n = json.loads((path / "gradcomp.json").read_text())["steps"]
+        assert n == 6 and on_file.sizes["step"] == 6
+    else:
+        on_file = xr.open_dataset(path, engine="h5netcdf").load()
     xr.testing.assert_equal(on_file["gram"], ds["gram"])
     _, loss, gram = rec.latest
     np.testing.assert_array_equal(gram, ds["gram"].sel(step=5).values)
@@ -472,7 +479,7 @@ def test_recorder_resume_keeps_the_steps_before_and_appends(tmp_path):
     with pytest.raises(ValueError, match="does not follow"):
         _record_steps(path, [2], resume=3)
     # a missing file starts a new recording
-    assert _record_steps(tmp_path / "new.nc", [7], resume=7).to_dataset().sizes["step"] == 1
+    assert _record_steps(tmp_path / f"new{suffix}", [7], resume=7).to_dataset().sizes["step"] == 1
 
 
 def test_lightning_fp16_with_a_gradscaler_records_unscaled_statistics():

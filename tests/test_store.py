@@ -78,7 +78,7 @@ def test_store_roundtrip_equals_reference(tmp_path) -> None:
     assert ds.attrs["sweep_config_hash"] == store_mod.config_hash(CONFIG)
     assert ds.a.attrs["long_name"] == "Alice's outcome" and ds.lr.attrs["units"] == "1"
     ds.close()
-    # the consolidated file is rebuilt when a chunk changes (here: one rewritten by other data)
+    # a chunk rewritten by other data is seen by the next open
     st = ChunkStore(tmp_path / "s", CONFIG, grid)
     c = grid.chunks()[0]
     st.write(c, run_chunk(c, Toy(noise=0.5))[1])
@@ -108,14 +108,17 @@ def test_corrupt_and_half_written_chunks_are_detected(tmp_path) -> None:
     chunks = grid.chunks()
     st = fill(tmp_path / "s", grid, Toy())
     assert st.done(chunks) == ({c.key for c in chunks}, [])
+    files = st.chunk_files(chunks[0].key)
+    assert len(files) == 2 and all(f.is_file() for f in files)  # one Zarr chunk file per variable
+    assert not set(files) & {f for c in chunks[1:] for f in st.chunk_files(c.key)}
     # 1. a flipped byte (same size): only the hash check sees it
-    p = st.chunk_path(chunks[0].key)
+    p = files[0]
     raw = bytearray(p.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     p.write_bytes(bytes(raw))
     # 2. a truncated file
-    q = st.chunk_path(chunks[1].key)
-    q.write_bytes(q.read_bytes()[:100])
+    q = st.chunk_files(chunks[1].key)[1]
+    q.write_bytes(q.read_bytes()[:10])
     # 3. a chunk file whose done-marker was never written (crash between the two renames)
     st.marker_path(chunks[2].key).unlink()
     assert not st.check(chunks[0].key) and st.check(chunks[0].key, verify="size")
@@ -130,10 +133,13 @@ def test_corrupt_and_half_written_chunks_are_detected(tmp_path) -> None:
 def test_leftover_temp_files_are_removed(tmp_path) -> None:
     grid = Grid.build(AXES, range(0, 7), 7)
     st = fill(tmp_path / "s", grid, Toy())
-    junk = st.path / "chunks" / ".x.npz.tmp.123"
+    junk = st.path / "done" / ".x.json.tmp.123"
     junk.write_bytes(b"half")
+    layout = st.path / ".data.zarr.tmp.123"  # a layout being built when the driver was killed
+    layout.mkdir()
+    (layout / "zarr.json").write_bytes(b"{")
     ChunkStore(tmp_path / "s", CONFIG, grid)
-    assert not junk.exists()
+    assert not junk.exists() and not layout.exists()
 
 
 def test_differing_config_is_refused(tmp_path) -> None:
@@ -158,23 +164,27 @@ def test_full_disk_leaves_chunk_undone_and_keeps_finished_work(tmp_path, monkeyp
     chunks = grid.chunks()
     st = fill(tmp_path / "s", grid, Toy())
     st.marker_path(chunks[3].key).unlink()
-    real = store_mod._write_file
+    real = store_mod._write_region
 
-    def full(path, payload):
-        if path.name.startswith(f".{chunks[3].key}"):
-            with open(path, "wb") as f:
-                f.write(payload[:10])  # partly written, then the disk is full
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real(path, payload)
+    def full(lay, chunk, part):
+        real(lay, chunk, part)
+        victim = st.path / lay.files(chunk)[0]
+        victim.write_bytes(victim.read_bytes()[:10])  # partly written, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store_mod, "_write_file", full)
-    _, payload, _ = run_chunk(chunks[3], Toy())
+    monkeypatch.setattr(store_mod, "_write_region", full)
+    _, payload, _ = run_chunk(chunks[3], Toy(noise=0.3))
     with pytest.raises(OSError, match=r"disk is full.*not marked done") as info:
         st.write(chunks[3], payload)
     assert info.value.errno == errno.ENOSPC
-    assert not list((st.path / "chunks").glob(".*tmp*"))
+    assert not list((st.path / "done").glob(".*tmp*"))
     done, corrupt = st.done(chunks)
     assert done == {c.key for c in chunks} - {chunks[3].key} and not corrupt
+    monkeypatch.setattr(store_mod, "_write_region", real)
+    st.write(chunks[3], run_chunk(chunks[3], Toy())[1])  # the rerun
+    ref = reference(Toy(), AXES, range(0, 14))
+    ds = open_store(st.path, verify="hash")
+    xr.testing.assert_equal(ds[["a", "b"]].load(), ref[["a", "b"]].transpose(*ds.a.dims))
 
 
 def test_run_chunk_validates_experiment_output() -> None:
@@ -228,20 +238,96 @@ def test_a_store_without_chunks_binds_no_configuration(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("keep", [0, 100, 0.5, -1])
-def test_damaged_consolidated_file_is_rebuilt_from_the_chunks(tmp_path, keep) -> None:
+def test_damaged_layout_metadata_is_an_error_and_a_rerun_recomputes(tmp_path, keep) -> None:
     exp, seeds = Toy(), range(0, 14)
     grid = Grid.build(AXES, seeds, 7)
     fill(tmp_path / "s", grid, exp)
-    open_store(tmp_path / "s").close()
-    target = tmp_path / "s" / "consolidated.nc"
+    target = tmp_path / "s" / "data.zarr" / "zarr.json"  # the consolidated metadata
     raw = target.read_bytes()
     cut = int(len(raw) * keep) if isinstance(keep, float) else keep % len(raw)
     target.write_bytes(raw[:cut])  # truncated: empty, mid-header, half, one byte short
+    with pytest.raises(ValueError, match=r"unreadable data\.zarr"):
+        open_store(tmp_path / "s")
+    st = ChunkStore(tmp_path / "s", CONFIG, grid)  # the markers vouch for nothing now
+    assert st.done(grid.chunks()) == (set(), [])
+    fill(tmp_path / "s", grid, exp)
     ds = open_store(tmp_path / "s")
     ref = reference(exp, AXES, seeds)
     xr.testing.assert_equal(ds[["a", "b"]].load(), ref[["a", "b"]].transpose(*ds.a.dims))
-    ds.close()
-    assert target.stat().st_size == len(raw)
+
+
+def test_layout_is_zarr_opened_lazily_from_consolidated_metadata(tmp_path) -> None:
+    import zarr
+
+    grid = Grid.build(AXES, range(3, 20), 7)
+    fill(tmp_path / "s", grid, Toy())
+    meta = json.loads((tmp_path / "s" / "data.zarr" / "zarr.json").read_bytes())
+    assert meta["zarr_format"] == 3 and "consolidated_metadata" in meta
+    # one Zarr chunk per sweep chunk: a cell × a block of seeds aligned to multiples of 7
+    arr = zarr.open_array(tmp_path / "s" / "data.zarr" / "a", mode="r")
+    assert arr.chunks[:3] == (1, 1, 7) and arr.shape[:3] == (2, 2, 20)
+    # opening reads no chunk: with every data file gone it still opens (lazily)
+    for f in (tmp_path / "s" / "data.zarr").glob("[ab]/c/**/*"):
+        if f.is_file():
+            f.unlink()
+    ds = open_store(tmp_path / "s")
+    assert ds.sizes["seed"] == 17 and int(ds.seed[0]) == 3 and ds["a"].chunks is not None
+    with pytest.raises(ValueError, match="lacks 12 of 12"):
+        open_store(tmp_path / "s", verify="size")
+
+
+def test_a_larger_grid_grows_the_layout_and_keeps_finished_chunks(tmp_path) -> None:
+    exp = Toy()
+    small = Grid.build(AXES, range(3, 14), 7)
+    st = fill(tmp_path / "s", small, exp)
+    marker = json.loads(st.marker_path(small.chunks()[0].key).read_bytes())
+    axes = {"width": [3, 4, 2], "lr": [0.0, 0.5]}
+    big = Grid.build(axes, range(0, 21), 7)
+    st = ChunkStore(tmp_path / "s", CONFIG, big)
+    done, corrupt = st.done(big.chunks())
+    # seed block [3, 7) of the small grid is not block [0, 7) of the big one
+    assert done == {c.key for c in small.chunks() if c.seed_start == 7} and not corrupt
+    for c in big.chunks():
+        if c.key not in done:
+            st.write(c, run_chunk(c, exp)[1])
+    got = open_store(tmp_path / "s", verify="hash")
+    ref = reference(exp, axes, range(0, 21))
+    xr.testing.assert_equal(got[["a", "b"]].load(), ref[["a", "b"]].transpose(*got.a.dims))
+    # the small grid's values are still there (block [3, 7) shares its Zarr chunk with block
+    # [0, 7), so its file sizes changed: a sweep over the small grid would check it again)
+    old = open_store(tmp_path / "s", grid=small)
+    ref = reference(exp, AXES, range(3, 14))
+    xr.testing.assert_equal(old[["a", "b"]].load(), ref[["a", "b"]].transpose(*old.a.dims))
+    assert (
+        json.loads(st.marker_path(small.chunks()[0].key).read_bytes())["sha256"]
+        == (marker["sha256"])
+    )
+    with pytest.raises(ValueError, match=r"grid axes \['width', 'lr'\], this sweep has"):
+        ChunkStore(tmp_path / "s", CONFIG, Grid.build({"width": [2]}, range(7), 7))
+
+
+def test_chunks_must_agree_with_the_layout(tmp_path) -> None:
+    grid = Grid.build(AXES, range(0, 7), 7)
+    st = ChunkStore(tmp_path / "s", CONFIG, grid)
+    first, second = grid.chunks()[:2]
+    st.write(first, run_chunk(first, Toy())[1])
+    part = decode(run_chunk(second, Toy())[1])
+    with pytest.raises(ValueError, match="coordinate 'step' differs"):
+        st.write(second, part.assign_coords(step=[5]))
+    with pytest.raises(ValueError, match=r"has variables \['a'\]"):
+        st.write(second, part.drop_vars("b"))
+    assert not st.marker_path(second.key).exists()
+
+
+def test_a_store_of_an_older_format_is_refused(tmp_path) -> None:
+    grid = Grid.build(AXES, range(0, 7), 7)
+    fill(tmp_path / "s", grid, Toy())
+    meta = json.loads((tmp_path / "s" / "store.json").read_text())
+    (tmp_path / "s" / "store.json").write_text(json.dumps({**meta, "format": 2}))
+    with pytest.raises(ValueError, match="older gradcomp"):
+        ChunkStore(tmp_path / "s", CONFIG, grid)
+    with pytest.raises(ValueError, match="older gradcomp"):
+        open_store(tmp_path / "s")
 
 
 def test_check_cells_uses_the_experiments_own_validator() -> None:
@@ -260,3 +346,15 @@ def test_check_cells_uses_the_experiments_own_validator() -> None:
     with pytest.raises(ValueError, match=r"^grid cell width=3,lr=0.5: width 3 is not allowed$"):
         check_cells(Picky(), Grid.build({"width": [2, 3], "lr": [0.5]}, range(4), 2))
     check_cells(Toy(), Grid.build({"width": [3]}, range(4), 2))  # no validator: nothing to check
+
+
+def test_a_chunk_equal_to_the_fill_value_still_has_its_files(tmp_path) -> None:
+    """Zarr skips chunks equal to the fill value unless told not to; the markers need the files."""
+    grid = Grid.build({"width": [2]}, range(0, 4), 4)
+    st = ChunkStore(tmp_path / "s", CONFIG, grid)
+    c = grid.chunks()[0]
+    part = decode(run_chunk(c, Toy())[1])
+    part["z"] = xr.zeros_like(part.a, dtype=bool)  # all False: bool's fill value
+    st.write(c, part)
+    assert all(f.is_file() for f in st.chunk_files(c.key)) and len(st.chunk_files(c.key)) == 3
+    assert st.check(c.key) and not bool(open_store(tmp_path / "s", verify="hash").z.any())

@@ -74,9 +74,9 @@ def test_sweep_equals_serial_run_and_resumes(client, tmp_path) -> None:
 def test_corrupt_chunk_is_recomputed(client, tmp_path) -> None:
     kw = dict(axes=AXES, seeds=range(16), seeds_per_chunk=8, client=client, progress=False)
     sweep(Toy(), tmp_path / "s", **kw)
-    victim = sorted((tmp_path / "s" / "chunks").glob("*.npz"))[3]
+    victim = sorted(p for p in (tmp_path / "s" / "data.zarr" / "a").rglob("*") if p.is_file())[3]
     raw = bytearray(victim.read_bytes())
-    raw[-50] ^= 0xFF
+    raw[-5] ^= 0xFF
     victim.write_bytes(bytes(raw))
     assert_seed_for_seed(sweep(Toy(), tmp_path / "s", **kw), Toy(), range(16))
 
@@ -91,23 +91,24 @@ def test_failing_chunk_keeps_the_others_and_rerun_completes(client, tmp_path) ->
 
 def test_full_disk_during_sweep(client, tmp_path, monkeypatch) -> None:
     kw = dict(axes=AXES, seeds=range(24), seeds_per_chunk=8, client=client, progress=False)
-    real, calls = store_mod._write_file, []
+    real, calls, lock = store_mod._write_region, [], threading.Lock()
 
-    def fills_up(path, payload):
-        if path.suffix != ".json" and ".npz.tmp" in path.name:
-            calls.append(path)
-            if len(calls) == 4:
-                raise OSError(errno.ENOSPC, "No space left on device")
-        real(path, payload)
+    def fills_up(lay, chunk, part):
+        with lock:
+            calls.append(chunk.key)
+            full = len(calls) == 4
+        if full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(lay, chunk, part)
 
-    monkeypatch.setattr(store_mod, "_write_file", fills_up)
+    monkeypatch.setattr(store_mod, "_write_region", fills_up)
     with pytest.raises(OSError, match="disk is full"):
         sweep(Toy(), tmp_path / "s", **kw)
     # the chunk whose write failed is not done; every other chunk written is kept
-    victim = calls[3].name.split(".npz.tmp")[0].lstrip(".")
+    victim = calls[3]
     assert not (tmp_path / "s" / "done" / f"{victim}.json").exists()
     assert n_done(tmp_path / "s") == len(calls) - 1
-    monkeypatch.setattr(store_mod, "_write_file", real)
+    monkeypatch.setattr(store_mod, "_write_region", real)
     assert_seed_for_seed(sweep(Toy(), tmp_path / "s", **kw), Toy(), range(24))
 
 

@@ -35,7 +35,15 @@ from gradcomp.recorder.compiled import (
     rows_error,
 )
 from gradcomp.recorder.dataset import Steps, records_rep_gram
-from gradcomp.recorder.io import append_netcdf, keep_steps, read_steps
+from gradcomp.recorder.io import (
+    append_netcdf,
+    append_zarr,
+    is_zarr,
+    keep_steps,
+    read_steps,
+    write_netcdf,
+    zarr_steps,
+)
 from gradcomp.recorder.shared import (
     Layout,
     SharedSpec,
@@ -113,9 +121,14 @@ def record(
             per-task gradients at ``features=`` (``docs/record.md``), unless ``reduce`` is given.
         units: also record ``unit_gram`` for shared ``nn.Linear`` layers (per output neuron).
         store: ``"stats"`` or ``"full"`` (also the per-task gradients, variable ``grad``).
-        path: netCDF file the recording is flushed to (every ``flush_every`` recorded steps and
-            on exit). Each flush appends the steps held in memory to the file and drops them
-            from memory, so memory holds at most ``flush_every`` steps.
+        path: where the recording is flushed to (every ``flush_every`` recorded steps and on
+            exit). Each flush appends the steps held in memory and drops them from memory, so
+            memory holds at most ``flush_every`` steps. A ``.zarr`` path (recommended for long
+            recordings) appends only the new steps, so the total flush cost grows linearly with
+            the recording's length; an existing ``.zarr`` recording is resumed (its steps are
+            kept, numbering continues after its last step, and its variables must match). Any
+            other suffix writes netCDF, rewritten (copied and appended to) on every flush and
+            replaced by a new recording.
         flush_every: flush to ``path`` after this many recorded steps (default
             :data:`DEFAULT_FLUSH_EVERY` when ``path`` is given).
         on_nonfinite: ``"warn"`` or ``"raise"``, for a NaN/infinite task loss (before anything is
@@ -191,6 +204,11 @@ class Recorder:
         self._used: set[str] = set()
         self._counter = 0
         self._last_step: int | None = None
+        self._appended = False  # this recorder appended to its Zarr store (so checked it)
+        if path is not None and is_zarr(path):  # resume: append to the steps already there
+            self._flushed, self._last_step = zarr_steps(path)
+            if self._last_step is not None:
+                self._counter = self._last_step + 1
         self._reach_checked = False
         self._active = False
         self._compiled = is_compiled(model)  # also set by a compiled node in the first graph
@@ -354,9 +372,22 @@ class Recorder:
         own = self.path is not None and _same_file(target, self.path)
         if own and self._flushed and not len(self._steps):
             return  # nothing new
-        base = self.path if self._flushed else None
         held = len(self._steps)
-        append_netcdf(self._steps.to_dataset(self.tasks, self.layout, self._config()), target, base)
+        from_zarr = self._flushed and self.path is not None and is_zarr(self.path)
+        if own and is_zarr(target):  # only the new steps are written
+            new = self._steps.to_dataset(self.tasks, self.layout, self._config())
+            append_zarr(new, target, self._flushed, check=not self._appended)
+            self._appended = True
+        elif not own and (from_zarr or is_zarr(target)):  # another path: the whole recording
+            whole = self.to_dataset()
+            if is_zarr(target):
+                append_zarr(whole, target, 0)
+            else:
+                write_netcdf(whole, target)
+        else:  # netCDF: the file copied, the held steps appended
+            base = self.path if self._flushed else None
+            new = self._steps.to_dataset(self.tasks, self.layout, self._config())
+            append_netcdf(new, target, base)
         if own:
             self._flushed += held
             self._steps.clear()

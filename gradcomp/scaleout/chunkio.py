@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
-from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +12,9 @@ import numpy as np
 import xarray as xr
 
 from gradcomp._dims import ALICE, BOB, LABELS, SEED, STEP, annotate
-from gradcomp._provenance import provenance
 from gradcomp.scaleout.grid import Chunk, Grid
-from gradcomp.scaleout.store import SUFFIX, Verify, _check, read_meta
+from gradcomp.scaleout.layout import DATA, Layout, open_layout
+from gradcomp.scaleout.store import FORMAT, Verify, check_chunk, read_meta
 
 __all__ = ["AXIS_LABELS", "decode", "encode", "open_store", "run_chunk"]
 
@@ -86,12 +84,12 @@ def _plain(value: Any) -> Any:
 
 
 def encode(ds: xr.Dataset) -> bytes:
-    """Serialise a chunk: ``.npz`` of every variable's array plus a JSON header (dims, attrs).
+    """Serialise a chunk for the trip from a worker to the driver: ``.npz`` of every variable's
+    array plus a JSON header (dims, attrs).
 
-    Chosen over one netCDF file per chunk because HDF5 metadata cost 40–130 ms per small chunk on
-    the project's 2-core machine, against well under 1 ms here (``benchmarks/sweep_overhead.py``);
-    the store's one-Dataset view (``consolidated.nc``) is netCDF. No pickles: object arrays are
-    refused.
+    Cheaper than netCDF bytes (HDF5 metadata cost 40–130 ms per small chunk on the project's 2-core
+    machine, against well under 1 ms here: ``benchmarks/sweep_overhead.py``); the driver writes
+    the decoded chunk into the store's Zarr layout. No pickles: object arrays are refused.
     """
     names = list(ds.variables)
     header = {
@@ -109,76 +107,40 @@ def encode(ds: xr.Dataset) -> bytes:
     return buf.getvalue()
 
 
-def decode(payload: bytes) -> xr.Dataset:
-    """Inverse of :func:`encode`."""
+def decode_variables(payload: bytes) -> tuple[dict[str, xr.Variable], dict[str, Any]]:
+    """The variables of an :func:`encode` payload and its header (cheaper than a Dataset)."""
     with np.load(io.BytesIO(payload), allow_pickle=False) as z:
         header = json.loads(z["__header__"].tobytes())
         data = {n: xr.Variable(d, z[f"v{i}"], a) for i, (n, d, a, _) in enumerate(header["vars"])}
+    return data, header
+
+
+def decode(payload: bytes) -> xr.Dataset:
+    """Inverse of :func:`encode`."""
+    data, header = decode_variables(payload)
     coords = {n: data[n] for n, _, _, c in header["vars"] if c}
     ds = xr.Dataset({n: v for n, v in data.items() if n not in coords}, coords=coords)
     ds.attrs.update(header["attrs"])
     return ds
 
 
-def _assemble(root: Path, grid: Grid) -> xr.Dataset:
-    """Read every chunk of ``grid`` and place it in one in-memory Dataset."""
-    index = {name: {v: i for i, v in enumerate(vals)} for name, vals in grid.axes}
-    sizes: dict[Hashable, int] = dict(zip(grid.names, grid.shape, strict=True))
-    sizes[SEED] = grid.n_seeds
-    full: dict[Hashable, xr.Variable] = {}
-    first: xr.Dataset | None = None
-    for c in grid.chunks():
-        part = decode((root / "chunks" / f"{c.key}{SUFFIX}").read_bytes())
-        first = part if first is None else first
-        offset: dict[Hashable, int] = {n: index[n][v] for n, v in c.coords}
-        offset[SEED] = c.seed_start - grid.seed_start
-        for name, var in part.variables.items():
-            if name not in full:
-                shape = tuple(sizes.get(d, n) for d, n in zip(var.dims, var.shape, strict=True))
-                full[name] = xr.Variable(var.dims, np.empty(shape, var.dtype), var.attrs)
-            where = tuple(
-                slice(offset[d], offset[d] + n) if d in offset else slice(None)
-                for d, n in zip(var.dims, var.shape, strict=True)
-            )
-            full[name].values[where] = var.values
-    assert first is not None
-    coords = {n: full[n] for n in first.coords}
-    ds = xr.Dataset({n: v for n, v in full.items() if n not in coords}, coords=coords)
-    ds.attrs.update(first.attrs)
-    return ds
-
-
-def _open_consolidated(target: Path, tag: str) -> xr.Dataset | None:
-    """``target`` opened lazily if it is intact and built from the chunks ``tag`` names, else None.
-
-    A truncated or otherwise unreadable file (a crash or a full disk while it was replaced by
-    another program, a copy cut short) counts as stale: it is rebuilt from the chunks.
-    """
-    if not target.exists():
-        return None
-    try:
-        ds = xr.open_dataset(target, engine="h5netcdf", chunks={})
-    except Exception:  # h5py raises OSError, ValueError, KeyError, ...
-        return None
-    if ds.attrs.get("sweep_chunks_sha256") == tag:
-        return ds
-    ds.close()
-    return None
-
-
 def open_store(
-    path: str | os.PathLike[str], *, grid: Grid | None = None, verify: Verify = "size"
+    path: str | os.PathLike[str],
+    *,
+    grid: Grid | None = None,
+    verify: Verify | None = None,
 ) -> xr.Dataset:
     """Open a sweep store as one lazily loaded (Dask-backed) Dataset.
 
-    The chunks are gathered once into ``consolidated.nc`` (written atomically, rebuilt whenever the
-    set of finished chunks changes or the file cannot be read; building it holds the grid in memory
-    once) and that one netCDF file is opened lazily.
+    Reads the Zarr layout's consolidated metadata and lists the done-markers: no chunk is read,
+    so opening costs the same however many chunks the store holds.
 
     Args:
         path: the store directory.
         grid: which chunks form the Dataset; default: the grid of the store's latest sweep.
-        verify: ``"size"`` (cheap) or ``"hash"`` (reads every chunk) check of each chunk.
+        verify: ``None`` (default: every chunk of the grid has its done-marker), ``"size"``
+            (also the size of each chunk's files) or ``"hash"`` (also reads every chunk back and
+            checks its sha256).
 
     Returns:
         Dims ``(*grid axes, seed, ...)`` with the experiment's variables; attrs hold the store's
@@ -190,33 +152,44 @@ def open_store(
     """
     root = Path(path)
     meta = read_meta(root)
+    if meta.get("format") != FORMAT:
+        raise ValueError(
+            f"{root} was written by an older gradcomp (store format {meta.get('format')}, this one "
+            f"reads {FORMAT}); rerun its sweep into a new store"
+        )
     if grid is None:
         grid = Grid.from_json(json.dumps(meta["grid"], sort_keys=True))
     chunks = grid.chunks()
-    missing = [c.key for c in chunks if not _check(root, c.key, verify)]
+    markers = {p.name[:-5] for p in os.scandir(root / "done") if p.name.endswith(".json")}
+    missing = [c.key for c in chunks if c.key not in markers]
+    if verify is not None and not missing:
+        try:
+            lay: Layout | None = Layout(root / DATA)
+        except Exception:  # checked below, with the error message
+            lay = None
+        missing = [c.key for c in chunks if not check_chunk(root, lay, c.key, verify)]
     if missing:
         raise ValueError(
             f"the store at {root} lacks {len(missing)} of {len(chunks)} chunks "
             f"(e.g. {missing[0]}); rerun the sweep to compute them"
         )
-    sums = hashlib.sha256(grid.to_json().encode())
-    for c in chunks:
-        sums.update((root / "done" / f"{c.key}.json").read_bytes())
-    tag = sums.hexdigest()
-    target = root / "consolidated.nc"
-    ds = _open_consolidated(target, tag)
-    if ds is not None:
-        return ds
-    ds = _assemble(root, grid)
-    ds.attrs = {k: _plain(v) if isinstance(v, str) else v for k, v in ds.attrs.items()}
-    ds.attrs.update(provenance(meta["config"]))
-    ds.attrs["sweep_config_hash"] = meta["config_hash"]
-    ds.attrs["sweep_grid"] = grid.to_json()
-    ds.attrs["sweep_chunks_sha256"] = tag
-    tmp = target.with_name(f".{target.name}.tmp.{os.getpid()}")
     try:
-        ds.to_netcdf(tmp, engine="h5netcdf")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return xr.open_dataset(target, engine="h5netcdf", chunks={})
+        ds = open_layout(root / DATA, chunks={})
+    except Exception as err:  # zarr and xarray raise several kinds on a damaged layout
+        raise ValueError(
+            f"the store at {root} has an unreadable {DATA} ({type(err).__name__}: {err}); "
+            "rerun the sweep into a new store"
+        ) from None
+    pick = {}
+    for name, values in grid.axes:
+        index = {v: i for i, v in enumerate(ds[name].values.tolist())}
+        pick[name] = [index[v] for v in values]
+    lo = grid.seed_start - int(ds[SEED].values[0])
+    pick[SEED] = list(range(lo, lo + grid.n_seeds))
+    if any(p != list(range(ds.sizes[n])) for n, p in pick.items()):
+        ds = ds.isel({n: (slice(p[0], p[-1] + 1) if p == list(range(p[0], p[-1] + 1)) else p)
+                      for n, p in pick.items()})  # fmt: skip
+    for key in ("sweep_axes", "sweep_seeds_per_chunk"):
+        ds.attrs.pop(key, None)
+    ds.attrs["sweep_grid"] = grid.to_json()
+    return ds

@@ -374,6 +374,7 @@ def _run(
     ac = as_completed(loop=client.loop)
     in_flight: set[Any] = set()
     failed: list[tuple[str, BaseException]] = []
+    lost: dict[str, int] = {}
 
     def submit() -> None:
         n = min(len(pending), max_in_flight - len(in_flight))
@@ -397,7 +398,14 @@ def _run(
         for batch in ac.batches():
             ok = [f for f in batch if f.status == "finished"]
             for f in batch:
-                if f.status == "error":
+                chunk = by_key[f.key]
+                if f.status == "lost" and lost.get(chunk.key, 0) < retries:
+                    # its worker died after it finished, before the driver took the result
+                    lost[chunk.key] = lost.get(chunk.key, 0) + 1
+                    again = f"gradcomp-{tag}-again{lost[chunk.key]}-{chunk.key}"
+                    by_key[again] = chunk
+                    pending.append(again)
+                elif f.status == "error":
                     failed.append((by_key[f.key].key, f.exception()))
                 elif f.status != "finished":
                     failed.append((by_key[f.key].key, RuntimeError(f"task {f.status}")))
@@ -417,7 +425,7 @@ def _run(
             in_flight.difference_update(batch)
             for f in batch:
                 f.release()
-            if len(in_flight) <= max_in_flight // 2:
+            if len(in_flight) <= max_in_flight // 2 or not in_flight:
                 submit()
     finally:
         writers.shutdown(wait=True)
