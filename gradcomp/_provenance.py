@@ -13,6 +13,7 @@ import contextvars
 import functools
 import importlib.metadata
 import json
+import os
 import platform
 import re
 import subprocess
@@ -101,12 +102,17 @@ def provenance(
     Returns:
         A dict for ``Dataset.attrs``; every value is a plain ``str`` (h5netcdf writes no
         ``str`` subclass such as ``torch.__version__``): ``Conventions``, ``history``
-        (``"<UTC time>: gradcomp <version> <source>"``, and the command line when run by the
+        (``"<UTC time>: gradcomp <version> <source>"``, the time taken from the environment
+        variable ``SOURCE_DATE_EPOCH`` when it is set, and the command line when run by the
         ``gradcomp`` command), ``<library>_version`` for each of :data:`LIBRARIES`,
         ``python_version``, ``git_state`` (``""`` unless run from gradcomp's own checkout) and
         ``config``.
     """
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    # SOURCE_DATE_EPOCH (reproducible-builds.org) fixes the stamp: byte-identical reruns, and
+    # Datasets built in different seconds compare identical (the test suite sets it)
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    when = time.gmtime(int(epoch)) if epoch.isdigit() else time.gmtime()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", when)
     history = f"{stamp}: gradcomp {package_version('gradcomp')} {source or _caller(1)}"
     cmd = command.get()
     if cmd:

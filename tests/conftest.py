@@ -1,7 +1,9 @@
 """Shared test settings.
 
 ``--runslow`` runs tests marked ``slow``; tests marked ``gpu`` run only where CUDA is available.
-Torch uses one thread unless ``GRADCOMP_TEST_THREADS`` says otherwise.
+Torch uses one thread unless ``GRADCOMP_TEST_THREADS`` says otherwise. ``SOURCE_DATE_EPOCH``
+fixes the time in every Dataset's ``history``, so two Datasets built in different seconds compare
+identical (``tests/test_provenance.py`` checks the clock itself).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import pytest
 import torch
 
 matplotlib.use("Agg")
+os.environ.setdefault("SOURCE_DATE_EPOCH", "1798761600")  # 2027-01-01T00:00:00Z
 torch.set_num_threads(int(os.environ.get("GRADCOMP_TEST_THREADS", "1")))
 
 

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,15 @@ def test_cf_global_attributes() -> None:
     ), attrs["history"]
     assert provenance({}, source="gradcomp.x.y")["history"].endswith(": gradcomp " + (
         gradcomp.__version__) + " gradcomp.x.y")  # fmt: skip
+
+
+def test_history_time_is_now_unless_source_date_epoch_fixes_it(monkeypatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "86400")
+    assert provenance({})["history"].startswith("1970-01-02T00:00:00Z: gradcomp ")
+    monkeypatch.delenv("SOURCE_DATE_EPOCH")
+    before = time.strftime("%Y-%m-%dT%H:%M", time.gmtime())
+    stamp = provenance({})["history"][:16]
+    assert stamp >= before and stamp <= time.strftime("%Y-%m-%dT%H:%M", time.gmtime())
 
 
 @needs_git
