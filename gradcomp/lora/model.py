@@ -223,8 +223,9 @@ class LoraHeads(nn.Module):
 
     ``forward(input_ids, attention_mask)`` returns ``{"A": logits, "B": logits}`` of shape
     ``(batch, n_classes)`` from the mask-weighted mean of the last hidden state. The attention mask
-    is passed to the encoder as a prepared 4D additive mask, which keeps the forward free of
-    data-dependent control flow (so it runs under ``torch.vmap``).
+    is passed to the encoder prepared (a 4D additive mask; transformers 4 takes only the 3D
+    ``(batch, query, key)`` keep mask, which it turns into the same additive mask), which keeps the
+    forward free of data-dependent control flow (so it runs under ``torch.vmap``).
     """
 
     def __init__(self, encoder: nn.Module, n_classes: int = 2) -> None:
