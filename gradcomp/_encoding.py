@@ -29,7 +29,9 @@ __all__ = [
     "KEEP_BITS",
     "OUTCOME_FILL",
     "QUANTIZE_ATTR",
+    "async_array",
     "bit_round",
+    "encode_zarr",
     "encoding_for",
     "is_outcome",
 ]
@@ -103,3 +105,22 @@ def bit_round(x: np.ndarray, keep_bits: int) -> np.ndarray:
     out = ((bits + half + odd) & mask).view(np.float32)
     # non-finite values, and the rare round-up past the largest float32, keep their value
     return np.where(np.isfinite(out), out, x)
+
+
+def encode_zarr(var: xr.Variable) -> xr.Variable:
+    """``var`` CF-encoded as xarray writes it into a Zarr v3 array (fill values, bool → int8):
+    for the region writes that bypass ``Dataset.to_zarr``. xarray's encoder takes
+    ``zarr_format`` only from 2025.3; before, it encodes as for format 2, the same for the
+    numeric and boolean variables gradcomp writes."""
+    from xarray.backends.zarr import encode_zarr_variable
+
+    try:
+        return encode_zarr_variable(var, zarr_format=3)
+    except TypeError:  # xarray < 2025.3
+        return encode_zarr_variable(var)
+
+
+def async_array(arr: Any) -> Any:
+    """The asynchronous array behind a ``zarr.Array`` (public from zarr 3.1.x, ``_async_array``
+    before), for writing several regions concurrently."""
+    return arr.async_array if hasattr(arr, "async_array") else arr._async_array

@@ -114,6 +114,39 @@ def test_bundled_minilm_loads_offline(minilm):
     assert out["A"].shape == out["B"].shape == (2, 2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_load_encoder_gives_the_asked_dtype(dtype):
+    # transformers < 4.56 knows only torch_dtype=, and raised TypeError on dtype=
+    enc, _ = load_encoder(num_layers=1, dtype=dtype)
+    assert {p.dtype for p in enc.parameters()} == {dtype}
+
+
+@pytest.mark.parametrize(
+    "version,key", [("4.40.0", "torch_dtype"), ("4.55.4", "torch_dtype"), ("4.56.0", "dtype")]
+)
+def test_dtype_keyword_follows_the_transformers_version(monkeypatch, version, key):
+    import transformers
+
+    from gradcomp.lora.model import _dtype_kwarg
+
+    monkeypatch.setattr(transformers, "__version__", version)
+    assert _dtype_kwarg(torch.float64) == {key: torch.float64}
+
+
+def test_padding_changes_no_output():
+    # the attention mask reaches the encoder (a 4D additive mask from transformers 5, a 3D keep
+    # mask before): a word padded with masked junk tokens gives the logits of the bare word
+    model = LoraHeads(add_lora(tiny_bert(), 2))
+    ids = torch.tensor([[5, 7, 9]])
+    padded = torch.tensor([[5, 7, 9, 3, 11, 2]])
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0]])
+    bare, pad = model(ids, torch.ones_like(ids)), model(padded, mask)
+    unmasked = model(padded, torch.ones_like(padded))
+    for t in "AB":
+        torch.testing.assert_close(pad[t], bare[t], rtol=1e-12, atol=1e-12)
+        assert not torch.allclose(unmasked[t], bare[t], rtol=1e-6, atol=1e-9)
+
+
 def test_missing_model_path_names_the_default(tmp_path):
     with pytest.raises(ValueError, match=rf"does not exist.*{DEFAULT_MODEL}.*local directory"):
         load_encoder(tmp_path / "nope")

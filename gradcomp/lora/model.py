@@ -95,7 +95,7 @@ def load_encoder(
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModel.from_pretrained(
-            path, local_files_only=True, attn_implementation="eager", dtype=dtype
+            path, local_files_only=True, attn_implementation="eager", **_dtype_kwarg(dtype)
         )
     except OSError as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -108,6 +108,24 @@ def load_encoder(
         model.config.num_hidden_layers = num_layers
     check_tokenizer(tokenizer, model)
     return model, tokenizer
+
+
+def _transformers_at_least(version: str) -> bool:
+    import transformers
+    from packaging.version import Version
+
+    return Version(transformers.__version__) >= Version(version)
+
+
+def _dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """``from_pretrained``'s dtype keyword: ``dtype`` from transformers 4.56, else ``torch_dtype``.
+
+    4.56 renamed ``torch_dtype`` (and deprecated it); older versions pass an unknown ``dtype`` on
+    to the model's ``__init__``, which raises ``TypeError``.
+    """
+    if _transformers_at_least("4.56"):
+        return {"dtype": dtype}
+    return {"torch_dtype": dtype}
 
 
 def _layer_list(model: nn.Module) -> nn.ModuleList:
@@ -207,8 +225,9 @@ class LoraHeads(nn.Module):
 
     ``forward(input_ids, attention_mask)`` returns ``{"A": logits, "B": logits}`` of shape
     ``(batch, n_classes)`` from the mask-weighted mean of the last hidden state. The attention mask
-    is passed to the encoder as a prepared 4D additive mask, which keeps the forward free of
-    data-dependent control flow (so it runs under ``torch.vmap``).
+    is passed to the encoder prepared (a 4D additive mask; transformers 4 takes only the 3D
+    ``(batch, query, key)`` keep mask, which it turns into the same additive mask), which keeps the
+    forward free of data-dependent control flow (so it runs under ``torch.vmap``).
     """
 
     def __init__(self, encoder: nn.Module, n_classes: int = 2) -> None:
@@ -222,6 +241,7 @@ class LoraHeads(nn.Module):
             )
         hidden = int(getattr(encoder, "config").hidden_size)  # noqa: B009
         self.dtype = next(encoder.parameters()).dtype
+        self._mask_4d = _transformers_at_least("5")
         self.heads = nn.ModuleDict(
             {t: nn.Linear(hidden, n_classes, dtype=self.dtype) for t in "AB"}
         )
@@ -231,8 +251,11 @@ class LoraHeads(nn.Module):
     ) -> dict[str, torch.Tensor]:
         dtype = self.dtype
         keep = attention_mask.to(dtype)
-        additive = (1.0 - keep)[..., None, None, :] * torch.finfo(dtype).min
-        additive = additive.expand(*keep.shape[:-1], 1, keep.shape[-1], keep.shape[-1])
-        hidden = self.encoder(input_ids=input_ids, attention_mask=additive).last_hidden_state
+        if self._mask_4d:
+            mask = (1.0 - keep)[..., None, None, :] * torch.finfo(dtype).min
+            mask = mask.expand(*keep.shape[:-1], 1, keep.shape[-1], keep.shape[-1])
+        else:  # transformers 4 takes no 4D mask; its 3D keep mask becomes the same additive mask
+            mask = keep[..., None, :].expand(*keep.shape, keep.shape[-1])
+        hidden = self.encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
         pooled = (hidden * keep[..., None]).sum(-2) / keep.sum(-1, keepdim=True).clamp_min(1.0)
         return {t: head(pooled) for t, head in self.heads.items()}

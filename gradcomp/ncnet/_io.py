@@ -106,10 +106,10 @@ def save(
         else:
             out[name] = var
     encoding = encoding_for(out)
-    for name, var in out.data_vars.items():
+    for key, var in out.data_vars.items():
         # one HDF5 chunk a variable compresses 10-20 % better than h5py's guessed chunks
         if var.ndim and 0 < var.nbytes <= _ONE_CHUNK:
-            encoding.setdefault(str(name), {})["chunksizes"] = var.shape
+            encoding.setdefault(str(key), {})["chunksizes"] = var.shape
     out.to_netcdf(path, engine="h5netcdf", encoding=encoding)
     return Path(path)
 
@@ -121,7 +121,7 @@ def open_dataset(path: str | os.PathLike[str]) -> xr.Dataset:
     """
     with xr.open_dataset(path, engine="h5netcdf") as f:
         ds = f.load()
-    order = list(ds.data_vars)
+    order = [str(v) for v in ds.data_vars]
     for tri_name in [v for v in order if v.endswith(_TRIU) and PAIR in ds[v].dims]:
         name = tri_name[: -len(_TRIU)]
         ds[name] = _full(ds[tri_name], ds[_dims.TASK].values, ds[_dims.TASK_J].values)

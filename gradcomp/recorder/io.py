@@ -31,7 +31,7 @@ import numpy as np
 import xarray as xr
 
 from gradcomp._dims import STEP
-from gradcomp._encoding import encoding_for
+from gradcomp._encoding import async_array, encode_zarr, encoding_for
 from gradcomp.recorder.dataset import STEP_VARIABLES, Arrays
 
 __all__ = [
@@ -250,7 +250,6 @@ def _append_arrays(ds: xr.Dataset, target: Path, n_before: int) -> None:
     import asyncio
 
     import zarr
-    from xarray.backends.zarr import encode_zarr_variable
     from zarr.core.sync import sync
 
     n1 = n_before + ds.sizes[STEP]
@@ -263,8 +262,8 @@ def _append_arrays(ds: xr.Dataset, target: Path, n_before: int) -> None:
         if dims != var.dims or dims[0] != STEP or arr.shape[0] != n_before:
             raise ValueError(f"{target}: array {name!r} does not continue this recording")
         arr.resize((n1, *arr.shape[1:]))
-        data = np.asarray(encode_zarr_variable(var, zarr_format=3).values, dtype=arr.dtype)
-        writes.append(arr.async_array.setitem(slice(n_before, n1), data))
+        data = np.asarray(encode_zarr(var).values, dtype=arr.dtype)
+        writes.append(async_array(arr).setitem(slice(n_before, n1), data))
 
     async def write_all() -> None:
         await asyncio.gather(*writes)

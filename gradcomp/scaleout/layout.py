@@ -25,6 +25,7 @@ import numpy as np
 import xarray as xr
 
 from gradcomp._dims import SEED
+from gradcomp._encoding import async_array, encode_zarr
 from gradcomp.scaleout.grid import Chunk
 
 __all__ = ["DATA", "Layout", "create", "open_layout"]
@@ -93,8 +94,10 @@ class Layout:
         if name not in self._arrays:
             # write_empty_chunks: a chunk equal to the fill value still gets its file, so every
             # chunk's files exist and their sizes can be checked
-            arr = zarr.open_array(self.path / name, mode="r+")
-            self._arrays[name] = arr.with_config({"write_empty_chunks": True})
+            # (set at opening: Array.with_config exists only from zarr 3.1.6)
+            with zarr.config.set({"array.write_empty_chunks": True}):
+                arr = zarr.open_array(self.path / name, mode="r+")
+            self._arrays[name] = arr
         return self._arrays[name]
 
     def _where(self, name: str, region: Mapping[str, slice]) -> tuple[slice, ...]:
@@ -124,7 +127,6 @@ class Layout:
         """
         import asyncio
 
-        from xarray.backends.zarr import encode_zarr_variable
         from zarr.core.sync import sync
 
         variables = part.variables if isinstance(part, xr.Dataset) else part
@@ -145,14 +147,14 @@ class Layout:
         region = self.region(chunk)
         values, writes = {}, []
         for name in self.written:
-            var = encode_zarr_variable(variables[name], zarr_format=3)
+            var = encode_zarr(variables[name])
             arr = self._array(name)
             order = [str(d) for d in arr.metadata.dimension_names]
             if sorted(order) != sorted(str(d) for d in var.dims):
                 raise ValueError(f"chunk {chunk.key}: variable {name!r} has dims {var.dims}")
             data = np.asarray(var.transpose(*order).values, dtype=arr.dtype)
             values[name] = data
-            writes.append(arr.async_array.setitem(self._where(name, region), data))
+            writes.append(async_array(arr).setitem(self._where(name, region), data))
 
         async def write_all() -> None:
             await asyncio.gather(*writes)

@@ -57,19 +57,19 @@ async def _identity(address: str, timeout: float) -> Any:
     if host is not None:  # plain TCP first: tells "nobody there" from "not Dask"
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), left())
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             raise OSError("no connection within the timeout: is the host reachable?") from None
         writer.close()
     try:
         comm = await asyncio.wait_for(comm_connect(address, timeout=timeout), left())
     except (ValueError, TypeError) as err:  # raised before any connection is tried
         raise _BadAddress(str(err)) from None
-    except (TimeoutError, asyncio.TimeoutError):
+    except TimeoutError:
         raise silent from None
     try:
         await asyncio.wait_for(comm.write({"op": "identity", "reply": True}), left())
         return await asyncio.wait_for(comm.read(), left())
-    except (TimeoutError, asyncio.TimeoutError):
+    except TimeoutError:
         raise silent from None
     finally:
         comm.abort()
