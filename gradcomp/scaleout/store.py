@@ -59,7 +59,8 @@ def _write_file(path: Path, payload: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """fsync a file or a directory (its entries)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -76,7 +77,7 @@ def _atomic_write(path: Path, payload: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    _fsync(path.parent)
 
 
 def _diff(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -194,7 +195,7 @@ class ChunkStore:
         _layout.create(
             self.path / DATA, part, g.axes, g.seed_start, g.seed_stop, k, self._attrs(part)
         )
-        _fsync_dir(self.path)
+        _fsync(self.path)
         self._layout = Layout(self.path / DATA)
         self._write_meta()
 
@@ -224,7 +225,7 @@ class ChunkStore:
         _fsync_tree(grown)
         os.replace(self.path / DATA, self.path / f".{DATA}.replaced")
         os.replace(grown, self.path / DATA)
-        _fsync_dir(self.path)
+        _fsync(self.path)
         self._layout = Layout(self.path / DATA)
         for chunk, marker in finished:  # the files of the new layout
             marker["files"] = self._sizes(chunk)
@@ -307,7 +308,7 @@ class ChunkStore:
             self.marker_path(key).unlink(missing_ok=True)
             digest = _write_region(self._layout, chunk, part)
             files = self._sizes(chunk)
-            list(_FSYNC.map(_fsync_file, [self.path / f for f in files]))
+            list(_FSYNC.map(_fsync, [self.path / f for f in files]))
             marker = {
                 "key": key,
                 "sha256": digest,
@@ -363,19 +364,11 @@ def _write_region(lay: Layout, chunk: Chunk, part: xr.Dataset | Mapping[Any, xr.
     return lay.write(chunk, part)
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(root: Path) -> None:
     for folder, _, files in os.walk(root):
         for name in files:
-            _fsync_file(Path(folder) / name)
-        _fsync_dir(Path(folder))
+            _fsync(Path(folder) / name)
+        _fsync(Path(folder))
 
 
 def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
