@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import xarray as xr
+from packaging.version import Version
 from test_integrations import STEPS, N, Rows, TwoTask, _data, _manual, _same
 from torch import nn
 
@@ -123,7 +124,17 @@ def test_hf_scalars_reach_tensorboard(tmp_path):
 
 
 def test_hf_resume_appends_to_the_recording(tmp_path):
+    import transformers
+
     from gradcomp.integrations.hf import GradcompCallback
+
+    if Version(transformers.__version__) < Version("4.47") and Version(
+        torch.__version__
+    ) >= Version("2.6"):
+        pytest.skip(
+            "transformers < 4.47 cannot reload its own rng_state.pth under torch >= 2.6's "
+            "weights_only torch.load (huggingface/transformers#34631): no resume to test"
+        )
 
     path = tmp_path / "rec.nc"
     save = {"save_strategy": "steps", "save_steps": 3}
@@ -292,11 +303,13 @@ def test_lightning_resume_appends_to_the_recording(tmp_path):
     for name in ("loss", "gram"):
         xr.testing.assert_equal(after[name].isel(step=slice(0, 4)), before[name])
     # resumed at an epoch's end (Lightning restarts a plain DataLoader's epoch), the resumed
-    # steps are those of an uninterrupted run
-    straight = GradcompLightningCallback(["a", "b"])
-    _lightning(straight, native=True, batch=4, steps=6)
-    for name in ("loss", "gram"):
-        xr.testing.assert_allclose(after[name], straight.to_dataset()[name], rtol=1e-10)
+    # steps are those of an uninterrupted run: Lightning's own resume semantics, which older
+    # releases (2.4) do not give (their resumed batches differ), whatever records them
+    if Version(pl.__version__) >= Version("2.6"):
+        straight = GradcompLightningCallback(["a", "b"])
+        _lightning(straight, native=True, batch=4, steps=6)
+        for name in ("loss", "gram"):
+            xr.testing.assert_allclose(after[name], straight.to_dataset()[name], rtol=1e-10)
     # a recording that lost steps since the checkpoint is refused, not silently continued
     path.unlink()
     with pytest.raises(ValueError, match="holds 0 recorded step"):
