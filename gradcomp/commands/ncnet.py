@@ -218,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
     # the data first: nothing after training may lose them
     # compact: int8 outcomes, gzip; read it back with gradcomp.ncnet.open_dataset
     def write(path: Path) -> None:
-        save_dataset(ds, path, keep_bits=None if args.keep_bits == 23 else args.keep_bits)
+        save_dataset(ds, path, keep_bits=args.keep_bits)
 
     save(write, out, what="the dataset", name="ncnet")
     print(table(ds))  # the result: the only output on stdout

@@ -59,9 +59,9 @@ def _triu(var: xr.DataArray) -> xr.DataArray | None:
     )
 
 
-def _full(tri: xr.DataArray, tasks: np.ndarray, tasks_j: np.ndarray) -> xr.DataArray:
-    """The symmetric ``(..., task, task_j)`` variable whose upper triangle is ``tri``."""
-    n = len(tasks)
+def _full(tri: xr.DataArray, n: int) -> xr.DataArray:
+    """The symmetric ``(..., task, task_j)`` variable (``n`` tasks) whose upper triangle is
+    ``tri``."""
     i, j = np.triu_indices(n)
     x = np.asarray(tri.values)
     full = np.empty((*x.shape[:-1], n, n), x.dtype)
@@ -81,7 +81,7 @@ def save(
         path: the ``.nc`` file (written as is: callers that need an atomic write pass a
             temporary path and rename it).
         keep_bits: mantissa bits kept of the float32 traces :data:`ROUNDED` (1 to 23), or
-            None to store them bit for bit (module docstring).
+            None (or 23, all of float32's) to store them bit for bit (module docstring).
 
     Returns:
         The path written.
@@ -96,7 +96,7 @@ def save(
         if name not in out.data_vars or out[name].dtype != np.float32:
             continue
         var = out[name]
-        if keep_bits is not None:
+        if keep_bits is not None and keep_bits < 23:
             var = var.copy(data=bit_round(var.values, keep_bits))
             var.attrs[QUANTIZE_ATTR] = np.int32(keep_bits)
         tri = _triu(var)
@@ -122,13 +122,12 @@ def open_dataset(path: str | os.PathLike[str]) -> xr.Dataset:
     with xr.open_dataset(path, engine="h5netcdf") as f:
         ds = f.load()
     order = [str(v) for v in ds.data_vars]
-    for tri_name in [v for v in order if v.endswith(_TRIU) and PAIR in ds[v].dims]:
-        name = tri_name[: -len(_TRIU)]
-        ds[name] = _full(ds[tri_name], ds[_dims.TASK].values, ds[_dims.TASK_J].values)
-        ds = ds.drop_vars(tri_name)
-    if any(v.endswith(_TRIU) for v in order):
-        ds = ds.drop_vars(PAIR, errors="ignore")
-        ds = ds[[v[: -len(_TRIU)] if v.endswith(_TRIU) else v for v in order]]
+    stored = [v for v in order if v.endswith(_TRIU) and PAIR in ds[v].dims]
+    for tri_name in stored:
+        ds[tri_name.removesuffix(_TRIU)] = _full(ds[tri_name], ds.sizes[_dims.TASK])
+    if stored:
+        ds = ds.drop_vars([*stored, PAIR])
+        ds = ds[[v.removesuffix(_TRIU) if v in stored else v for v in order]]
     names = str(ds.attrs.pop(_MARK, "")).split()
     if names:
         gram = ds["gram"]
