@@ -354,9 +354,7 @@ def keep_steps(path: str | os.PathLike[str], before: int) -> tuple[int, int | No
             return 0, None
         with _quiet(), xr.open_zarr(path, consolidated=True, chunks=None) as ds:
             steps = np.asarray(ds[STEP].values[:n])
-        kept = int((steps < before).sum())
-        if kept and not (steps[:kept] < before).all():
-            raise ValueError(f"{path}: its steps are not in increasing order")
+        kept = _below(steps, before, path)
         if kept < n:
             _commit(Path(path), kept)
             _cut(Path(path), kept)
@@ -365,9 +363,7 @@ def keep_steps(path: str | os.PathLike[str], before: int) -> tuple[int, int | No
         return 0, None
     with xr.open_dataset(path, engine="h5netcdf") as ds:
         steps = np.asarray(ds[STEP].values)
-        kept = int((steps < before).sum())
-        if kept and not (steps[:kept] < before).all():
-            raise ValueError(f"{path}: its steps are not in increasing order")
+        kept = _below(steps, before, path)
         if kept < len(steps):
             head = ds.isel({STEP: slice(0, kept)}).load()
     if kept < len(steps):
@@ -376,3 +372,12 @@ def keep_steps(path: str | os.PathLike[str], before: int) -> tuple[int, int | No
         else:
             append_netcdf(head, path, None)
     return kept, (int(steps[kept - 1]) if kept else None)
+
+
+def _below(steps: np.ndarray, before: int, path: str | os.PathLike[str]) -> int:
+    """How many of a recording's first ``steps`` are numbered below ``before`` (they must come
+    first: the steps increase)."""
+    kept = int((steps < before).sum())
+    if kept and not (steps[:kept] < before).all():
+        raise ValueError(f"{path}: its steps are not in increasing order")
+    return kept
