@@ -62,15 +62,7 @@ def values(ds: xr.Dataset, est: xr.Dataset) -> dict:
 
 def pool(cfg) -> dict:  # cfg: LoraExperiment
     """The word pool of the run: its size, the split, and each task's share of label 1."""
-    from gradcomp.lora.data import load_words
-
-    words = load_words(
-        cfg.languages,
-        cfg.tasks,
-        per_language=cfg.per_language,
-        heldout_fraction=cfg.heldout_fraction,
-        seed=cfg.data_seed,
-    )
+    words = cfg.words()
     return {
         "n_words": len(words.words),
         "n_train": words.n_train,

@@ -23,7 +23,7 @@ import xarray as xr
 
 from gradcomp._dims import ALICE, BOB, LAYER, RANK, SEED, STEP, TASK, TASK_J, annotate
 from gradcomp._provenance import provenance
-from gradcomp.lora.data import DEFAULT_LANGUAGES, DEFAULT_TASKS, encode, load_words
+from gradcomp.lora.data import DEFAULT_LANGUAGES, DEFAULT_TASKS, WordData, encode, load_words
 from gradcomp.lora.ensemble import (
     Batches,
     Trace,
@@ -115,6 +115,16 @@ class LoraExperiment:
         )
         return cls(**{**base, **kw})
 
+    def words(self) -> WordData:
+        """The experiment's word pool: its languages, tasks, split and data seed."""
+        return load_words(
+            self.languages,
+            self.tasks,
+            per_language=self.per_language,
+            heldout_fraction=self.heldout_fraction,
+            seed=self.data_seed,
+        )
+
     def validate(self) -> None:
         if not self.ranks or any(int(r) < 1 for r in self.ranks):
             raise ValueError(f"ranks must be positive integers, got {self.ranks}")
@@ -129,13 +139,7 @@ class LoraExperiment:
 
 
 def _prepare(cfg: LoraExperiment, tokenizer: Any, device: torch.device) -> Batches:
-    words = load_words(
-        cfg.languages,
-        cfg.tasks,
-        per_language=cfg.per_language,
-        heldout_fraction=cfg.heldout_fraction,
-        seed=cfg.data_seed,
-    )
+    words = cfg.words()
     ids, mask = encode(tokenizer, words.words, cfg.max_length)
     table = member_table(cfg.n_seeds)
     labels = torch.stack(
