@@ -23,13 +23,30 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CONVENTIONS", "LIBRARIES", "command", "package_version", "provenance"]
+import numpy as np
+
+__all__ = [
+    "CONVENTIONS",
+    "LIBRARIES",
+    "SOURCE_PREFIX",
+    "command",
+    "derive",
+    "package_version",
+    "provenance",
+]
 
 #: the CF version the Datasets follow
 CONVENTIONS = "CF-1.10"
 
 #: distributions whose versions every Dataset records (``<name>_version``)
 LIBRARIES = ("gradcomp", "torch", "numpy", "xarray", "scipy")
+
+#: prefix of an input's attribute that a derived Dataset sets to a value of its own
+SOURCE_PREFIX = "source_"
+
+#: attrs that describe one computation only (a training method, an analysis' detrending, why
+#: some statistic is undefined): never carried to a derived Dataset under their own name
+OWN = ("analysis", "method", "detrend", "undefined_reason")
 
 #: the command line being run, set by :func:`gradcomp.cli.main` for the ``history`` attribute
 command: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -125,3 +142,50 @@ def provenance(
         "git_state": _git_state(str(Path(__file__).resolve().parent)),
         "config": json.dumps(dict(config or {}), sort_keys=True, default=str),
     }
+
+
+def derive(source: Mapping[str, Any], attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The attrs of a Dataset derived from one with attrs ``source`` (e.g. an analysis of a
+    recording), whose own attrs are ``attrs`` (from :func:`provenance` and the analysis).
+
+    Nothing of the input's provenance is lost, and what describes the derivation is its own:
+
+    * ``history``: the input's lines, then the derivation's (CF 1.10 §2.6.2: an audit trail,
+      one line per step, oldest first);
+    * every other attr of ``source`` that ``attrs`` lacks (``strategy``, ``shared_parameters``,
+      ``layer_members``, ``experiment``, ``alice_tasks``, ...) is kept under its name, except
+      the per-computation attrs of :data:`OWN` (``method``, ...);
+    * an attr of ``source`` that ``attrs`` sets to another value (``config``, the versions,
+      ``git_state``), or one of :data:`OWN`, is kept as ``source_<name>``. An input that is
+      itself derived already has ``source_<name>``: that one (the original data's) is kept.
+
+    Args:
+        source: the input's attrs (``{}`` when there is none, e.g. plain arrays).
+        attrs: the derived Dataset's own attrs.
+
+    Returns:
+        A new dict for the derived Dataset's ``attrs``.
+    """
+    out: dict[str, Any] = {}
+    for name, value in source.items():
+        if name.startswith(SOURCE_PREFIX):
+            out[name] = value  # the original data's, over an intermediate one's
+        elif name == "history":
+            continue
+        elif name in OWN or (name in attrs and _differs(attrs[name], value)):
+            if SOURCE_PREFIX + name not in source:
+                out[SOURCE_PREFIX + name] = value
+        elif name not in attrs:
+            out[name] = value
+    history = "\n".join(str(h) for h in (source.get("history"), attrs.get("history")) if h)
+    out.update(attrs)
+    if history:
+        out["history"] = history
+    return out
+
+
+def _differs(a: Any, b: Any) -> bool:
+    try:
+        return bool(np.any(np.asarray(a) != np.asarray(b)))
+    except (TypeError, ValueError):  # arrays of unequal shape
+        return True

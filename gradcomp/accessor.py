@@ -49,8 +49,10 @@ class GradcompAccessor:
         control = kwargs.pop("control", None)
         if isinstance(control, str):
             control = self._ds[control]
-        return _analyzer("correlate")(self._ds[x], self._ds[y], dims, control=control, **kwargs)
+        return _analyzer("correlate")(
+            self._ds[x], self._ds[y], dims, control=control, source=self._ds, **kwargs
+        )
 
     def lagged(self, x: str, y: str, **kwargs: Any) -> xr.Dataset:
         """Lagged cross-correlation of two variables; see :func:`gradcomp.analyze.lagged`."""
-        return _analyzer("lagged")(self._ds[x], self._ds[y], **kwargs)
+        return _analyzer("lagged")(self._ds[x], self._ds[y], source=self._ds, **kwargs)

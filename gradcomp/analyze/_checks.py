@@ -8,7 +8,7 @@ from typing import Any
 import xarray as xr
 
 from gradcomp import _dims
-from gradcomp._provenance import provenance
+from gradcomp._provenance import derive, provenance
 
 #: How to produce each variable an analyzer may need (the hint in the error message).
 HINTS: dict[str, str] = {
@@ -63,25 +63,48 @@ def need_seeds(da: xr.DataArray, minimum: int, what: str) -> None:
 
 #: config keys that are also set as top-level attrs (plain strings): how to read the result
 PLAIN = ("method", "detrend", "undefined_reason")
+#: config keys that an analysis finds rather than is given
+_OUTCOMES = ("method", "undefined_reason")
+
+
+def analysis(name: str, config: Mapping[str, Any]) -> str:
+    """The ``analysis`` attr: the analyzer and its parameters, e.g. ``"conflict(window=10)"``.
+
+    The outcome entries of ``config`` (the design chosen, why a statistic is undefined) are
+    not parameters and are left out.
+    """
+    params = ", ".join(f"{k}={v!r}" for k, v in config.items() if k not in _OUTCOMES)
+    return f"{name}({params})"
 
 
 def finish(
-    ds: xr.Dataset, labels: Mapping[str, tuple[str, str]], name: str, config: Mapping[str, Any]
+    ds: xr.Dataset,
+    labels: Mapping[str, tuple[str, str]],
+    name: str,
+    config: Mapping[str, Any],
+    source: xr.Dataset | Mapping[str, Any] | None = None,
 ) -> xr.Dataset:
-    """Label ``ds`` and set its provenance attrs (netCDF-safe).
+    """Label ``ds`` and set its provenance attrs (netCDF-safe), keeping those of the input.
 
     The labels of ``labels`` replace any ``long_name``/``units`` a variable inherited from its
     input (xarray keeps attrs through arithmetic: a cosine would read "inner product ...").
 
     The config is stored as JSON in ``attrs["config"]``; its ``method``, ``detrend`` and
     ``undefined_reason`` entries are also plain attrs (``undefined_reason`` only when some
-    statistic is undefined).
+    statistic is undefined); ``attrs["analysis"]`` names the analyzer and its parameters
+    (:func:`analysis`). The input's attrs (``source``: the analysed Dataset or its attrs) are
+    kept as :func:`gradcomp._provenance.derive` says: its history lines come first, its
+    ``strategy``, ``shared_parameters``, ... stay, and its ``config`` and versions become
+    ``source_config``, ``source_<library>_version`` where the analysis' differ.
     """
     for var in labels:  # the analyzer's own label, not one inherited through arithmetic
         if var in ds.variables:
             ds[var].attrs.pop("long_name", None)
             ds[var].attrs.pop("units", None)
     _dims.annotate(ds, labels)
-    ds.attrs = provenance({"analyzer": name, **config}, source=f"gradcomp.analyze.{name}")
-    ds.attrs.update({k: str(config[k]) for k in PLAIN if k in config and config[k] != ""})
+    own = provenance({"analyzer": name, **config}, source=f"gradcomp.analyze.{name}")
+    own["analysis"] = analysis(name, config)
+    own.update({k: str(config[k]) for k in PLAIN if k in config and config[k] != ""})
+    inherited = getattr(source, "attrs", source) or {}
+    ds.attrs = derive(inherited, own)
     return ds

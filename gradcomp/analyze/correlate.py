@@ -249,6 +249,7 @@ def correlate(
     n_permutations: int = 999,
     alpha: float = 0.05,
     random_state: int = 0,
+    source: xr.Dataset | None = None,
 ) -> xr.Dataset:
     """Pearson and Spearman correlation of ``x`` and ``y`` over the sample dims ``dims``.
 
@@ -266,6 +267,9 @@ def correlate(
             Ignored without ``serial``.
         n_boot: bootstrap resamples; n_permutations: seed permutations (seed design);
             alpha: 1 - confidence level; random_state: seeds the resampling.
+        source: the Dataset ``x`` and ``y`` come from: the result keeps its provenance attrs
+            (``history``, ``strategy``, ``config`` as ``source_config``, ...; see
+            :func:`gradcomp._provenance.derive`). ``ds.gradcomp.correlate`` passes it.
 
     Returns:
         Dataset with ``pearson``, ``spearman`` (each + ``_lo``, ``_hi``, ``_p``), ``n`` (finite
@@ -337,4 +341,4 @@ def correlate(
         "control": "" if control is None else str(control.name),
         "undefined_reason": "; ".join(sorted(reasons)),
     }
-    return finish(out, LABELS, "correlate", config)
+    return finish(out, LABELS, "correlate", config, source=source)

@@ -94,6 +94,7 @@ def lagged(
     n_boot: int = 999,
     alpha: float = 0.05,
     random_state: int = 0,
+    source: xr.Dataset | None = None,
 ) -> xr.Dataset:
     """Lagged cross-correlation r(k) = corr(x_t, y_{t+k}) pooled over seeds (module docstring).
 
@@ -105,6 +106,8 @@ def lagged(
         max_lag: largest |k|.
         difference: correlate first differences (so two trends do not look like a lead).
         n_boot, alpha, random_state: bootstrap resamples, 1 - confidence, generator seed.
+        source: the Dataset ``x`` and ``y`` come from: the result keeps its provenance attrs
+            (see :func:`gradcomp._provenance.derive`). ``ds.gradcomp.lagged`` passes it.
 
     Returns:
         Dataset with ``r``, ``r_lo``, ``r_hi``, ``n``, ``n_eff`` over ``lag`` and
@@ -179,4 +182,4 @@ def lagged(
         "method": "seed bootstrap of pooled lagged correlations" if over else "Fisher z",
         "undefined_reason": "; ".join(sorted(reasons)),
     }
-    return finish(out, LABELS, "lagged", config)
+    return finish(out, LABELS, "lagged", config, source=source)

@@ -208,4 +208,4 @@ def oscillation(
         "spectrum": int(spectrum),
         "detrend": str(detrend),
     }
-    return finish(out, LABELS, "oscillation", config)
+    return finish(out, LABELS, "oscillation", config, source=ds)

@@ -322,4 +322,4 @@ def sensing(
             f"{n_degenerate} cells decode every seed alike: accuracy bounds are exact "
             "(Clopper-Pearson on the share of agreeing seeds)"
         )
-    return finish(res, LABELS, "sensing", config)
+    return finish(res, LABELS, "sensing", config, source=ds)
