@@ -15,6 +15,7 @@ import itertools
 
 import numpy as np
 
+from gradcomp._dims import CBD_MARGIN, HI, LO
 from gradcomp._exact import clopper_pearson, mean_bound, mean_pvalue
 
 __all__ = [
@@ -131,4 +132,4 @@ def margin(forms: Forms, alpha: float, n10, n01) -> dict[str, np.ndarray]:
     ucb = mean_bound(s1, s2, s3, n, alpha / 4, lo, hi, "upper").max(-1)
     d_lo, d_hi = shift_intervals(n10, n01, forms.n, alpha / 4)
     m_hi = ucb - 2 - delta_bounds(d_lo, d_hi)[0]
-    return {"cbd_p_value": np.minimum(p, 1.0), "cbd_margin_lo": m_lo, "cbd_margin_hi": m_hi}
+    return {"cbd_p_value": np.minimum(p, 1.0), CBD_MARGIN + LO: m_lo, CBD_MARGIN + HI: m_hi}

@@ -24,6 +24,7 @@ TASK = "task"  # task (or head) name
 TASK_J = "task_j"  # second task axis of pairwise (T x T) matrices
 LAYER = "layer"  # group of shared parameters; includes ALL, or attrs[ALL_IS] names its alias
 UNIT = "unit"  # hidden neuron (output row of a shared Linear layer)
+PARAM = "param"  # flattened shared parameters of a full-gradient recording (store="full")
 SEED = "seed"  # independent training run
 ALICE = "alice"  # Alice's setting, 1 or 2
 BOB = "bob"  # Bob's setting, 1 or 2
@@ -33,6 +34,12 @@ FREQUENCY = "frequency"  # spectral frequency of a trace, cycles per step
 LAG = "lag"  # lag of a cross-correlation, in traced steps
 OWN = "own"  # a head's own setting (sensing decodes the remote one)
 ANALYSIS = "analysis"  # rows of a correlation table
+MARGINAL = "marginal"  # the four marginal shifts of a CHSH estimate (gradcomp.chsh.SHIFT)
+LR = "lr"  # learning rate of a sweep
+FEATURE = "feature"  # the trace a sensing decoder reads (loss, oscillation amplitude, ...)
+PROFILE = "profile"  # channel profile of a ConvAC design (gradcomp.graph.design_bounds)
+BLOCK = "block"  # partition block size, in inputs, of a ConvAC design
+LEVEL = "level"  # pooling level of a ConvAC
 
 ALL = "all"  # the LAYER entry for every shared parameter as one vector
 #: Dataset attribute naming the one LAYER entry that is also ALL (stored once, e.g. NCnet's
@@ -40,14 +47,31 @@ ALL = "all"  # the LAYER entry for every shared parameter as one vector
 ALL_IS = "layer_all"
 SETTINGS = (1, 2)  # the values of ALICE and BOB
 
+# variables of a recording (gradcomp.record, gradcomp.ncnet.run, gradcomp.lora)
+LOSS = "loss"  # each task's loss (STEP, TASK)
+GRAM = "gram"  # inner products of per-task gradients (STEP, LAYER, TASK, TASK_J)
+GRAD_NORM = "grad_norm"  # per-task gradient norm (STEP, LAYER, TASK)
+COSINE = "cosine"  # cosine between per-task gradients (STEP, LAYER, TASK, TASK_J)
+UNIT_GRAM = "unit_gram"  # per-unit inner products (STEP, LAYER, UNIT, TASK, TASK_J)
+GRAD = "grad"  # full per-task gradients (store="full")
+
+# variables of an ensemble and of its CHSH estimate (gradcomp.chsh.estimate)
+OUTCOME_A, OUTCOME_B = _cf.OUTCOMES  # Alice's and Bob's ±1 outcomes ("a", "b")
+C = "C"  # correlator <ab> per (ALICE, BOB) setting pair
+S = "S"  # CHSH statistic C11 + C12 + C21 - C22
+DELTA = "delta"  # signaling measure
+CBD_MARGIN = "cbd_margin"  # Contextuality-by-Default margin
+#: suffixes of an estimate's standard error and interval bounds: ``S + LO`` is ``"S_lo"``
+SE, LO, HI = _cf.COMPANIONS
+
 #: (long_name, units) of the variables that several modules produce.
 LABELS: dict[str, tuple[str, str]] = {
-    "loss": ("task loss", "1"),
-    "gram": ("inner product of per-task gradients (loss² per parameter²)", "1"),
-    "grad_norm": ("per-task gradient norm (loss per parameter)", "1"),
-    "cosine": ("cosine between per-task gradients", "1"),
-    "unit_gram": ("per-unit inner product of per-task gradients (loss² per parameter²)", "1"),
-    "grad": ("per-task gradient (loss per parameter)", "1"),
+    LOSS: ("task loss", "1"),
+    GRAM: ("inner product of per-task gradients (loss² per parameter²)", "1"),
+    GRAD_NORM: ("per-task gradient norm (loss per parameter)", "1"),
+    COSINE: ("cosine between per-task gradients", "1"),
+    UNIT_GRAM: ("per-unit inner product of per-task gradients (loss² per parameter²)", "1"),
+    GRAD: ("per-task gradient (loss per parameter)", "1"),
     STEP: ("training step (optimiser steps taken)", "1"),
     TASK: ("task", "1"),
     TASK_J: ("task (second axis)", "1"),
@@ -62,6 +86,29 @@ LABELS: dict[str, tuple[str, str]] = {
     LAG: ("lag (in traced steps)", "1"),
     OWN: ("own setting", "1"),
 }
+
+
+def bounded(
+    name: str, long_name: str, units: str = "1", *, short: str | None = None
+) -> dict[str, tuple[str, str]]:
+    """Labels of an estimate and its interval bounds ``name + LO``, ``name + HI``.
+
+    Args:
+        name: the estimate's variable, e.g. ``"pearson"``.
+        long_name: its ``long_name``.
+        units: the units of the estimate and its bounds.
+        short: how the bounds name the estimate (default ``long_name``): the bounds read
+            ``"<short>, lower bound"`` and ``"<short>, upper bound"``.
+
+    Returns:
+        ``{name: (long_name, units), name + LO: ..., name + HI: ...}`` for a ``LABELS`` table.
+    """
+    what = short or long_name
+    return {
+        name: (long_name, units),
+        name + LO: (f"{what}, lower bound", units),
+        name + HI: (f"{what}, upper bound", units),
+    }
 
 
 def annotate(ds: xr.Dataset, labels: Mapping[str, tuple[str, str]] | None = None) -> xr.Dataset:

@@ -15,6 +15,8 @@ from typing import Any
 
 import xarray as xr
 
+from gradcomp._dims import LOSS
+
 __all__ = ["GradcompAccessor"]
 
 
@@ -37,7 +39,7 @@ class GradcompAccessor:
         """Loss oscillation per task; see :func:`gradcomp.analyze.oscillation`."""
         return _analyzer("oscillation")(self._ds, window=window, **kwargs)
 
-    def sensing(self, variable: str = "loss", window: int = 10, **kwargs: Any) -> xr.Dataset:
+    def sensing(self, variable: str = LOSS, window: int = 10, **kwargs: Any) -> xr.Dataset:
         """Implicit sensing of the remote setting; see :func:`gradcomp.analyze.sensing`."""
         return _analyzer("sensing")(self._ds, variable=variable, window=window, **kwargs)
 

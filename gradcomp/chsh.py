@@ -69,7 +69,22 @@ from gradcomp._cbd import (
     shift_intervals,
 )
 from gradcomp._cbd import margin as cbd_margin
-from gradcomp._dims import ALICE, BOB, SEED, SETTINGS
+from gradcomp._dims import (
+    ALICE,
+    BOB,
+    CBD_MARGIN,
+    DELTA,
+    HI,
+    LO,
+    MARGINAL,
+    OUTCOME_A,
+    OUTCOME_B,
+    SE,
+    SEED,
+    SETTINGS,
+    C,
+    S,
+)
 from gradcomp._exact import clopper_pearson, mcnemar_exact, mean_bound, mean_pvalue
 from gradcomp._provenance import provenance
 
@@ -77,17 +92,17 @@ __all__ = ["LABELS", "SHIFT", "SHIFTS", "bootstrap_means", "estimate"]
 
 #: dimension of the four marginal shifts (the variable ``shift`` holds their values, so the
 #: dimension needs its own name)
-SHIFT = "marginal"
+SHIFT = MARGINAL
 SHIFTS = ["A1: B1−B2", "A2: B1−B2", "B1: A1−A2", "B2: A1−A2"]
 
 LABELS: dict[str, tuple[str, str]] = {
-    "C": ("correlator ⟨ab⟩", "1"),
-    "C_lo": ("lower Clopper–Pearson bound of C", "1"),
-    "C_hi": ("upper Clopper–Pearson bound of C", "1"),
-    "S": ("CHSH S = C11 + C12 + C21 − C22", "1"),
-    "S_se": ("standard error of S", "1"),
-    "S_lo": ("lower bound of S (t, exact where degenerate)", "1"),
-    "S_hi": ("upper bound of S (t, exact where degenerate)", "1"),
+    C: ("correlator ⟨ab⟩", "1"),
+    C + LO: ("lower Clopper–Pearson bound of C", "1"),
+    C + HI: ("upper Clopper–Pearson bound of C", "1"),
+    S: ("CHSH S = C11 + C12 + C21 − C22", "1"),
+    S + SE: ("standard error of S", "1"),
+    S + LO: ("lower bound of S (t, exact where degenerate)", "1"),
+    S + HI: ("upper bound of S (t, exact where degenerate)", "1"),
     "S_degenerate": ("per-seed S has zero variance: exact bounds", "1"),
     "S_trivial": ("every |C| = 1: S fixed by construction", "1"),
     "s_odd": ("largest odd sign placement max_k |ΣC − 2C_k|", "1"),
@@ -98,12 +113,12 @@ LABELS: dict[str, tuple[str, str]] = {
     SHIFT: ("marginal and the remote settings it is compared across", "1"),
     "shift_p_value": ("exact McNemar p-value of the shift", "1"),
     "signaling_p_value": ("p-value of any signaling (Holm over shifts)", "1"),
-    "delta": ("signaling measure Δ = Σ|shift|", "1"),
-    "delta_lo": ("lower bound of Δ (simultaneous exact shifts)", "1"),
-    "delta_hi": ("upper bound of Δ (simultaneous exact shifts)", "1"),
-    "cbd_margin": ("s_odd − (2 + Δ) (contextual by default when > 0)", "1"),
-    "cbd_margin_lo": ("lower bound of the CbD margin", "1"),
-    "cbd_margin_hi": ("upper bound of the CbD margin", "1"),
+    DELTA: ("signaling measure Δ = Σ|shift|", "1"),
+    DELTA + LO: ("lower bound of Δ (simultaneous exact shifts)", "1"),
+    DELTA + HI: ("upper bound of Δ (simultaneous exact shifts)", "1"),
+    CBD_MARGIN: ("s_odd − (2 + Δ) (contextual by default when > 0)", "1"),
+    CBD_MARGIN + LO: ("lower bound of the CbD margin", "1"),
+    CBD_MARGIN + HI: ("upper bound of the CbD margin", "1"),
     "cbd_p_value": ("one-sided p-value of CbD margin > 0", "1"),
     "remote_flip_fraction": ("share of seeds whose outcome flips with the remote setting", "1"),
     "alice_flip_fraction": ("share of seeds whose Alice outcome flips with Bob's setting", "1"),
@@ -224,7 +239,7 @@ def estimate(
     if not 0.5 < confidence < 1:
         raise ValueError(f"confidence must be in (0.5, 1), got {confidence}")
     alpha = 1 - confidence
-    da_a, da_b = _as_outcomes(a, "a"), _as_outcomes(b, "b")
+    da_a, da_b = _as_outcomes(a, OUTCOME_A), _as_outcomes(b, OUTCOME_B)
     if da_a.dims != da_b.dims or da_a.shape != da_b.shape:
         raise ValueError(f"a and b must have the same dims and shape: {da_a.sizes} vs {da_b.sizes}")
     for d in da_a.dims:
@@ -258,10 +273,10 @@ def estimate(
         feat = forms.counts @ CONFIGS  # (E, 8) exact sums of the features
         xsum, dsum = feat[:, :4], feat[:, 4:]
         dsq = forms.counts @ CONFIGS[:, 4:] ** 2
-        C = xsum / n[:, None] * nan_if[:, None]
+        corr = xsum / n[:, None] * nan_if[:, None]
         c_lo, c_hi = clopper_pearson((xsum + n[:, None]) / 2, n[:, None], confidence)
         s1, s2, s3, lo, hi = (v[..., 0] for v in forms.sums(np.pad(S_SIGNS, (0, 4))[None]))
-        S = s1 / n * nan_if
+        s_mean = s1 / n * nan_if
         S_se = np.sqrt(np.maximum(n * s2 - s1 * s1, 0) / (n * n * (n - 1))) * nan_if
         S_lo = mean_bound(s1, s2, s3, n, alpha / 2, lo, hi, "lower")
         S_hi = mean_bound(s1, s2, s3, n, alpha / 2, lo, hi, "upper")
@@ -303,13 +318,13 @@ def estimate(
 
     ds = xr.Dataset(
         {
-            "C": pair(C),
-            "C_lo": pair(2 * c_lo - 1),
-            "C_hi": pair(2 * c_hi - 1),
-            "S": scalar(S),
-            "S_se": scalar(S_se),
-            "S_lo": scalar(S_lo),
-            "S_hi": scalar(S_hi),
+            C: pair(corr),
+            C + LO: pair(2 * c_lo - 1),
+            C + HI: pair(2 * c_hi - 1),
+            S: scalar(s_mean),
+            S + SE: scalar(S_se),
+            S + LO: scalar(S_lo),
+            S + HI: scalar(S_hi),
             "S_degenerate": scalar(degenerate),
             "S_trivial": scalar(trivial),
             "s_odd": scalar(s_odd),
@@ -319,12 +334,12 @@ def estimate(
             "shift": per_shift(shift),
             "shift_p_value": per_shift(shift_p),
             "signaling_p_value": scalar(signaling_p),
-            "delta": scalar(delta),
-            "delta_lo": scalar(d_lo * nan_if),
-            "delta_hi": scalar(d_hi * nan_if),
-            "cbd_margin": scalar(margin_value),
-            "cbd_margin_lo": scalar(margin["cbd_margin_lo"] * nan_if),
-            "cbd_margin_hi": scalar(margin["cbd_margin_hi"] * nan_if),
+            DELTA: scalar(delta),
+            DELTA + LO: scalar(d_lo * nan_if),
+            DELTA + HI: scalar(d_hi * nan_if),
+            CBD_MARGIN: scalar(margin_value),
+            CBD_MARGIN + LO: scalar(margin[CBD_MARGIN + LO] * nan_if),
+            CBD_MARGIN + HI: scalar(margin[CBD_MARGIN + HI] * nan_if),
             "cbd_p_value": scalar(margin["cbd_p_value"] * nan_if),
             "remote_flip_fraction": scalar(fr),
             "alice_flip_fraction": scalar(fa),

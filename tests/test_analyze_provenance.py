@@ -12,7 +12,7 @@ import xarray as xr
 from torch import nn
 
 import gradcomp
-import gradcomp.accessor  # noqa: F401  (registers ds.gradcomp)
+import gradcomp.accessor  # registers ds.gradcomp
 from gradcomp._dims import ALICE, BOB, SEED, STEP, TASK, WIDTH
 from gradcomp._provenance import OWN, SOURCE_PREFIX, derive, provenance
 from gradcomp.analyze import correlate, lagged, oscillation, sensing

@@ -12,13 +12,13 @@ from gradcomp._provenance import derive, provenance
 
 #: How to produce each variable an analyzer may need (the hint in the error message).
 HINTS: dict[str, str] = {
-    "loss": "gradcomp.record(...) (every recording has it) or gradcomp.ncnet.run(...)",
-    "gram": "gradcomp.record(...) or gradcomp.ncnet.run(...) with traces recorded",
-    "cosine": "gradcomp.record(...) or gradcomp.ncnet.run(...) with traces recorded",
-    "grad_norm": "gradcomp.record(...) or gradcomp.ncnet.run(...) with traces recorded",
-    "unit_gram": "gradcomp.record(..., units=True) or NCnetConfig(units=True)",
-    "a": "gradcomp.ncnet.run(...) (ensemble outcomes)",
-    "b": "gradcomp.ncnet.run(...) (ensemble outcomes)",
+    _dims.LOSS: "gradcomp.record(...) (every recording has it) or gradcomp.ncnet.run(...)",
+    _dims.GRAM: "gradcomp.record(...) or gradcomp.ncnet.run(...) with traces recorded",
+    _dims.COSINE: "gradcomp.record(...) or gradcomp.ncnet.run(...) with traces recorded",
+    _dims.GRAD_NORM: "gradcomp.record(...) or gradcomp.ncnet.run(...) with traces recorded",
+    _dims.UNIT_GRAM: "gradcomp.record(..., units=True) or NCnetConfig(units=True)",
+    _dims.OUTCOME_A: "gradcomp.ncnet.run(...) (ensemble outcomes)",
+    _dims.OUTCOME_B: "gradcomp.ncnet.run(...) (ensemble outcomes)",
 }
 
 

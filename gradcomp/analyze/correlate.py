@@ -48,7 +48,7 @@ import numpy as np
 import xarray as xr
 from scipy import stats
 
-from gradcomp._dims import SEED
+from gradcomp._dims import SEED, bounded
 from gradcomp.analyze import _serial
 from gradcomp.analyze._checks import finish
 from gradcomp.analyze._resample import MAX_UNITS, resampled_sums, unit_sums
@@ -60,13 +60,9 @@ __all__ = ["correlate"]
 MIN_SEEDS = 5
 
 LABELS: dict[str, tuple[str, str]] = {
-    "pearson": ("Pearson correlation", "1"),
-    "pearson_lo": ("Pearson correlation, lower bound", "1"),
-    "pearson_hi": ("Pearson correlation, upper bound", "1"),
+    **bounded("pearson", "Pearson correlation"),
     "pearson_p": ("two-sided p-value of the Pearson correlation", "1"),
-    "spearman": ("Spearman rank correlation", "1"),
-    "spearman_lo": ("Spearman rank correlation, lower bound", "1"),
-    "spearman_hi": ("Spearman rank correlation, upper bound", "1"),
+    **bounded("spearman", "Spearman rank correlation"),
     "spearman_p": ("two-sided p-value of the Spearman correlation", "1"),
     "n": ("observations", "1"),
     "n_eff": ("effective sample size", "1"),

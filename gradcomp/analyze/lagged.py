@@ -27,7 +27,7 @@ import numpy as np
 import xarray as xr
 from scipy import stats
 
-from gradcomp._dims import LAG, SEED, STEP
+from gradcomp._dims import LAG, SEED, STEP, bounded
 from gradcomp.analyze._checks import finish, need_length, need_seeds
 from gradcomp.analyze._resample import resampled_sums
 from gradcomp.analyze._serial import effective_n, lag1
@@ -35,14 +35,10 @@ from gradcomp.analyze._serial import effective_n, lag1
 __all__ = ["lagged"]
 
 LABELS: dict[str, tuple[str, str]] = {
-    "r": ("lagged correlation", "1"),
-    "r_lo": ("lagged correlation, lower bound", "1"),
-    "r_hi": ("lagged correlation, upper bound", "1"),
+    **bounded("r", "lagged correlation"),
     "n": ("observations", "1"),
     "n_eff": ("effective sample size", "1"),
-    "lead_asymmetry": ("lead asymmetry of the lagged correlation", "1"),
-    "lead_asymmetry_lo": ("lead asymmetry, lower bound", "1"),
-    "lead_asymmetry_hi": ("lead asymmetry, upper bound", "1"),
+    **bounded("lead_asymmetry", "lead asymmetry of the lagged correlation", short="lead asymmetry"),
     "lead_asymmetry_p": ("two-sided p-value of a lead asymmetry", "1"),
     LAG: ("lag in traced steps (positive: x leads y)", "1"),
 }

@@ -32,7 +32,7 @@ import numpy as np
 import xarray as xr
 from scipy import signal
 
-from gradcomp._dims import FREQUENCY, STEP, TASK
+from gradcomp._dims import FREQUENCY, LOSS, STEP, TASK
 from gradcomp.analyze._checks import finish, need, need_dims, need_length
 
 __all__ = ["oscillation"]
@@ -168,9 +168,9 @@ def oscillation(
         raise ValueError(
             f"hf_cutoff is a fraction of the Nyquist frequency in (0, 1), got {hf_cutoff}"
         )
-    need(ds, ["loss"])
-    loss = ds["loss"]
-    need_dims(loss, (STEP, TASK), "loss")
+    need(ds, [LOSS])
+    loss = ds[LOSS]
+    need_dims(loss, (STEP, TASK), LOSS)
     need_length(loss, STEP, window, f"an oscillation window of {window} steps")
 
     windows = loss.rolling({STEP: window}).construct(_OFFSET)

@@ -45,7 +45,7 @@ import numpy as np
 import xarray as xr
 from scipy import stats
 
-from gradcomp._dims import ALICE, BOB, OWN, SEED, STEP, TASK
+from gradcomp._dims import ALICE, BOB, LOSS, OWN, SEED, STEP, TASK, bounded
 from gradcomp.analyze._checks import finish, need, need_dims, need_length, need_seeds
 from gradcomp.analyze._decoder import loso_scores
 from gradcomp.analyze._info import confusion_mi, miller_madow_bias
@@ -58,15 +58,13 @@ HEADS: dict[str, tuple[str, str]] = {"A": (ALICE, BOB), "B": (BOB, ALICE)}
 MIN_SEEDS = 5
 
 LABELS: dict[str, tuple[str, str]] = {
-    "accuracy": ("decoding accuracy of the remote setting", "1"),
-    "accuracy_lo": ("decoding accuracy, lower bound", "1"),
-    "accuracy_hi": ("decoding accuracy, upper bound", "1"),
+    **bounded("accuracy", "decoding accuracy of the remote setting", short="decoding accuracy"),
     "accuracy_degenerate": ("all seeds decoded alike (exact bounds)", "1"),
     "null_hi": ("decoding accuracy, permutation-null upper quantile", "1"),
     "p_value": ("permutation p-value of decoding above chance (margin)", "1"),
-    "information": ("information about the remote setting (plug-in)", "bit"),
-    "information_lo": ("information, lower bound", "bit"),
-    "information_hi": ("information, upper bound", "bit"),
+    **bounded(
+        "information", "information about the remote setting (plug-in)", "bit", short="information"
+    ),
     "information_null": ("information under the permutation null (mean)", "bit"),
     "information_bias": ("first-order plug-in bias of the information", "bit"),
     "p_adjusted": ("p-value adjusted over windows (max statistic)", "1"),
@@ -210,7 +208,7 @@ def _features(values: np.ndarray, head: str) -> list[np.ndarray]:
 
 def sensing(
     ds: xr.Dataset,
-    variable: str = "loss",
+    variable: str = LOSS,
     window: int = 10,
     n_permutations: int = 999,
     alpha: float = 0.05,

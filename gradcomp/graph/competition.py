@@ -47,8 +47,8 @@ LABELS = {
 
 def _select(data: xr.Dataset | xr.DataArray, layer: Hashable | None) -> xr.DataArray:
     if isinstance(data, xr.Dataset):
-        _dims.require(data, ["unit_gram"], hint="gradcomp.record(..., units=True)")
-        data = data["unit_gram"]
+        _dims.require(data, [_dims.UNIT_GRAM], hint="gradcomp.record(..., units=True)")
+        data = data[_dims.UNIT_GRAM]
     for dim in (_dims.UNIT, _dims.TASK, _dims.TASK_J):
         if dim not in data.dims:
             raise ValueError(f"unit_gram needs dims (..., unit, task, task_j); it lacks {dim!r}.")
@@ -204,7 +204,7 @@ def competition_graph(
     tau = float(_threshold(np.asarray(len(valid)), min_share))
     g = nx.Graph(min_share=tau)
     for t in tasks:
-        g.add_node(("task", t), bipartite=0)
+        g.add_node((_dims.TASK, t), bipartite=0)
     for k in valid:
         act = [i for i in range(len(tasks)) if share[k, i] > 0 and share[k, i] >= tau]
         fight = any(float(gram.values[k, i, j]) < 0 for i in act for j in act if i != j)
@@ -212,7 +212,7 @@ def competition_graph(
         state = (
             "contested" if fight else "owned" if owner is not None else "shared" if act else "idle"
         )
-        g.add_node(("unit", units[k]), bipartite=1, contested=fight, owner=owner, state=state)
+        g.add_node((_dims.UNIT, units[k]), bipartite=1, contested=fight, owner=owner, state=state)
         for i in act:
-            g.add_edge(("task", tasks[i]), ("unit", units[k]), weight=float(share[k, i]))
+            g.add_edge((_dims.TASK, tasks[i]), (_dims.UNIT, units[k]), weight=float(share[k, i]))
     return g

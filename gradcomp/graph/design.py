@@ -27,8 +27,8 @@ LABELS = {
     "rank_bits": ("measured log2 rank [A]_{I,J} (random Gaussian weights)", "bit"),
     "n_params": ("weights in the ConvAC", "1"),
     "channels": ("channels after each 1×1 convolution", "1"),
-    "block": ("partition block size in inputs (1: interleaved, N/2: left/right)", "1"),
-    "level": ("pooling level", "1"),
+    _dims.BLOCK: ("partition block size in inputs (1: interleaved, N/2: left/right)", "1"),
+    _dims.LEVEL: ("pooling level", "1"),
 }
 
 
@@ -62,13 +62,14 @@ def design_bounds(
             for net in nets.values()
         ]
     )
+    profile, block, level = _dims.PROFILE, _dims.BLOCK, _dims.LEVEL
     ds = xr.Dataset(
         {
-            "bits": (("profile", "block"), bits),
-            "n_params": (("profile",), [net.n_params() for net in nets.values()]),
-            "channels": (("profile", "level"), [list(net.channels) for net in nets.values()]),
+            "bits": ((profile, block), bits),
+            "n_params": ((profile,), [net.n_params() for net in nets.values()]),
+            "channels": ((profile, level), [list(net.channels) for net in nets.values()]),
         },
-        coords={"profile": list(nets), "block": sizes, "level": np.arange(levels)},
+        coords={profile: list(nets), block: sizes, level: np.arange(levels)},
     )
     if measure_seed is not None:
         if m**n_inputs > 2**20:
@@ -80,7 +81,7 @@ def design_bounds(
         for net in nets.values():
             a = coefficient_tensor(net, net.random_weights(rng))
             ranks.append([np.log2(matricization_rank(a, blocks(n_inputs, s))) for s in sizes])
-        ds["rank_bits"] = (("profile", "block"), np.array(ranks))
+        ds["rank_bits"] = ((profile, block), np.array(ranks))
     config = {"analysis": "convac_design", "n_inputs": n_inputs, "m": m, "profiles": dict(profiles)}
     config["measure_seed"] = str(measure_seed)
     ds.attrs.update(provenance(config))

@@ -12,7 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from scipy import stats
 
-from gradcomp._dims import WIDTH
+from gradcomp._dims import ALICE, BOB, CBD_MARGIN, DELTA, HI, LO, RANK, STEP, WIDTH, C, S
 
 __all__ = ["capacity", "correlator_bounds", "correlators", "figure", "margin"]
 
@@ -20,14 +20,14 @@ TSIRELSON = 2 * np.sqrt(2)
 
 
 def _capacity_dim(ds: xr.Dataset) -> str:
-    for dim in ("width", "rank"):
-        if dim in ds["S"].dims:
+    for dim in (WIDTH, RANK):
+        if dim in ds[S].dims:
             return dim
-    raise ValueError(f"S needs a capacity dimension 'width' or 'rank'; it has {ds['S'].dims}")
+    raise ValueError(f"S needs a capacity dimension {WIDTH!r} or {RANK!r}; it has {ds[S].dims}")
 
 
 def _last_step(ds: xr.Dataset) -> xr.Dataset:
-    return ds.isel(step=-1) if "step" in ds.dims else ds
+    return ds.isel({STEP: -1}) if STEP in ds.dims else ds
 
 
 def _flags(ds: xr.Dataset, prefix: str = "") -> tuple[np.ndarray, np.ndarray]:
@@ -37,47 +37,40 @@ def _flags(ds: xr.Dataset, prefix: str = "") -> tuple[np.ndarray, np.ndarray]:
     the data: trivial when every correlator is ±1 (S is fixed by construction: every seed
     solves, or fails, alike), degenerate when the interval of S has zero width.
     """
-    s = ds[prefix + "S"]
-    if prefix + "S_trivial" in ds:
-        trivial = ds[prefix + "S_trivial"].values.astype(bool)
-    elif prefix + "C" in ds:
-        c = ds[prefix + "C"]
-        trivial = (np.abs(c) == 1).all([d for d in c.dims if d in ("alice", "bob")]).values
+    s = ds[prefix + S]
+    if prefix + S + "_trivial" in ds:
+        trivial = ds[prefix + S + "_trivial"].values.astype(bool)
+    elif prefix + C in ds:
+        c = ds[prefix + C]
+        trivial = (np.abs(c) == 1).all([d for d in c.dims if d in (ALICE, BOB)]).values
     else:
         trivial = np.zeros(s.shape, dtype=bool)
-    if prefix + "S_degenerate" in ds:
-        degenerate = ds[prefix + "S_degenerate"].values.astype(bool)
+    if prefix + S + "_degenerate" in ds:
+        degenerate = ds[prefix + S + "_degenerate"].values.astype(bool)
     else:
-        degenerate = (ds[prefix + "S_hi"] - ds[prefix + "S_lo"]).values == 0
+        degenerate = (ds[prefix + S + HI] - ds[prefix + S + LO]).values == 0
     return degenerate & ~trivial, trivial
 
 
 def _mark_flags(ax: Axes, x: np.ndarray, y: np.ndarray, ds: xr.Dataset, prefix: str = "") -> None:
     degenerate, trivial = _flags(ds, prefix)
-    if trivial.any():
-        ax.plot(
-            x[trivial],
-            y[trivial],
-            "o",
-            mfc="w",
-            mec="0.3",
-            ms=9,
-            mew=1.5,
-            zorder=3,
-            label="trivial: every |C| = 1 (S fixed by construction)",
-        )
-    if degenerate.any():
-        ax.plot(
-            x[degenerate],
-            y[degenerate],
-            "D",
-            mfc="none",
-            mec="C3",
-            ms=10,
-            mew=1.5,
-            zorder=3,
-            label="degenerate: zero-variance cell",
-        )
+    marks = (
+        (trivial, "o", "w", "0.3", 9, "trivial: every |C| = 1 (S fixed by construction)"),
+        (degenerate, "D", "none", "C3", 10, "degenerate: zero-variance cell"),
+    )
+    for where, marker, face, edge, size, label in marks:
+        if where.any():
+            ax.plot(
+                x[where],
+                y[where],
+                marker,
+                mfc=face,
+                mec=edge,
+                ms=size,
+                mew=1.5,
+                zorder=3,
+                label=label,
+            )
 
 
 def _bars(y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -101,14 +94,14 @@ def capacity(data: xr.Dataset, ax: Axes, *, control_prefix: str | None = "unshar
     Returns:
         ``ax``.
     """
-    missing = [v for v in ("S", "S_lo", "S_hi", "delta") if v not in data]
+    missing = [v for v in (S, S + LO, S + HI, DELTA) if v not in data]
     if missing:
         raise ValueError(f"data lacks {missing}: pass the output of gradcomp.chsh.estimate")
     ds = _last_step(data)
     dim = _capacity_dim(ds)
     x = ds[dim].values
-    s = ds["S"].values
-    lo, hi = ds["S_lo"].values, ds["S_hi"].values
+    s = ds[S].values
+    lo, hi = ds[S + LO].values, ds[S + HI].values
     conf = data.attrs.get("chsh_confidence", data.attrs.get("confidence"))
     band = f"{float(conf):.0%} interval" if conf is not None else "interval"
     ax.fill_between(x, lo, hi, color="C0", alpha=0.35, lw=0)
@@ -124,10 +117,10 @@ def capacity(data: xr.Dataset, ax: Axes, *, control_prefix: str | None = "unshar
         elinewidth=1.5,
         label=f"S with {band} (shared hidden layer)",
     )
-    ax.plot(x, 2 + ds["delta"].values, "--", color="C3", label="2 + Δ (signaling Δ)")
-    if control_prefix and f"{control_prefix}S" in ds:
-        c = ds[f"{control_prefix}S"].values
-        clo, chi = ds[f"{control_prefix}S_lo"].values, ds[f"{control_prefix}S_hi"].values
+    ax.plot(x, 2 + ds[DELTA].values, "--", color="C3", label="2 + Δ (signaling Δ)")
+    if control_prefix and control_prefix + S in ds:
+        c = ds[control_prefix + S].values
+        clo, chi = ds[control_prefix + S + LO].values, ds[control_prefix + S + HI].values
         ax.errorbar(
             x + 0.12,
             c,
@@ -155,15 +148,15 @@ def margin(data: xr.Dataset, ax: Axes) -> Axes:
     150401, 2015). The interval is ``cbd_margin_lo`` / ``cbd_margin_hi`` when the estimate
     provides it; without it the points are drawn alone and the legend says so.
     """
-    if "cbd_margin" not in data:
+    if CBD_MARGIN not in data:
         raise ValueError("data lacks 'cbd_margin': pass the output of gradcomp.chsh.estimate")
     ds = _last_step(data)
     dim = _capacity_dim(ds)
     x = ds[dim].values
-    m = ds["cbd_margin"].values
+    m = ds[CBD_MARGIN].values
     conf = data.attrs.get("chsh_confidence", data.attrs.get("confidence"))
-    if "cbd_margin_lo" in ds:
-        lo, hi = ds["cbd_margin_lo"].values, ds["cbd_margin_hi"].values
+    if CBD_MARGIN + LO in ds:
+        lo, hi = ds[CBD_MARGIN + LO].values, ds[CBD_MARGIN + HI].values
         band = f"{float(conf):.0%} interval" if conf is not None else "interval"
         ax.fill_between(x, lo, hi, color="C4", alpha=0.3, lw=0)
         ax.errorbar(
@@ -181,7 +174,7 @@ def margin(data: xr.Dataset, ax: Axes) -> Axes:
     _mark_flags(ax, x, m, ds)
     ax.axhline(0, color="k", lw=1, label="0: contextual above")
     ax.set_xlabel(ds[dim].attrs.get("long_name", dim))
-    ax.set_ylabel(ds["cbd_margin"].attrs.get("long_name", "CbD margin"), fontsize="small")
+    ax.set_ylabel(ds[CBD_MARGIN].attrs.get("long_name", "CbD margin"), fontsize="small")
     ax.set_xticks(x)
     ax.legend(fontsize="x-small", loc="lower right")
     return ax
@@ -193,12 +186,12 @@ def correlator_bounds(ds: xr.Dataset, confidence: float = 0.95) -> tuple[np.ndar
     Each seed's product ab is ±1, so C = 2p − 1 with p the share of agreeing seeds; the bounds
     are 2·CP(p) − 1, exact also when every seed agrees (Clopper and Pearson, Biometrika 1934).
     """
-    if "C_lo" in ds and "C_hi" in ds:
-        return ds["C_lo"].values, ds["C_hi"].values
+    if C + LO in ds and C + HI in ds:
+        return ds[C + LO].values, ds[C + HI].values
     if "n_seeds" not in ds:
         raise ValueError("data lacks 'C_lo'/'C_hi' and 'n_seeds': cannot bound the correlators")
-    c = ds["C"].values
-    n = ds["n_seeds"].broadcast_like(ds["C"]).transpose(*ds["C"].dims).values.astype(float)
+    c = ds[C].values
+    n = ds["n_seeds"].broadcast_like(ds[C]).transpose(*ds[C].dims).values.astype(float)
     k = np.rint((c + 1) / 2 * n)
     alpha = 1 - confidence
     with np.errstate(invalid="ignore"):
@@ -212,19 +205,18 @@ def correlators(data: xr.Dataset, ax: Axes) -> Axes:
 
     C22 enters S with a minus sign (S = C11 + C12 + C21 − C22); it is drawn as measured.
     """
-    if "C" not in data:
+    if C not in data:
         raise ValueError("data lacks 'C': pass the output of gradcomp.chsh.estimate")
     ds = _last_step(data)
     dim = _capacity_dim(ds)
     x = ds[dim].values
     conf = float(data.attrs.get("chsh_confidence", data.attrs.get("confidence", 0.95)))
     lo, hi = (
-        xr.DataArray(v, dims=ds["C"].dims, coords=ds["C"].coords)
-        for v in correlator_bounds(ds, conf)
+        xr.DataArray(v, dims=ds[C].dims, coords=ds[C].coords) for v in correlator_bounds(ds, conf)
     )
     for k, (i, j) in enumerate(((1, 1), (1, 2), (2, 1), (2, 2))):
-        c = ds["C"].sel(alice=i, bob=j).values
-        sel = {"alice": i, "bob": j}
+        sel = {ALICE: i, BOB: j}
+        c = ds[C].sel(sel).values
         ax.errorbar(
             x + 0.06 * (k - 1.5),
             c,

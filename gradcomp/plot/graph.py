@@ -11,6 +11,8 @@ import xarray as xr
 from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 
+from gradcomp._dims import BLOCK, PROFILE, SEED, TASK, WIDTH
+
 __all__ = ["competition_graph", "contested_vs_width", "convac_bounds"]
 
 STATE_COLORS = {"contested": "tab:red", "shared": "tab:green", "owned": "0.35", "idle": "0.8"}
@@ -24,18 +26,18 @@ def convac_bounds(ds: xr.Dataset, ax: Axes) -> Axes:
         ds: from :func:`gradcomp.graph.design.design_bounds` (``bits``, optionally ``rank_bits``).
         ax: where to draw.
     """
-    for k, profile in enumerate(ds["profile"].values):
+    for k, profile in enumerate(ds[PROFILE].values):
         row = ds.sel(profile=profile)
         channels = tuple(int(c) for c in row["channels"].values)
         label = f"{profile} {channels}, {int(row['n_params'])} weights"
         color = TASK_COLORS[k % len(TASK_COLORS)]
-        ax.plot(ds["block"], row["bits"], "-o", color=color, label=label)
+        ax.plot(ds[BLOCK], row["bits"], "-o", color=color, label=label)
         if "rank_bits" in ds:
-            ax.plot(ds["block"], row["rank_bits"], "x", color="k", ms=9, mew=1.5)
+            ax.plot(ds[BLOCK], row["rank_bits"], "x", color="k", ms=9, mew=1.5)
     if "rank_bits" in ds:
         ax.plot([], [], "x", color="k", label="measured rank (random weights)")
     ax.set_xscale("log", base=2)
-    ticks = ds["block"].values
+    ticks = ds[BLOCK].values
     ax.set_xticks(ticks, [f"{t}" for t in ticks])
     ax.set_xlabel("block size of the partition (1: interleaved … N/2: left/right)")
     ax.set_ylabel(r"$\log_2$ min-cut bound on rank $[\mathcal{A}]_{I,J}$ (bits)")
@@ -66,7 +68,7 @@ def competition_graph(g: nx.Graph, ax: Axes, title: str | None = None) -> Axes:
     )
     top = max((w for *_, w in g.edges(data="weight")), default=1.0) or 1.0
     for u, v, w in g.edges(data="weight"):
-        task, unit = (u, v) if u in order or u[0] == "task" else (v, u)
+        task, unit = (u, v) if u in order or u[0] == TASK else (v, u)
         color = TASK_COLORS[order[task[1]] % len(TASK_COLORS)]
         (x0, y0), (x1, y1) = pos[task], pos[unit]
         ax.plot([x0, x1], [y0, y1], color=color, lw=0.5 + 5 * w / top, alpha=0.6, zorder=1)
@@ -112,10 +114,10 @@ def contested_vs_width(ds: xr.Dataset, ax: Axes) -> Axes:
         ds: with ``contested_mean (width, seed)``, as written by ``analyses/ncnet_competition.py``.
         ax: where to draw (S goes on its own panel: :func:`gradcomp.plot.chsh.capacity`).
     """
-    widths = ds["width"].values
+    widths = ds[WIDTH].values
     per_seed = ds["contested_mean"]
-    mean = per_seed.mean("seed")
-    se = per_seed.std("seed", ddof=1) / np.sqrt(per_seed.sizes["seed"])
+    mean = per_seed.mean(SEED)
+    se = per_seed.std(SEED, ddof=1) / np.sqrt(per_seed.sizes[SEED])
     ax.errorbar(
         widths, mean, yerr=se, fmt="-o", color="tab:red", capsize=3, label="mean ± s.e. over seeds"
     )

@@ -12,7 +12,7 @@ import numpy as np
 import xarray as xr
 from matplotlib.axes import Axes
 
-from gradcomp._dims import RANK, STEP
+from gradcomp._dims import DELTA, HI, LO, RANK, STEP, S
 
 __all__ = ["conflict_vs_rank", "s_vs_generalization", "s_vs_rank"]
 
@@ -33,11 +33,11 @@ def s_vs_rank(summary: xr.Dataset, ax: Axes, step: int | None = None) -> Axes:
     """
     d = _at(summary, step)
     rank = d[RANK].values
-    s = d["S"].values
-    err = np.vstack([s - d["S_lo"].values, d["S_hi"].values - s])
+    s = d[S].values
+    err = np.vstack([s - d[S + LO].values, d[S + HI].values - s])
     ax.errorbar(rank, s, yerr=err, fmt="o-", capsize=3, label="S (95% interval)")
     ax.axhline(2.0, color="k", lw=1, label="2 (classical)")
-    ax.plot(rank, 2.0 + d["delta"].values, "k--", lw=1, label="2 + Δ (signaling)")
+    ax.plot(rank, 2.0 + d[DELTA].values, "k--", lw=1, label="2 + Δ (signaling)")
     ax.axhline(2 * np.sqrt(2), color="0.6", lw=1, ls=":", label="2√2 (Tsirelson)")
     ax.set_xscale("log", base=2)
     ax.set_xticks(rank, [str(r) for r in rank])
@@ -71,7 +71,7 @@ def s_vs_generalization(summary: xr.Dataset, ax: Axes) -> Axes:
     colors = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, len(ranks)))
     for r, c in zip(ranks, colors, strict=True):
         d = summary.sel({RANK: r})
-        ax.plot(d["generalization"].values, d["S"].values, "o", color=c, ms=4, label=f"rank {r}")
+        ax.plot(d["generalization"].values, d[S].values, "o", color=c, ms=4, label=f"rank {r}")
     ax.axhline(2.0, color="k", lw=1)
     title = "S vs generalization"
     if "r_S_generalization" in summary:

@@ -14,7 +14,22 @@ import xarray as xr
 from matplotlib.axes import Axes
 from matplotlib.ticker import NullFormatter
 
-from gradcomp._dims import ALICE, BOB, OWN, STEP, TASK, UNIT, WIDTH
+from gradcomp._dims import (
+    ALICE,
+    ANALYSIS,
+    BOB,
+    FEATURE,
+    HI,
+    LAG,
+    LO,
+    LR,
+    OWN,
+    STEP,
+    TASK,
+    UNIT,
+    WIDTH,
+    S,
+)
 
 __all__ = [
     "conflict_over_training",
@@ -38,9 +53,15 @@ def _colors(widths: Sequence[int]) -> dict[int, tuple]:
     return {int(w): cmap(0.85 * i / n) for i, w in enumerate(widths)}
 
 
-def _band(ax: Axes, x, mid, lo, hi, label: str, **style) -> None:
+def _line_band(ax: Axes, x, mid, lo, hi, label: str, **style) -> None:
+    """A line ``mid`` against ``x`` with the band between ``lo`` and ``hi`` in its colour."""
     (line,) = ax.plot(x, mid, label=label, lw=1.4, **style)
     ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+
+
+def _band(ax: Axes, d: xr.Dataset, name: str, label: str, x: str = STEP, **style) -> None:
+    """``d[name]`` against ``d[x]`` with the band between ``name + LO`` and ``name + HI``."""
+    _line_band(ax, d[x], d[name], d[name + LO], d[name + HI], label, **style)
 
 
 def _time_axis(ax: Axes, label: str = "training step") -> None:
@@ -55,17 +76,17 @@ def _series(data: xr.Dataset, name: str, widths: Sequence[int], ax: Axes, contro
         d = data.sel({WIDTH: w})
         if TASK in d[name].dims:
             d = d.mean(TASK)
-        _band(ax, d[STEP], d[name], d[f"{name}_lo"], d[f"{name}_hi"], f"n = {w}", color=colors[w])
+        _band(ax, d, name, f"n = {w}", color=colors[w])
     if control is not None:
         c = control.mean(TASK) if TASK in control[name].dims else control
-        _band(ax, c[STEP], c[name], c[f"{name}_lo"], c[f"{name}_hi"], "unshared", **CONTROL_STYLE)
+        _band(ax, c, name, "unshared", **CONTROL_STYLE)
 
 
 def s_over_training(
     traces: xr.Dataset, ax: Axes, widths: Sequence[int], control: xr.Dataset | None = None
 ) -> Axes:
     """S(step) with its bootstrap interval per width; 2 and 2√2 for reference."""
-    _series(traces, "S", widths, ax, control)
+    _series(traces, S, widths, ax, control)
     ax.axhline(2, color="k", lw=0.8)
     ax.axhline(2 * np.sqrt(2), color="k", lw=0.8, ls=":")
     ax.text(0.5, 2.03, "classical bound 2", fontsize=7, va="bottom")
@@ -139,8 +160,19 @@ def unit_map(units: xr.Dataset, ax: Axes, width: int, alice: int = 2, bob: int =
     return ax
 
 
+ACCURACY = "accuracy"  # the decoding accuracy of gradcomp.analyze.sensing
+
+
 def _sense_mean(s: xr.Dataset) -> xr.Dataset:
-    return s[["accuracy", "accuracy_lo", "accuracy_hi", "null_hi"]].mean((TASK, "own"))
+    return s[[ACCURACY, ACCURACY + LO, ACCURACY + HI, "null_hi"]].mean((TASK, OWN))
+
+
+def _accuracy_axes(ax: Axes) -> None:
+    """Chance (0.5), the limits and the labels of a decoding-accuracy panel."""
+    ax.axhline(0.5, color="k", lw=0.8)
+    ax.set_ylim(0.2, 1.02)
+    ax.set_ylabel("remote-setting decoding accuracy")
+    ax.set_xlabel("training step (window end)")
 
 
 def sensing_over_time(
@@ -158,46 +190,22 @@ def sensing_over_time(
     """
     colors = _colors(list(sensing[WIDTH].values))
     for w in widths:
-        d = _sense_mean(sensing.sel({WIDTH: w}))
-        _band(
-            ax,
-            d[STEP],
-            d["accuracy"],
-            d["accuracy_lo"],
-            d["accuracy_hi"],
-            f"n = {w}",
-            color=colors[w],
-        )
+        _band(ax, _sense_mean(sensing.sel({WIDTH: w})), ACCURACY, f"n = {w}", color=colors[w])
     ref = _sense_mean(sensing).max(WIDTH)
     ax.plot(ref[STEP], ref["null_hi"], color="k", ls=":", lw=0.8, label="null 95%")
     if oscillation is not None and oscillation_width is not None:
-        d = _sense_mean(oscillation.sel({WIDTH: oscillation_width}))
         _band(
             ax,
-            d[STEP],
-            d["accuracy"],
-            d["accuracy_lo"],
-            d["accuracy_hi"],
+            _sense_mean(oscillation.sel({WIDTH: oscillation_width})),
+            ACCURACY,
             f"n = {oscillation_width}, from oscillation",
             color=colors[oscillation_width],
             ls="-.",
         )
     if control is not None:
-        d = _sense_mean(control)
-        _band(
-            ax,
-            d[STEP],
-            d["accuracy"],
-            d["accuracy_lo"],
-            d["accuracy_hi"],
-            "unshared",
-            **CONTROL_STYLE,
-        )
-    ax.axhline(0.5, color="k", lw=0.8)
-    ax.set_ylim(0.2, 1.02)
+        _band(ax, _sense_mean(control), ACCURACY, "unshared", **CONTROL_STYLE)
+    _accuracy_axes(ax)
     ax.legend(fontsize=6, frameon=False, loc="lower right", ncol=3)
-    ax.set_ylabel("remote-setting decoding accuracy")
-    ax.set_xlabel("training step (window end)")
     return ax
 
 
@@ -213,7 +221,7 @@ def lagged_panel(lag: xr.Dataset, ax: Axes, widths: Sequence[int]) -> Axes:
         label = f"n = {w}"
         if "lead_asymmetry_q" in d:
             label += f", asym. {float(d['lead_asymmetry']):+.2f} ({_q(d['lead_asymmetry_q'])})"
-        _band(ax, d["lag"], d["r"], d["r_lo"], d["r_hi"], label, color=colors[w])
+        _band(ax, d, "r", label, x=LAG, color=colors[w])
     ax.axhline(0, color="k", lw=0.8)
     ax.axvline(0, color="k", lw=0.5, ls=":")
     ax.set_xlabel("lag $k$ (steps; $k > 0$: conflict leads S)")
@@ -223,7 +231,7 @@ def lagged_panel(lag: xr.Dataset, ax: Axes, widths: Sequence[int]) -> Axes:
 
 def correlation_panel(corr: xr.Dataset, ax: Axes) -> Axes:
     """Pearson r with its bootstrap interval per analysis, labelled with n_eff."""
-    names = [str(a) for a in corr["analysis"].values]
+    names = [str(a) for a in corr[ANALYSIS].values]
     y = np.arange(len(names))[::-1]
     r = corr["pearson"].values
     lo, hi = corr["pearson_lo"].values, corr["pearson_hi"].values
@@ -269,13 +277,11 @@ def sensing_by_own_setting(
     own_colors = {1: "tab:blue", 2: "tab:orange"}
     for own in d[OWN].values:
         e = d.sel({OWN: own})
-        m = e[["accuracy", "accuracy_lo", "accuracy_hi"]].mean(TASK)
+        m = e[[ACCURACY, ACCURACY + LO, ACCURACY + HI]].mean(TASK)
         _band(
             ax,
-            m[STEP],
-            m["accuracy"],
-            m["accuracy_lo"],
-            m["accuracy_hi"],
+            m,
+            ACCURACY,
             f"n = {width}, own setting {int(own)}",
             color=own_colors.get(int(own)),
         )
@@ -283,27 +289,16 @@ def sensing_by_own_setting(
             sig = (e["q_value"] < alpha).all(TASK)
             ax.plot(
                 m[STEP].values[sig.values],
-                m["accuracy"].values[sig.values],
+                m[ACCURACY].values[sig.values],
                 "o",
                 ms=3,
                 color=own_colors.get(int(own)),
             )
     ax.plot(d[STEP], d["null_hi"].mean((TASK, OWN)), color="k", ls=":", lw=0.8, label="null 95%")
     if control is not None:
-        c = control[["accuracy", "accuracy_lo", "accuracy_hi"]].mean((TASK, OWN))
-        _band(
-            ax,
-            c[STEP],
-            c["accuracy"],
-            c["accuracy_lo"],
-            c["accuracy_hi"],
-            "unshared, independent inits",
-            **CONTROL_STYLE,
-        )
-    ax.axhline(0.5, color="k", lw=0.8)
-    ax.set_ylim(0.2, 1.02)
-    ax.set_ylabel("remote-setting decoding accuracy")
-    ax.set_xlabel("training step (window end)")
+        c = control[[ACCURACY, ACCURACY + LO, ACCURACY + HI]].mean((TASK, OWN))
+        _band(ax, c, ACCURACY, "unshared, independent inits", **CONTROL_STYLE)
+    _accuracy_axes(ax)
     return ax
 
 
@@ -325,19 +320,19 @@ def lr_panel(
     for w in sweep[WIDTH].values:
         d = sweep.sel({WIDTH: w})
         if feature is not None:
-            d = d.sel(feature=feature)
-        x = d["lr"].values
+            d = d.sel({FEATURE: feature})
+        x = d[LR].values
         y = d[name].values
         label = f"n = {int(w)}{suffix}"
         line = ax.plot(x, y, style, color=colors[int(w)], label=label, ms=4)[0]
-        if f"{name}_lo" in d:
-            lo, hi = d[f"{name}_lo"].values, d[f"{name}_hi"].values
+        if name + LO in d:
+            lo, hi = d[name + LO].values, d[name + HI].values
             ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt="none", color=line.get_color(), lw=1)
     ax.set_xscale("log")
     if log:
         ax.set_yscale("log")
     ax.set_xlabel("learning rate")
-    ax.set_xticks(sweep["lr"].values, [f"{v:g}" for v in sweep["lr"].values])
+    ax.set_xticks(sweep[LR].values, [f"{v:g}" for v in sweep[LR].values])
     ax.minorticks_off()
     return ax
 
@@ -345,9 +340,9 @@ def lr_panel(
 def lr_blocks_panel(blocks: xr.Dataset, ax: Axes, width: int, name: str = "osc_detrended") -> Axes:
     """A per-block oscillation measure over training at one width, one line per lr."""
     cmap = plt.get_cmap("plasma")
-    lrs = blocks["lr"].values
+    lrs = blocks[LR].values
     for i, lr in enumerate(lrs):
-        d = blocks[name].sel({"lr": lr, WIDTH: width})
+        d = blocks[name].sel({LR: lr, WIDTH: width})
         ax.plot(d[STEP], d, color=cmap(0.85 * i / max(len(lrs) - 1, 1)), label=f"lr = {lr:g}")
     ax.set_xlabel("training step (block end)")
     return ax

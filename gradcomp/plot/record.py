@@ -9,7 +9,7 @@ import numpy as np
 import xarray as xr
 from matplotlib.axes import Axes
 
-from gradcomp._dims import ALL, LAYER, STEP, TASK, TASK_J, require
+from gradcomp._dims import ALL, COSINE, GRAD_NORM, LAYER, STEP, TASK, TASK_J, require
 from gradcomp._dims import layer as layer_label
 
 __all__ = ["cosine_over_steps", "grad_norm_over_steps"]
@@ -33,7 +33,7 @@ def cosine_over_steps(
     Returns:
         ``ax``.
     """
-    require(ds, ["cosine"], "gradcomp.record(...)")
+    require(ds, [COSINE], "gradcomp.record(...)")
     tasks = [str(t) for t in ds[TASK].values]
     if pair is None:
         if len(tasks) < 2:
@@ -42,7 +42,7 @@ def cosine_over_steps(
     for t in pair:
         if t not in tasks:
             raise ValueError(f"task {t!r} is not in the recording (tasks: {tasks})")
-    cos = ds["cosine"].sel({TASK: pair[0], TASK_J: pair[1]})
+    cos = ds[COSINE].sel({TASK: pair[0], TASK_J: pair[1]})
     for layer in layers or [str(x) for x in ds[LAYER].values]:
         line = cos.sel({LAYER: layer_label(ds, layer)})
         ax.plot(ds[STEP].values, line.values, label=layer, lw=2.0 if layer == ALL else 1.0)
@@ -67,8 +67,8 @@ def grad_norm_over_steps(ds: xr.Dataset, ax: Axes, *, layer: str = ALL, log: boo
     Returns:
         ``ax``.
     """
-    require(ds, ["grad_norm"], "gradcomp.record(...)")
-    norm = ds["grad_norm"].sel({LAYER: layer_label(ds, layer)})
+    require(ds, [GRAD_NORM], "gradcomp.record(...)")
+    norm = ds[GRAD_NORM].sel({LAYER: layer_label(ds, layer)})
     for task in norm[TASK].values:
         y = norm.sel({TASK: task}).values
         ax.plot(ds[STEP].values, np.where(y > 0, y, np.nan) if log else y, label=str(task))

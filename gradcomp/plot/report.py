@@ -33,9 +33,30 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from gradcomp._dims import ALICE, ALL, BOB, LAYER, SEED, STEP, TASK, TASK_J, UNIT
+from gradcomp._dims import (
+    ALICE,
+    ALL,
+    BOB,
+    COSINE,
+    GRAM,
+    HI,
+    LAYER,
+    LO,
+    LOSS,
+    MARGINAL,
+    OUTCOME_A,
+    OUTCOME_B,
+    PARAM,
+    SEED,
+    STEP,
+    TASK,
+    TASK_J,
+    UNIT,
+    UNIT_GRAM,
+    S,
+)
 from gradcomp._exact import clopper_pearson
-from gradcomp.plot.mechanism import _band, _colors, _time_axis
+from gradcomp.plot.mechanism import _band, _colors, _line_band, _time_axis
 
 __all__ = [
     "DRAW",
@@ -51,7 +72,7 @@ __all__ = [
 ]
 
 #: the panels, in the order they are drawn
-PANELS = ("loss", "cosine", "conflict", "units", "S")
+PANELS = (LOSS, COSINE, "conflict", "units", S)
 
 #: most lines (grid points × tasks or layers) drawn in one panel
 MAX_SERIES = 12
@@ -66,7 +87,12 @@ def _has(ds: xr.Dataset, name: str, dims: Sequence[str]) -> bool:
 
 def _outcomes(ds: xr.Dataset) -> bool:
     dims = (SEED, ALICE, BOB, STEP)
-    return _has(ds, "a", dims) and _has(ds, "b", dims) and ds["a"].dims == ds["b"].dims
+    a, b = OUTCOME_A, OUTCOME_B
+    return _has(ds, a, dims) and _has(ds, b, dims) and ds[a].dims == ds[b].dims
+
+
+def _s_stored(ds: xr.Dataset) -> bool:
+    return all(_has(ds, v, (STEP,)) for v in (S, S + LO, S + HI))
 
 
 def panels(ds: xr.Dataset) -> list[str]:
@@ -74,15 +100,14 @@ def panels(ds: xr.Dataset) -> list[str]:
     pair = (STEP, LAYER, TASK, TASK_J)
     two_tasks = TASK in ds.sizes and ds.sizes[TASK] >= 2
     out = []
-    if _has(ds, "loss", (STEP, TASK)):
-        out.append("loss")
-    if _has(ds, "gram", pair) and two_tasks:
-        out += ["cosine", "conflict"]
-    if _has(ds, "unit_gram", (STEP, LAYER, UNIT, TASK, TASK_J)) and two_tasks:
+    if _has(ds, LOSS, (STEP, TASK)):
+        out.append(LOSS)
+    if _has(ds, GRAM, pair) and two_tasks:
+        out += [COSINE, "conflict"]
+    if _has(ds, UNIT_GRAM, (STEP, LAYER, UNIT, TASK, TASK_J)) and two_tasks:
         out.append("units")
-    s_stored = all(_has(ds, v, (STEP,)) for v in ("S", "S_lo", "S_hi"))
-    if s_stored or _outcomes(ds):
-        out.append("S")
+    if _s_stored(ds) or _outcomes(ds):
+        out.append(S)
     return out
 
 
@@ -157,7 +182,7 @@ def _prepare(ds: xr.Dataset) -> xr.Dataset:
 def _conflict_stats(ds: xr.Dataset, units: bool = False) -> xr.Dataset:
     from gradcomp.analyze.conflict import conflict
 
-    keep = ["gram", "unit_gram"] if units else ["gram"]
+    keep = [GRAM, UNIT_GRAM] if units else [GRAM]
     return conflict(ds[keep], window=_window(ds), units=units)
 
 
@@ -165,7 +190,7 @@ def losses(ds: xr.Dataset, ax: Axes) -> Axes:
     """Each task's ``loss`` over steps (mean over ``seed, alice, bob``), one line per task and
     grid point; log scale when every value is positive."""
     ds = _prepare(ds)
-    loss = ds["loss"]
+    loss = ds[LOSS]
     grid = _grid_dims(loss, (TASK,))
     mean = loss.mean([d for d in _REPLICATES if d in loss.dims], skipna=True)
     tasks = [str(t) for t in loss[TASK].values]
@@ -184,7 +209,7 @@ def losses(ds: xr.Dataset, ax: Axes) -> Axes:
     positive = np.nanmin(mean.values) > 0 if np.isfinite(mean.values).any() else False
     if positive:
         ax.set_yscale("log")
-    ax.set_ylabel(_label(loss, "loss") + (" (replicate mean)" if _replicated(loss) else ""))
+    ax.set_ylabel(_label(loss, LOSS) + (" (replicate mean)" if _replicated(loss) else ""))
     ax.set_title("losses")
     _steps_axis(ax, ds)
     return ax
@@ -214,7 +239,7 @@ def _pair_lines(
                 ax.plot(ds[STEP].values, y, label=label, lw=2.0 if layer == ALL else 1.2, **style)
             else:
                 lo, hi = (b.sel(sel).values for b in band)
-                _band(ax, ds[STEP].values, y, lo, hi, label, **style)
+                _line_band(ax, ds[STEP].values, y, lo, hi, label, **style)
 
 
 def cosine(ds: xr.Dataset, ax: Axes) -> Axes:
@@ -225,7 +250,7 @@ def cosine(ds: xr.Dataset, ax: Axes) -> Axes:
     ds = _prepare(ds)
     stats = _conflict_stats(ds)
     a, b = _pair(ds)
-    cos = stats["cosine"].sel({TASK: a, TASK_J: b})
+    cos = stats[COSINE].sel({TASK: a, TASK_J: b})
     mean = cos.mean([d for d in _REPLICATES if d in cos.dims], skipna=True)
     _pair_lines(ds, mean, ax, band=None)
     if _has(ds, "rep_gram", (STEP, TASK, TASK_J)):
@@ -237,7 +262,7 @@ def cosine(ds: xr.Dataset, ax: Axes) -> Axes:
     ax.set_ylim(-1.05, 1.05)
     extra = " (replicate mean)" if _replicated(cos) else ""
     ax.set_ylabel(f"cos(g_{a}, g_{b}){extra}")
-    ax.set_title(_label(ds["cosine"], "cosine") if "cosine" in ds else "cosine")
+    ax.set_title(_label(ds[COSINE], COSINE) if COSINE in ds else COSINE)
     _steps_axis(ax, ds)
     return ax
 
@@ -322,12 +347,13 @@ def unit_competition(ds: xr.Dataset, ax: Axes) -> Axes:
 
 def _chsh(ds: xr.Dataset) -> xr.Dataset:
     """``S, S_lo, S_hi`` over ``step``: stored, or estimated from the outcomes."""
-    if all(_has(ds, v, (STEP,)) for v in ("S", "S_lo", "S_hi")):
-        return ds[["S", "S_lo", "S_hi"]]
+    if _s_stored(ds):
+        return ds[[S, S + LO, S + HI]]
     from gradcomp.chsh import estimate
 
-    order = [SEED, ALICE, BOB, *[d for d in ds["a"].dims if d not in (SEED, ALICE, BOB)]]
-    return estimate(ds["a"].transpose(*order), ds["b"].transpose(*order))
+    a, b = ds[OUTCOME_A], ds[OUTCOME_B]
+    order = [SEED, ALICE, BOB, *[d for d in a.dims if d not in (SEED, ALICE, BOB)]]
+    return estimate(a.transpose(*order), b.transpose(*order))
 
 
 def s_over_steps(ds: xr.Dataset, ax: Axes) -> Axes:
@@ -341,18 +367,17 @@ def s_over_steps(ds: xr.Dataset, ax: Axes) -> Axes:
         ax.text(0.5, 0.5, f"S not estimable:\n{err}", ha="center", va="center", wrap=True,
                 fontsize=7, transform=ax.transAxes)  # fmt: skip
         return ax
-    grid = _grid_dims(s["S"], ())
-    points = _cut(_points(s["S"], grid), 1, ax)
+    grid = _grid_dims(s[S], ())
+    points = _cut(_points(s[S], grid), 1, ax)
     colors = _colors(list(range(len(points))))
     for k, point in enumerate(points):
         d = s.sel(point)
-        label = _name(point) or "S"
+        label = _name(point) or S
         marker = "o" if d.sizes[STEP] < 4 else None  # a point or two: no line to see
-        _band(ax, d[STEP].values, d["S"].values, d["S_lo"].values, d["S_hi"].values, label,
-              color=colors[k], marker=marker)  # fmt: skip
+        _band(ax, d, S, label, color=colors[k], marker=marker)
     ax.axhline(2, color="k", lw=0.8)
     ax.axhline(2 * np.sqrt(2), color="k", lw=0.8, ls=":")
-    ax.set_ylabel(f"{_label(s['S'], 'S')}, with [S_lo, S_hi]")
+    ax.set_ylabel(f"{_label(s[S], S)}, with [S_lo, S_hi]")
     _steps_axis(ax, ds)
     return ax
 
@@ -361,18 +386,18 @@ def s_over_steps(ds: xr.Dataset, ax: Axes) -> Axes:
 def _title(ds: xr.Dataset) -> str:
     """The experiment (``attrs["experiment"]``, else recording or dataset) and its sizes."""
     what = str(ds.attrs.get("experiment", "recording" if "strategy" in ds.attrs else "dataset"))
-    inner = (TASK, TASK_J, LAYER, UNIT, "marginal", "param")
+    inner = (TASK, TASK_J, LAYER, UNIT, MARGINAL, PARAM)
     sizes = ", ".join(f"{d} {n}" for d, n in ds.sizes.items() if d not in inner)
     return f"{what} ({sizes})" if sizes else what
 
 
 #: the function drawing each panel
 DRAW: dict[str, Callable[[xr.Dataset, Axes], Axes]] = {
-    "loss": losses,
-    "cosine": cosine,
+    LOSS: losses,
+    COSINE: cosine,
     "conflict": conflict_share,
     "units": unit_competition,
-    "S": s_over_steps,
+    S: s_over_steps,
 }
 
 
