@@ -77,6 +77,26 @@ def _bars(y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.abs(np.stack([y - lo, hi - y]))
 
 
+def _interval_name(data: xr.Dataset) -> str:
+    """``"95% interval"`` from the estimate's confidence attr, else ``"interval"``."""
+    conf = data.attrs.get("chsh_confidence", data.attrs.get("confidence"))
+    return f"{float(conf):.0%} interval" if conf is not None else "interval"
+
+
+def _with_interval(
+    ax: Axes, x: np.ndarray, ds: xr.Dataset, name: str, label: str, alpha: float, **style
+) -> np.ndarray:
+    """``ds[name]`` against ``x`` as a band between ``name + LO`` and ``name + HI`` and capped
+    error bars (at thousands of seeds the band is often narrower than the marker); returns
+    the values."""
+    y, lo, hi = (ds[name + k].values for k in ("", LO, HI))
+    ax.fill_between(x, lo, hi, color=style["color"], alpha=alpha, lw=0)
+    ax.errorbar(
+        x, y, yerr=_bars(y, lo, hi), fmt="o-", capsize=5, capthick=1.5, label=label, **style
+    )
+    return y
+
+
 def capacity(data: xr.Dataset, ax: Axes, *, control_prefix: str | None = "unshared_") -> Axes:
     """S against capacity with its interval, 2 + Δ, and lines at 2 and 2√2.
 
@@ -100,23 +120,8 @@ def capacity(data: xr.Dataset, ax: Axes, *, control_prefix: str | None = "unshar
     ds = _last_step(data)
     dim = _capacity_dim(ds)
     x = ds[dim].values
-    s = ds[S].values
-    lo, hi = ds[S + LO].values, ds[S + HI].values
-    conf = data.attrs.get("chsh_confidence", data.attrs.get("confidence"))
-    band = f"{float(conf):.0%} interval" if conf is not None else "interval"
-    ax.fill_between(x, lo, hi, color="C0", alpha=0.35, lw=0)
-    ax.errorbar(
-        x,
-        s,
-        yerr=_bars(s, lo, hi),
-        fmt="o-",
-        color="C0",
-        ms=5,
-        capsize=5,
-        capthick=1.5,
-        elinewidth=1.5,
-        label=f"S with {band} (shared hidden layer)",
-    )
+    label = f"S with {_interval_name(data)} (shared hidden layer)"
+    s = _with_interval(ax, x, ds, S, label, 0.35, color="C0", ms=5, elinewidth=1.5)
     ax.plot(x, 2 + ds[DELTA].values, "--", color="C3", label="2 + Δ (signaling Δ)")
     if control_prefix and control_prefix + S in ds:
         c = ds[control_prefix + S].values
@@ -154,21 +159,9 @@ def margin(data: xr.Dataset, ax: Axes) -> Axes:
     dim = _capacity_dim(ds)
     x = ds[dim].values
     m = ds[CBD_MARGIN].values
-    conf = data.attrs.get("chsh_confidence", data.attrs.get("confidence"))
     if CBD_MARGIN + LO in ds:
-        lo, hi = ds[CBD_MARGIN + LO].values, ds[CBD_MARGIN + HI].values
-        band = f"{float(conf):.0%} interval" if conf is not None else "interval"
-        ax.fill_between(x, lo, hi, color="C4", alpha=0.3, lw=0)
-        ax.errorbar(
-            x,
-            m,
-            yerr=_bars(m, lo, hi),
-            fmt="o-",
-            color="C4",
-            capsize=5,
-            capthick=1.5,
-            label=f"CbD margin with {band}",
-        )
+        label = f"CbD margin with {_interval_name(data)}"
+        _with_interval(ax, x, ds, CBD_MARGIN, label, 0.3, color="C4")
     else:
         ax.plot(x, m, "o-", color="C4", label="CbD margin (no interval from this estimator)")
     _mark_flags(ax, x, m, ds)
