@@ -31,6 +31,7 @@ __all__ = [
     "SOURCE_PREFIX",
     "command",
     "derive",
+    "describe",
     "package_version",
     "provenance",
 ]
@@ -142,6 +143,14 @@ def provenance(
         "git_state": _git_state(str(Path(__file__).resolve().parent)),
         "config": json.dumps(dict(config or {}), sort_keys=True, default=str),
     }
+
+
+def describe(name: str, params: Mapping[str, Any]) -> str:
+    """The ``analysis`` attr of a derived Dataset: its maker and parameters, as a call.
+
+    Example: ``describe("conflict", {"window": 10})`` is ``"conflict(window=10)"``.
+    """
+    return f"{name}({', '.join(f'{k}={v!r}' for k, v in params.items())})"
 
 
 def derive(source: Mapping[str, Any], attrs: Mapping[str, Any]) -> dict[str, Any]:

@@ -16,18 +16,23 @@ import gradcomp.accessor  # registers ds.gradcomp
 from gradcomp._dims import ALICE, BOB, SEED, STEP, TASK, WIDTH
 from gradcomp._provenance import OWN, SOURCE_PREFIX, derive, provenance
 from gradcomp.analyze import correlate, lagged, oscillation, sensing
+from gradcomp.graph import competition
 
 
-def recording_attrs() -> dict:
-    """The attrs of a real recording (strategy, shared parameters, config, versions, history)."""
+def recording(**options) -> xr.Dataset:
+    """A real recording (its attrs: strategy, shared parameters, config, versions, history)."""
     torch.manual_seed(0)
     m = nn.ModuleDict({"trunk": nn.Linear(3, 4), "A": nn.Linear(4, 1), "B": nn.Linear(4, 1)})
     x = torch.randn(6, 3)
-    with gradcomp.record(m.double(), ["A", "B"]) as rec:
+    with gradcomp.record(m.double(), ["A", "B"], **options) as rec:
         for _ in range(2):
             h = torch.tanh(m["trunk"](x.double()))
             rec.backward({t: m[t](h).pow(2).mean() for t in "AB"})
-    attrs = rec.to_dataset().attrs
+    return rec.to_dataset()
+
+
+def recording_attrs() -> dict:
+    attrs = recording().attrs
     # an ensemble's own attrs and a run made under other library versions
     return {**attrs, "method": "vmap", "experiment": "ncnet", "torch_version": "0.0.1"}
 
@@ -148,3 +153,15 @@ def test_derive_by_hand() -> None:
     }
     assert derive({}, own) == own
     assert derive(source, {"numbers": np.array([1, 2, 3])})["source_numbers"] is source["numbers"]
+
+
+def test_competition_keeps_the_recording_provenance() -> None:
+    rec = recording(units=True)
+    out = competition(rec, layer="trunk")
+    for key in ("strategy", "shared_parameters", "layer_members", "schedule"):
+        assert out.attrs[key] == rec.attrs[key], key
+    assert out.attrs["source_config"] == rec.attrs["config"]
+    assert json.loads(out.attrs["config"])["analysis"] == "competition"
+    assert out.attrs["analysis"] == "competition(layer='trunk', min_share=None)"
+    first, last = out.attrs["history"].split("\n")
+    assert first == rec.attrs["history"] and last.endswith("gradcomp.graph.competition.competition")

@@ -8,7 +8,7 @@ from typing import Any
 import xarray as xr
 
 from gradcomp import _dims
-from gradcomp._provenance import derive, provenance
+from gradcomp._provenance import derive, describe, provenance
 
 #: How to produce each variable an analyzer may need (the hint in the error message).
 HINTS: dict[str, str] = {
@@ -73,8 +73,7 @@ def analysis(name: str, config: Mapping[str, Any]) -> str:
     The outcome entries of ``config`` (the design chosen, why a statistic is undefined) are
     not parameters and are left out.
     """
-    params = ", ".join(f"{k}={v!r}" for k, v in config.items() if k not in _OUTCOMES)
-    return f"{name}({params})"
+    return describe(name, {k: v for k, v in config.items() if k not in _OUTCOMES})
 
 
 def finish(

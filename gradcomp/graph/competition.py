@@ -28,7 +28,7 @@ import numpy as np
 import xarray as xr
 
 from gradcomp import _dims
-from gradcomp._provenance import provenance
+from gradcomp._provenance import derive, describe, provenance
 
 __all__ = ["competition", "competition_graph", "unit_shares"]
 
@@ -125,7 +125,9 @@ def competition(
     Returns:
         Dataset with ``share (…, unit, task)``, ``contested (…, unit)`` (int8),
         ``n_units``, ``n_contested``, ``contested_share``, ``n_components``, ``min_share``
-        (…), ``contested_mass`` and ``n_owned`` (…, task); see the module docstring.
+        (…), ``contested_mass`` and ``n_owned`` (…, task); see the module docstring. A
+        Dataset's attrs are kept (:func:`gradcomp._provenance.derive`: its ``config`` as
+        ``source_config``, its history lines first).
     """
     gram = _select(unit_gram, layer)
     share_da = unit_shares(gram)
@@ -171,7 +173,11 @@ def competition(
         coords=coords,
     )
     config = {"analysis": "competition", "layer": str(layer), "min_share": str(min_share)}
-    ds.attrs.update(provenance(config))
+    # a recording's provenance (strategy, config, history, ...) stays with its analysis
+    source = unit_gram.attrs if isinstance(unit_gram, xr.Dataset) else {}
+    own = provenance(config)
+    own["analysis"] = describe("competition", {"layer": layer, "min_share": min_share})
+    ds.attrs.update(derive(source, own))
     return _dims.annotate(ds, LABELS)
 
 
