@@ -153,7 +153,7 @@ def describe(name: str, params: Mapping[str, Any]) -> str:
     return f"{name}({', '.join(f'{k}={v!r}' for k, v in params.items())})"
 
 
-def derive(source: Mapping[str, Any], attrs: Mapping[str, Any]) -> dict[str, Any]:
+def derive(source: Mapping[Any, Any], attrs: Mapping[str, Any]) -> dict[str, Any]:
     """The attrs of a Dataset derived from one with attrs ``source`` (e.g. an analysis of a
     recording), whose own attrs are ``attrs`` (from :func:`provenance` and the analysis).
 
@@ -176,7 +176,8 @@ def derive(source: Mapping[str, Any], attrs: Mapping[str, Any]) -> dict[str, Any
         A new dict for the derived Dataset's ``attrs``.
     """
     out: dict[str, Any] = {}
-    for name, value in source.items():
+    for key, value in source.items():
+        name = str(key)
         if name.startswith(SOURCE_PREFIX):
             out[name] = value  # the original data's, over an intermediate one's
         elif name == "history":

@@ -104,6 +104,6 @@ def finish(
     own = provenance({"analyzer": name, **config}, source=f"gradcomp.analyze.{name}")
     own["analysis"] = analysis(name, config)
     own.update({k: str(config[k]) for k in PLAIN if k in config and config[k] != ""})
-    inherited = getattr(source, "attrs", source) or {}
-    ds.attrs = derive(inherited, own)
+    inherited = source.attrs if isinstance(source, xr.Dataset) else source
+    ds.attrs = derive(inherited or {}, own)
     return ds
