@@ -62,7 +62,7 @@ class Split:
         return len(self.rows)
 
     def stacked(self, t: Tensor) -> Tensor | None:
-        """``[T, even, *rest]`` view of the tasks' rows of ``t`` when :attr:`even`, else ``None``."""
+        """``[T, even, *rest]`` view of the tasks' rows of ``t`` when :attr:`even`, else None."""
         if not self.even:
             return None
         cut = self.n_tasks * self.even
@@ -79,6 +79,8 @@ def wanted(module: nn.Module, params: tuple[str, ...], st: Step) -> frozenset[st
     want = st.want.get(id(module))
     if want is None:
         have = [getattr(module, n, None) for n in params]
-        want = frozenset(n for n, p in zip(params, have, strict=True) if p is not None and p.requires_grad)
+        want = frozenset(
+            n for n, p in zip(params, have, strict=True) if p is not None and p.requires_grad
+        )
         st.want[id(module)] = want
     return want

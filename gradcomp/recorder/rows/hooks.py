@@ -73,11 +73,7 @@ class RowsHooks:
         self.outputs.clear()
 
     def _live(self, name: str) -> bool:
-        return (
-            self.armed
-            and torch.is_grad_enabled()
-            and (self.only is None or name in self.only)
-        )
+        return self.armed and torch.is_grad_enabled() and (self.only is None or name in self.only)
 
     def _count(self, name: str, module: nn.Module, x: Tensor) -> None:
         self._calls[name] = self._calls.get(name, 0) + 1

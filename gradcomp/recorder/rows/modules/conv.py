@@ -41,7 +41,7 @@ def conv_padding(module: Conv) -> tuple[int, ...] | None:
     if pad == "same":
         total = [d * (k - 1) for d, k in zip(module.dilation, module.kernel_size, strict=True)]
         return None if any(t % 2 for t in total) else tuple(t // 2 for t in total)
-    return tuple(int(p) for p in pad)  # type: ignore[union-attr]
+    return tuple(int(p) for p in pad)
 
 
 def _params(module: Conv) -> tuple[str, ...]:
@@ -115,7 +115,13 @@ class FusedConv(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, sink: Sink, name: str, module: Conv
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        sink: Sink,
+        name: str,
+        module: Conv,
     ) -> Tensor:
         out: Tensor = module._conv_forward(x, weight, bias)
         ctx.save_for_backward(x, weight)

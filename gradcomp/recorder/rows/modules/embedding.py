@@ -45,7 +45,9 @@ def compact(calls: list[Call]) -> Tensor:
 
 
 @register_rows_module(nn.Embedding, params=_params, finish=compact)
-def embedding_blocks(module: nn.Embedding, ids: Tensor, g: Tensor, sp: Split) -> dict[str, list[Call]]:
+def embedding_blocks(
+    module: nn.Embedding, ids: Tensor, g: Tensor, sp: Split
+) -> dict[str, list[Call]]:
     """One call: per task, the token ids it used and their output gradients (unscaled)."""
     per_task = []
     for idx in sp.rows:

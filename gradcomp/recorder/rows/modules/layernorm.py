@@ -96,7 +96,9 @@ class FusedLayerNorm(torch.autograd.Function):
             sp = ctx.sink.split(ctx.name, ctx.module, g)
             if sp is not None:
                 bw, bb = _sums(g, gxhat, tuple(ctx.shape), sp)
-                ctx.sink.add(ctx.name, {k: v for k, v in (("weight", bw), ("bias", bb)) if k in sp.want})
+                ctx.sink.add(
+                    ctx.name, {k: v for k, v in (("weight", bw), ("bias", bb)) if k in sp.want}
+                )
                 if sp.full(g.shape[0]):
                     sums = bw.sum(0), bb.sum(0)
             if sums is None:

@@ -22,7 +22,7 @@ from gradcomp.recorder.rows.registry import Sink, register_rows_module
 __all__ = ["FusedLinear", "linear_blocks"]
 
 
-def _split(x: Tensor, g: Tensor, sp: Split, dt: torch.dtype) -> tuple[Tensor, Tensor | None]:
+def _split(x: Tensor, g: Tensor, sp: Split, dt: torch.dtype) -> tuple[Tensor, Tensor]:
     """Per-task ``G_tᵀ X_t`` ``[T, out, in]`` and ``Σ_rows G_t`` ``[T, out]`` in ``dt``."""
     g3, x3 = sp.stacked(g), sp.stacked(x)
     if g3 is not None and x3 is not None:
@@ -77,7 +77,10 @@ class FusedLinear(torch.autograd.Function):
         sp = ctx.sink.split(ctx.name, ctx.module, g) if need_w or need_b else None
         if sp is not None:
             raw, bias = _split(x, g, sp, cd)  # in the compute dtype, as the plain backward
-            ctx.sink.add(ctx.name, {k: v.to(sp.dtype) for k, v in (("weight", raw), ("bias", bias)) if k in sp.want})
+            ctx.sink.add(
+                ctx.name,
+                {k: v.to(sp.dtype) for k, v in (("weight", raw), ("bias", bias)) if k in sp.want},
+            )
             if sp.full(g.shape[0]):
                 gw = raw.sum(0, dtype=sp.dtype)
                 gb = bias.sum(0, dtype=sp.dtype)
