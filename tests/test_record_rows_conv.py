@@ -211,3 +211,20 @@ def test_registry_covers_the_builtin_types_through_subclasses() -> None:
     assert rows_mod.supported(nn.Embedding(5, 2, sparse=True)) == ()
     with pytest.raises(TypeError, match=r"nn\.Module subclasses"):
         rows_mod.register_rows_module(int, params=lambda m: ())  # type: ignore[arg-type]
+
+
+def test_a_forward_wrapped_after_install_survives_removal() -> None:
+    """A wrapper put on a module while the fused ``forward`` is installed is not deleted when the
+    recorder removes its own (it would take the wrapper with it)."""
+    m = _model(nn.Conv2d(3, 4, 3), 2)
+    conv = m["trunk"][0]
+    x = _input(2)
+    want = m["trunk"](x)
+    with gradcomp.record(m, TASKS, strategy="rows", shared=m["trunk"]) as rec:
+        assert "forward" in conv.__dict__  # the fused path is installed
+        rec.backward(_losses(m, x, EVEN), rows=EVEN)
+        inner = conv.forward
+        conv.forward = lambda *a, **kw: inner(*a, **kw)
+        wrapper = conv.__dict__["forward"]
+    assert conv.__dict__["forward"] is wrapper
+    torch.testing.assert_close(m["trunk"](x), want, rtol=0, atol=0)
