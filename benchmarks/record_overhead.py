@@ -21,7 +21,9 @@ init, no download): ``d64`` (d=64, 2 layers, batch 16 × 32 tokens), ``d256`` (d
 16 × 64) and ``d512`` (d=512, 4 layers, 16 × 128); and, when CUDA is available, a BERT-base-sized
 encoder (12 layers, d=768, batch 32 × 128 tokens, bf16 autocast). Tasks own disjoint rows of the
 batch (so ``"rows"`` applies); every task has its own linear head on the [CLS] vector; the shared
-parameters are the encoder's.
+parameters are the encoder's. ``cnn`` (CPU): a shared Conv2d trunk (4 convolutions, 32-64
+channels, 32 × 32 inputs, batch 64, one head per task on the pooled features; shared = the
+convolutions).
 Peak memory: ``torch.cuda.max_memory_allocated`` on the GPU; not measurable on the CPU (torch's
 CPU allocator is invisible to ``tracemalloc``).
 
@@ -59,10 +61,42 @@ MODELS = {
     "d256": (256, 4, 4, 1024, 16, 64),
     "d512": (512, 4, 8, 2048, 16, 128),
 }
+#: CPU CNNs: name -> (conv channels, the stride-2 layer, image side, batch)
+CNNS = {"cnn": ((32, 32, 64, 64), 2, 32, 64)}
 SUMMARY = Path(__file__).parent / "summaries" / "record_overhead.json"
 
 
+def build_cnn(device: str, model: str, n_tasks: int) -> dict[str, Any]:
+    torch.manual_seed(0)
+    channels, strided, side, batch = CNNS[model]
+    layers: list[nn.Module] = []
+    c_in = 3
+    for i, c in enumerate(channels):
+        stride = 2 if i == strided else 1
+        layers += [nn.Conv2d(c_in, c, 3, stride=stride, padding=1), nn.ReLU()]
+        c_in = c
+    trunk = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten()).to(device)
+    tasks = [f"t{i}" for i in range(n_tasks)]
+    heads = nn.ModuleDict({t: nn.Linear(c_in, 1) for t in tasks}).to(device)
+    x = torch.randn(batch, 3, side, side, device=device)
+    y = torch.randn(batch, device=device)
+    per = batch // n_tasks
+    rows = {t: slice(per * i, per * (i + 1)) for i, t in enumerate(tasks)}
+
+    def forward() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        h = trunk(x)
+        losses = {t: (heads[t](h[r]).squeeze(-1) - y[r]).pow(2).mean() for t, r in rows.items()}
+        return losses, h
+
+    return {
+        "model": nn.ModuleDict({"trunk": trunk, "heads": heads}), "tasks": tasks,
+        "forward": forward, "rows": rows, "shared": list(trunk.parameters()), "trunk": trunk,
+    }  # fmt: skip
+
+
 def build(device: str, model: str, n_tasks: int) -> dict[str, Any]:
+    if model in CNNS:
+        return build_cnn(device, model, n_tasks)
     import transformers
 
     torch.manual_seed(0)
@@ -291,7 +325,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--tasks", type=int, nargs="+", default=[2, 4, 8])
-    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    names = [*MODELS, *CNNS]
+    ap.add_argument("--models", nargs="+", default=names, choices=names)
     ap.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     ap.add_argument("--cpu-only", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
@@ -317,6 +352,8 @@ def main() -> None:
         summary["results"] = old.get("values", old).get("results", {})
     for device, model in configs:
         name = "BERT-base, bf16 autocast" if device == "cuda" else f"BERT-style {model}, fp32"
+        if model in CNNS:
+            name = f"CNN {model} (Conv2d trunk), fp32"
         card = torch.cuda.get_device_name() if device == "cuda" else "CPU"
         threads = torch.get_num_threads()
         load0 = os.getloadavg()[0]

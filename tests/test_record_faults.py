@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 import gradcomp
 from gradcomp.recorder import NonfiniteGradientWarning
-from gradcomp.recorder import rows_step as rows_step_mod
+from gradcomp.recorder.rows import step as rows_step_mod
 from gradcomp.reference import gram_reference, per_task_gradients
 
 TASKS = ["a", "b", "c"]

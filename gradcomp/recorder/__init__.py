@@ -2,7 +2,7 @@
 
 Strategies live one per module (:mod:`.loop`, :mod:`.batched`, :mod:`.features`, :mod:`.rows`);
 :mod:`.choice` picks and runs each recorded step's strategy (``"auto"``) and owns the rows hooks;
-:mod:`.rows_check` verifies ``rows=`` on the first ``"rows"`` step; :mod:`.shared` finds and
+:mod:`.rows.check` verifies ``rows=`` on the first ``"rows"`` step; :mod:`.shared` finds and
 groups the shared parameters, :mod:`.stats` reduces per-task gradients to Gram statistics,
 :mod:`.dataset` builds the Dataset and :mod:`.io` writes (appends) it; :mod:`.compiled` handles
 ``torch.compile``.

@@ -22,7 +22,7 @@ from gradcomp.recorder.batched import batched
 from gradcomp.recorder.compiled import compiled_error
 from gradcomp.recorder.features import FeaturesNotApplicable, as_features, features
 from gradcomp.recorder.loop import loop
-from gradcomp.recorder.rows_step import hookable, rows_stats
+from gradcomp.recorder.rows import hookable, rows_stats
 from gradcomp.recorder.shared import Layout
 from gradcomp.recorder.stats import ParamStats
 from gradcomp.schedule import Schedule

@@ -10,15 +10,10 @@ from torch import Tensor, nn
 
 from gradcomp.recorder._inputs import weighted_total
 from gradcomp.recorder.batched import stacks_from_jacobian
-from gradcomp.recorder.rows import (
-    RowsHooks,
-    as_row_index,
-    check_disjoint,
-    check_rows,
-    even_rows,
-    supported,
-)
-from gradcomp.recorder.rows_check import verify_rows
+from gradcomp.recorder.rows.check import verify_rows
+from gradcomp.recorder.rows.hooks import RowsHooks
+from gradcomp.recorder.rows.registry import supported
+from gradcomp.recorder.rows.spec import as_row_index, check_disjoint, check_rows, even_rows
 from gradcomp.recorder.shared import Layout
 from gradcomp.recorder.stats import ParamStats, from_stacks
 
@@ -60,7 +55,7 @@ def rows_stats(
         weights: the loss weights.
         rows: task -> its batch rows.
         units: also per-unit Grams.
-        verify: check ``rows=`` against the graph first (:func:`.rows_check.verify_rows`; the
+        verify: check ``rows=`` against the graph first (:func:`.check.verify_rows`; the
             hooks must have kept this step's outputs).
         train: back-propagate into ``.grad``; else leave every ``.grad`` alone and keep the
             graph (``Recorder.observe``).

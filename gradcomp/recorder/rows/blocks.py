@@ -1,0 +1,86 @@
+"""The state of one recorded ``"rows"`` step, and :class:`Split`, what a module type's block
+function is handed.
+
+With ``G`` the output gradient of the one backward of ``Σ_t w_t L_t`` and ``X`` the module input,
+the block of task t is computed from its rows only: it is ``w_t ∂L_t/∂θ``; the recorder divides
+the Gram entries by ``w_t w_s`` (:attr:`Step.outer`) instead of dividing T blocks (see
+:mod:`gradcomp.recorder.rows`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gradcomp.recorder.rows.spec import n_selected
+from gradcomp.recorder.shared import Layout
+
+__all__ = ["Split", "Step"]
+
+
+@dataclass
+class Step:
+    """The state of one recorded rows step."""
+
+    rows: list[slice | Tensor]
+    scale: list[float]
+    layout: Layout
+    units: bool
+    calls: dict[str, int]
+    covered: set[str]
+    even: int  # rows per task when rows are equal consecutive slices in task order, else 0
+    index: dict[str, int] = field(default_factory=dict)
+    outer: Tensor | None = None  # scale[t] * scale[s] (float64), None when every scale is 1
+    want: dict[int, frozenset[str]] = field(default_factory=dict)
+    arrived: dict[str, int] = field(default_factory=dict)
+    blocks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    done: dict[int, tuple[Tensor, Tensor | None]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Split:
+    """How to cut one module call's tensors into the tasks' rows.
+
+    Attributes:
+        rows: each task's batch rows (dimension 0), on the device of the output gradient.
+        even: rows per task when task t owns rows ``[t·even, (t+1)·even)``, else 0.
+        dtype: the dtype to accumulate blocks in (float64 stays float64, else float32).
+        want: the module's supported parameters that exist and require grad.
+    """
+
+    rows: list[slice | Tensor]
+    even: int
+    dtype: torch.dtype
+    want: frozenset[str]
+
+    @property
+    def n_tasks(self) -> int:
+        """T."""
+        return len(self.rows)
+
+    def stacked(self, t: Tensor) -> Tensor | None:
+        """``[T, even, *rest]`` view of the tasks' rows of ``t`` when :attr:`even`, else None."""
+        if not self.even:
+            return None
+        cut = self.n_tasks * self.even
+        return t[:cut].reshape(self.n_tasks, self.even, *t.shape[1:])
+
+    def full(self, n_rows: int) -> bool:
+        """Whether the (disjoint) tasks' rows cover all ``n_rows`` batch rows, so that the sum of
+        the blocks over tasks is the gradient of the whole batch."""
+        return sum(n_selected(r, n_rows) for r in self.rows) == n_rows
+
+
+def wanted(module: nn.Module, params: tuple[str, ...], st: Step) -> frozenset[str]:
+    """The module's ``params`` that exist and require grad (cached per step)."""
+    want = st.want.get(id(module))
+    if want is None:
+        have = [getattr(module, n, None) for n in params]
+        want = frozenset(
+            n for n, p in zip(params, have, strict=True) if p is not None and p.requires_grad
+        )
+        st.want[id(module)] = want
+    return want

@@ -1,0 +1,99 @@
+"""``nn.Linear`` for the ``"rows"`` strategy: ``∂L_t/∂W = G_tᵀ X_t / w_t``, ``∂L_t/∂b = Σ_rows G_t
+/ w_t``; in the fused path the weight gradient is formed as the sum of the per-task row blocks,
+so splitting it costs no extra matrix product.
+
+For tasks that own disjoint row sets R_t of the batch, ``∂(Σ_t w_t L_t)/∂W = Gᵀ X =
+Σ_t G_{R_t}ᵀ X_{R_t}``: the blocks are computed (one batched product when every task owns the same
+number of consecutive rows), handed to the recorder, and summed into the weight gradient. The
+forward result is ``F.linear`` itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gradcomp.recorder.rows.blocks import Split
+from gradcomp.recorder.rows.registry import Sink, register_rows_module
+
+__all__ = ["FusedLinear", "linear_blocks"]
+
+
+def _split(x: Tensor, g: Tensor, sp: Split, dt: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Per-task ``G_tᵀ X_t`` ``[T, out, in]`` and ``Σ_rows G_t`` ``[T, out]`` in ``dt``."""
+    g3, x3 = sp.stacked(g), sp.stacked(x)
+    if g3 is not None and x3 is not None:
+        g3 = g3.to(dt).reshape(sp.n_tasks, -1, g.shape[-1])
+        x3 = x3.to(dt).reshape(sp.n_tasks, -1, x.shape[-1])
+        return torch.bmm(g3.transpose(1, 2), x3), g3.sum(1)
+    gs = [g[r].to(dt).reshape(-1, g.shape[-1]) for r in sp.rows]
+    xs = [x[r].to(dt).reshape(-1, x.shape[-1]) for r in sp.rows]
+    raw = torch.stack([gt.T @ xt for gt, xt in zip(gs, xs, strict=True)])
+    return raw, torch.stack([gt.sum(0) for gt in gs])
+
+
+def _fused(sink: Sink, name: str, module: nn.Linear, x: Tensor) -> Tensor:
+    out: Tensor = FusedLinear.apply(x, module.weight, module.bias, sink, name, module)
+    return out
+
+
+@register_rows_module(nn.Linear, params=lambda m: ("weight", "bias"), fused=_fused)
+def linear_blocks(module: nn.Linear, x: Tensor, g: Tensor, sp: Split) -> dict[str, Tensor]:
+    """Per-task blocks of a Linear from its input ``X`` and output gradient ``G``."""
+    raw, bias = _split(x, g, sp, sp.dtype)
+    return {k: v for k, v in (("weight", raw), ("bias", bias)) if k in sp.want}
+
+
+class FusedLinear(torch.autograd.Function):
+    """``F.linear`` whose backward lets the recorder form the weight gradient from row blocks."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        sink: Sink,
+        name: str,
+        module: nn.Linear,
+    ) -> Tensor:
+        out = F.linear(x, weight, bias)
+        ctx.save_for_backward(x, weight)
+        ctx.sink, ctx.name, ctx.module = sink, name, module
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        cd = g.dtype  # the forward's compute dtype (bf16 under autocast)
+        gx = g.matmul(weight.to(cd)) if ctx.needs_input_grad[0] else None
+        need_w = ctx.needs_input_grad[1]
+        need_b = ctx.has_bias and ctx.needs_input_grad[2]
+        gw = gb = None
+        sp = ctx.sink.split(ctx.name, ctx.module, g) if need_w or need_b else None
+        if sp is not None:
+            raw, bias = _split(x, g, sp, cd)  # in the compute dtype, as the plain backward
+            ctx.sink.add(
+                ctx.name,
+                {k: v.to(sp.dtype) for k, v in (("weight", raw), ("bias", bias)) if k in sp.want},
+            )
+            if sp.full(g.shape[0]):
+                gw = raw.sum(0, dtype=sp.dtype)
+                gb = bias.sum(0, dtype=sp.dtype)
+        if need_w:
+            if gw is None:
+                gw = g.reshape(-1, g.shape[-1]).T @ x.to(cd).reshape(-1, x.shape[-1])
+            gw = gw.to(weight.dtype)
+        else:
+            gw = None
+        if need_b:
+            if gb is None:
+                gb = g.reshape(-1, g.shape[-1]).sum(0)
+            gb = gb.to(ctx.module.bias.dtype)
+        else:
+            gb = None
+        return gx, gw, gb, None, None, None
