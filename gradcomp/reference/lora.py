@@ -133,7 +133,7 @@ def _member(
         total = torch.autograd.grad(
             losses[0] + losses[1], [params[n] for n in names], allow_unused=True
         )
-        for n, g in zip(names, total, strict=True):
-            params[n].grad = torch.zeros_like(params[n]) if g is None else g
+        for n, d in zip(names, total, strict=True):
+            params[n].grad = torch.zeros_like(params[n]) if d is None else d
         opt.step()
     return rec

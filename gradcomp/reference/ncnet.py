@@ -47,6 +47,8 @@ def patterns(k: int) -> np.ndarray:
 class _Bit:
     """A truth value with Boolean ``~ & | ^`` (Python's ``~`` on bool gives −2, so a wrapper)."""
 
+    value: bool
+
     def __init__(self, value: Any) -> None:
         if isinstance(value, _Bit):
             value = value.value
@@ -196,10 +198,10 @@ def _one_run(
             records.append(rec)
         if step == config.steps:
             break
-        grads = torch.autograd.grad(task[0] + task[1], list(p.values()))
+        step_grads = torch.autograd.grad(task[0] + task[1], list(p.values()))
         with torch.no_grad():
-            for v, g in zip(p.values(), grads, strict=True):
-                v -= config.lr * g
+            for v, d in zip(p.values(), step_grads, strict=True):
+                v -= config.lr * d
     return records
 
 
