@@ -139,9 +139,7 @@ def run(
                 )
             else:
                 outs.append(
-                    train_generic(
-                        config, widths, part, method=method, device=device, progress=bar
-                    )
+                    train_generic(config, widths, part, method=method, device=device, progress=bar)
                 )
     traces = {k: np.concatenate([o[k] for o in outs], axis=3) for k in outs[0]}
     ds = _to_dataset(config, widths, seeds, traces)
