@@ -4,7 +4,7 @@ The full default sweep is widths 1–8 × 4 setting pairs × 2000 seeds × 2000 
 with the default traces (~30 traced steps). The fast path (``--backend``, default ``auto``: the
 compiled kernel on the CPU) runs it in full (or ``--seeds``/``--steps`` of it). The torch backend
 of the fast path, the generic ``vmap(grad)`` trainer and the per-seed loop (``train_loop``: plain
-autograd, the test reference) run on subsets in the same process, tracing only their last step,
+autograd, ``method="loop"``) run on subsets in the same process, tracing only their last step,
 and their times are scaled linearly to the full sweep. Prints one table; speed-ups are against
 the loop measured in this run. Writes the committed summary
 ``benchmarks/summaries/ensemble_throughput.json`` (``--summary`` to change): per method the

@@ -1,4 +1,4 @@
-"""gradcomp.ensemble: vmap trainer == per-run loop; Gram statistics; per-run random streams."""
+"""gradcomp.ensemble: vmap trainer == per-run loop == the reference; Grams; per-run streams."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from gradcomp.ensemble import Problem, chunks, generator, per_task_stats, train, train_loop
+from gradcomp.reference.ensemble import train_runs
 
 
 def _toy_problem(weights=None) -> Problem:
@@ -48,13 +49,15 @@ def test_vmap_trainer_equals_the_loop_run_by_run(weights) -> None:
     kw = {"steps": 25, "lr": 0.1, "trace_steps": [0, 3, 25], "units": True}
     fv, tv = train(prob, params, data, **kw)
     fl, tl = train_loop(prob, params, data, **kw)
-    assert set(tv) == set(tl) == {"loss", "sq", "gram", "unit_gram", "diverged"}
+    fr, tr = train_runs(prob, params, data, **kw)  # the independent reference
+    assert set(tv) == set(tl) == set(tr) == {"loss", "sq", "gram", "unit_gram", "diverged"}
     assert not tv["diverged"].any()
-    for k in fv:
-        torch.testing.assert_close(fv[k], fl[k], rtol=1e-10, atol=1e-12)
-    for k in tv:
-        assert tv[k].shape == tl[k].shape
-        torch.testing.assert_close(tv[k], tl[k], rtol=1e-10, atol=1e-12)
+    for f, t in ((fv, tv), (fl, tl)):
+        for k in fr:
+            torch.testing.assert_close(f[k], fr[k], rtol=1e-10, atol=1e-12)
+        for k in tr:
+            assert t[k].shape == tr[k].shape
+            torch.testing.assert_close(t[k], tr[k], rtol=1e-10, atol=1e-12)
     assert tv["gram"].shape == (3, 5, 3, 2, 2)  # trace, run, layer (one, two, all), T, T
     assert tv["unit_gram"].shape == (3, 5, 3, 4, 2, 2)
     # the trained runs actually moved
@@ -70,14 +73,16 @@ def test_divergence_is_flagged_per_run_from_its_first_nonfinite_step() -> None:
     kw = {"steps": 6, "lr": 0.1, "trace_steps": [0, 1, 2, 6]}
     _, tv = train(prob, params, data, **kw)
     _, tl = train_loop(prob, params, data, **kw)
-    torch.testing.assert_close(tv["diverged"], tl["diverged"], rtol=0, atol=0)
-    flags = tl["diverged"].numpy()  # (trace, run)
+    _, tr = train_runs(prob, params, data, **kw)
+    torch.testing.assert_close(tv["diverged"], tr["diverged"], rtol=0, atol=0)
+    torch.testing.assert_close(tl["diverged"], tr["diverged"], rtol=0, atol=0)
+    flags = tr["diverged"].numpy()  # (trace, run)
     assert flags.dtype == bool
     assert not flags[:, 0].any() and flags[:, 1].all() and flags[:, 2].all()
     assert not flags[0, 3] and flags[-1, 3]
     assert (np.diff(flags.astype(int), axis=0) >= 0).all()  # once diverged, always diverged
     # a flag equals "some loss or parameter was non-finite at a traced step so far"
-    finite_loss = torch.isfinite(tl["loss"]).all(-1).numpy()
+    finite_loss = torch.isfinite(tr["loss"]).all(-1).numpy()
     assert (flags >= ~finite_loss).all()
 
 

@@ -24,6 +24,7 @@ from gradcomp.lora.model import (
     load_encoder,
     lora_layers,
 )
+from gradcomp.reference.lora import train_members
 
 
 def tiny_bert(dtype: torch.dtype = torch.float64, vocab: int = 50) -> BertModel:
@@ -195,16 +196,21 @@ def _problem(model, n_seeds=2, n_words=20, n_train=12, steps=4, batch=5, length=
     "dtype,rtol,atol", [(torch.float64, 1e-10, 1e-13), (torch.float32, 1e-4, 1e-6)]
 )
 def test_vmap_ensemble_equals_per_seed_loop(dtype, rtol, atol):
+    """train_vmap and its fallback train_loop both equal the independent per-member reference."""
     model = LoraHeads(add_lora(tiny_bert(dtype), 2, ffn=True))
     data, init = _problem(model)
     every = lambda t: t % 2 == 0  # noqa: E731
     v = ens.train_vmap(model, init, data, lora_layers(model), lr=1e-2, schedule=every)
     lo = ens.train_loop(model, init, data, lora_layers(model), lr=1e-2, schedule=every)
-    assert v.steps == lo.steps == [0, 2, 4]
-    for field in ("loss", "acc", "heldout_acc", "gram"):
-        a, b = getattr(v, field), getattr(lo, field)
-        for k in range(a.shape[0]):  # seed by seed (member by member)
-            np.testing.assert_allclose(a[k], b[k], rtol=rtol, atol=atol, err_msg=f"{field} {k}")
+    ref = train_members(model, init, data, lora_layers(model), lr=1e-2, schedule=every)
+    assert v.steps == lo.steps == ref["steps"] == [0, 2, 4]
+    assert v.layers == lo.layers == ref["layers"]
+    for trace in (v, lo):
+        for field in ("loss", "acc", "heldout_acc", "gram", "diverged"):
+            a, b = getattr(trace, field), ref[field]
+            assert a.shape == b.shape, field
+            for k in range(a.shape[0]):  # seed by seed (member by member)
+                np.testing.assert_allclose(a[k], b[k], rtol=rtol, atol=atol, err_msg=f"{field} {k}")
     assert np.abs(v.gram[:, -1, -1]).max() > 0  # training moved the LoRA weights
     assert v.loss[:, 0].std() > 0  # the members differ
 
@@ -219,8 +225,10 @@ def test_diverged_members_are_flagged_alike_by_vmap_and_loop():
     for lr in (1e-2, 1e30):
         v = ens.train_vmap(model, init, data, groups, lr=lr, schedule=every)
         lo = ens.train_loop(model, init, data, groups, lr=lr, schedule=every)
+        ref = train_members(model, init, data, groups, lr=lr, schedule=every)
         assert v.diverged.dtype == bool and v.diverged.shape == (8, 3)
         np.testing.assert_array_equal(v.diverged, lo.diverged)
+        np.testing.assert_array_equal(v.diverged, ref["diverged"])
         assert v.diverged[1].all()  # NaN parameters: flagged from step 0
         if lr < 1:
             assert not np.delete(v.diverged, 1, axis=0).any()  # no member is harmed by another

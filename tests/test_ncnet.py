@@ -1,4 +1,4 @@
-"""NCnet: task parser, config, fast path == torch.func vmap == per-seed loop, Dataset, CLI."""
+"""NCnet: task parser, config, every engine == the per-seed reference, Dataset, CLI."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from gradcomp.ncnet import NCnetConfig, run, truth_table
 from gradcomp.ncnet._compiled import available
 from gradcomp.ncnet._experiment import capacity, table
 from gradcomp.ncnet._fast import _act, train_fast
-from gradcomp.ncnet._reference import train_reference
+from gradcomp.ncnet._generic import train_generic
+from gradcomp.reference.ncnet import train_ncnet
 
 needs_cc = pytest.mark.skipif(not available(), reason="no C compiler for backend='c'")
 
@@ -74,7 +75,7 @@ def test_config_validation() -> None:
     assert default[0] == 0 and default[-1] == 2000 and 20 <= len(default) <= 40
 
 
-# --- the fast path against the references ----------------------------------------------------
+# --- every engine against the independent reference -----------------------------------------
 
 CASES = [
     dict(activation="tanh", holdout=(2,), units=True),
@@ -83,14 +84,23 @@ CASES = [
 ]
 
 
+def _assert_equal_seed_by_seed(got: dict, ref: dict) -> None:
+    """Equal in float64, every array (trace, width, setting, seed, ...) seed by seed."""
+    assert set(got) == set(ref)
+    for k in ref:
+        assert got[k].shape == ref[k].shape and got[k].dtype == ref[k].dtype, k
+        for s in range(ref[k].shape[3]):
+            np.testing.assert_allclose(
+                got[k][:, :, :, s], ref[k][:, :, :, s], rtol=1e-10, atol=1e-12, err_msg=f"{k} {s}"
+            )
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_fast_path_equals_per_seed_loop(case: dict) -> None:
     cfg = NCnetConfig(steps=30, dtype="float64", trace_every=10, lr=0.5, **case)
-    fast = train_fast(cfg, [1, 3], [0, 5, 9])
-    loop = train_reference(cfg, [1, 3], [0, 5, 9], method="loop")
-    assert set(fast) == set(loop)
-    for k in fast:
-        np.testing.assert_allclose(fast[k], loop[k], rtol=1e-10, atol=1e-12, err_msg=k)
+    ref = train_ncnet(cfg, [1, 3], [0, 5, 9])
+    _assert_equal_seed_by_seed(train_fast(cfg, [1, 3], [0, 5, 9]), ref)
+    _assert_equal_seed_by_seed(train_generic(cfg, [1, 3], [0, 5, 9], method="loop"), ref)
 
 
 @needs_cc
@@ -98,10 +108,7 @@ def test_fast_path_equals_per_seed_loop(case: dict) -> None:
 def test_compiled_kernel_equals_per_seed_loop(case: dict) -> None:
     cfg = NCnetConfig(steps=30, dtype="float64", trace_every=10, lr=0.5, **case)
     fast = train_fast(cfg, [1, 3], [0, 5, 9], backend="c")
-    loop = train_reference(cfg, [1, 3], [0, 5, 9], method="loop")
-    assert set(fast) == set(loop)
-    for k in fast:
-        np.testing.assert_allclose(fast[k], loop[k], rtol=1e-10, atol=1e-12, err_msg=k)
+    _assert_equal_seed_by_seed(fast, train_ncnet(cfg, [1, 3], [0, 5, 9]))
 
 
 def test_fast_path_equals_vmap_trainer() -> None:
@@ -109,9 +116,10 @@ def test_fast_path_equals_vmap_trainer() -> None:
         steps=60, dtype="float64", trace_every=20, unshared=True, units=True, holdout=1
     )
     fast = train_fast(cfg, [2, 4], list(range(6)))
-    ref = train_reference(cfg, [2, 4], list(range(6)), method="vmap")
+    ref = train_generic(cfg, [2, 4], list(range(6)), method="vmap")
     for k in fast:
         np.testing.assert_allclose(fast[k], ref[k], rtol=1e-10, atol=1e-12, err_msg=k)
+    _assert_equal_seed_by_seed(ref, train_ncnet(cfg, [2, 4], list(range(6))))
 
 
 def test_group_sums_agree() -> None:

@@ -15,8 +15,9 @@ from gradcomp.ncnet import NCnetConfig, run
 from gradcomp.ncnet._compiled import available
 from gradcomp.ncnet._experiment import capacity, table
 from gradcomp.ncnet._fast import train_fast
-from gradcomp.ncnet._reference import train_reference
+from gradcomp.ncnet._generic import train_generic
 from gradcomp.ncnet._run import _Bar
+from gradcomp.reference.ncnet import train_ncnet
 
 needs_cc = pytest.mark.skipif(not available(), reason="no C compiler for backend='c'")
 
@@ -33,8 +34,9 @@ def blowup() -> dict[str, dict[str, np.ndarray]]:
     cfg = NCnetConfig(**BLOWUP)
     out = {
         "torch": train_fast(cfg, WIDTHS, SEEDS, backend="torch"),
-        "vmap": train_reference(cfg, WIDTHS, SEEDS, method="vmap"),
-        "loop": train_reference(cfg, WIDTHS, SEEDS, method="loop"),
+        "vmap": train_generic(cfg, WIDTHS, SEEDS, method="vmap"),
+        "loop": train_generic(cfg, WIDTHS, SEEDS, method="loop"),
+        "reference": train_ncnet(cfg, WIDTHS, SEEDS),
     }
     if available():
         out["c"] = train_fast(cfg, WIDTHS, SEEDS, backend="c")
@@ -42,11 +44,11 @@ def blowup() -> dict[str, dict[str, np.ndarray]]:
 
 
 def test_every_backend_flags_the_same_runs(blowup) -> None:
-    ref = blowup["loop"]["diverged"]  # (trace, width, setting, seed), the per-run reference
+    ref = blowup["reference"]["diverged"]  # (trace, width, setting, seed), the per-run reference
     assert ref.dtype == bool and 0.2 < ref[-1].mean() < 0.9  # some runs diverge, some do not
     assert not ref[0].any()  # step 0: every run starts finite
     assert (np.diff(ref.astype(int), axis=0) >= 0).all()  # once diverged, always diverged
-    assert (ref >= ~np.isfinite(blowup["loop"]["loss"]).all(-1)).all()  # a NaN loss flags
+    assert (ref >= ~np.isfinite(blowup["reference"]["loss"]).all(-1)).all()  # a NaN loss flags
     for name, tr in blowup.items():
         np.testing.assert_array_equal(tr["diverged"], ref, err_msg=name)
         # outcomes: NaN exactly for diverged runs (both heads), ±1 otherwise

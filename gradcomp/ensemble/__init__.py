@@ -1,10 +1,10 @@
 """Many seeded runs of a small model trained at once (``torch.func`` vmap over stacked params).
 
 The generic part: a functional :class:`Problem` (per-task losses, metrics, shared layers),
-:func:`train` (vmap over runs) and :func:`train_loop` (the per-run reference), per-task Gram
+:func:`train` (vmap over runs) and :func:`train_loop` (one run at a time), per-task Gram
 statistics on the shared layers at traced steps, and per-run random streams
 (:func:`generator`). Model-specific fast paths (NCnet's hand-derived gradients in
-:mod:`gradcomp.ncnet`) are tested against these.
+:mod:`gradcomp.ncnet`) and these trainers are tested against :mod:`gradcomp.reference`.
 """
 
 from __future__ import annotations

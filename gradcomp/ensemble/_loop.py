@@ -1,4 +1,9 @@
-"""The test reference: one run at a time, plain ``torch.autograd.grad``. Obviously correct, slow."""
+"""The per-run engine: one run at a time, plain ``torch.autograd.grad`` (``method="loop"``).
+
+Slow but simple; a production path (e.g. NCnet's ``method="loop"``). The tests check it, like
+:func:`gradcomp.ensemble.train`, against the independent
+:func:`gradcomp.reference.ensemble.train_runs`.
+"""
 
 from __future__ import annotations
 

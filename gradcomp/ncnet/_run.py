@@ -28,7 +28,7 @@ from gradcomp._provenance import provenance
 from gradcomp.ensemble import chunks
 from gradcomp.ncnet._config import NCnetConfig
 from gradcomp.ncnet._fast import train_fast
-from gradcomp.ncnet._reference import train_reference
+from gradcomp.ncnet._generic import train_generic
 
 __all__ = ["HIDDEN", "LABELS", "TASKS", "derived", "run"]
 
@@ -139,9 +139,7 @@ def run(
                 )
             else:
                 outs.append(
-                    train_reference(
-                        config, widths, part, method=method, device=device, progress=bar
-                    )
+                    train_generic(config, widths, part, method=method, device=device, progress=bar)
                 )
     traces = {k: np.concatenate([o[k] for o in outs], axis=3) for k in outs[0]}
     ds = _to_dataset(config, widths, seeds, traces)

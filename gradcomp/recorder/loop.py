@@ -1,4 +1,4 @@
-"""The ``"loop"`` strategy: one ``torch.autograd.grad`` per task (the reference).
+"""The ``"loop"`` strategy: one ``torch.autograd.grad`` per task (the plain one, always exact).
 
 For each task t: ``g_t = ∂L_t/∂θ`` for every leaf θ the losses reach, by an ordinary
 reverse pass (graph retained until the last task). The training gradient

@@ -1,4 +1,9 @@
-"""NCnet through the generic ensemble trainer: the references for the fast path."""
+"""NCnet through the generic ensemble trainer: the engines ``method="vmap"`` and ``"loop"``.
+
+Production paths of :func:`gradcomp.ncnet.run` (any model written as a
+:class:`gradcomp.ensemble.Problem` trains this way); the tests check them, like the fast path,
+against the independent :func:`gradcomp.reference.ncnet.train_ncnet`.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +17,10 @@ from gradcomp.ncnet._config import NCnetConfig
 from gradcomp.ncnet._fast import SETTING_PAIRS
 from gradcomp.ncnet._model import head_mask, init_params, problem, run_data
 
-__all__ = ["train_reference"]
+__all__ = ["train_generic"]
 
 
-def train_reference(
+def train_generic(
     config: NCnetConfig,
     widths: Sequence[int],
     seeds: Sequence[int],

@@ -1,4 +1,4 @@
-"""Obviously correct, but slow: the per-task gradient reference every fast path is tested against.
+"""Obviously correct, but slow: per-task gradients and their Grams, for the recorder's tests.
 
 One ``torch.autograd.grad`` per task and Python loops over task pairs and units; no batching, no
 hooks, no shortcuts. Use in float64. (The Cockpit / BackPACK habit: ship the slow reference with
