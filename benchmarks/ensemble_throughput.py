@@ -79,9 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     rows.append((f"fast, engine {be}", f"{args.seeds} x {args.steps} (traced)", t, f, c))
     keys = ["fast_" + be]
     if be != "torch":
-        t, f, c, _ = go(
-            args.torch_seeds, args.torch_steps, False, chunk=args.chunk, engine="torch"
-        )
+        t, f, c, _ = go(args.torch_seeds, args.torch_steps, False, chunk=args.chunk, engine="torch")
         rows.append(("fast, engine torch", f"{args.torch_seeds} x {args.torch_steps}", t, f, c))
         keys.append("fast_torch")
     t, f, c, _ = go(args.vmap_seeds, args.vmap_steps, False, engine="vmap")

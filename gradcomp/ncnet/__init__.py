@@ -6,10 +6,10 @@ every width × seed × setting pair at once and returns an ``xarray.Dataset``;
 :func:`gradcomp.chsh.estimate` turns its outcomes into S with intervals. ``engine`` picks how
 (:data:`ENGINES`); every engine consumes one :class:`NCnetPlan` (:func:`plan`), the data of all
 runs computed once. :func:`capacity_run` is the capacity experiment (S across widths with the
-unshared control) as ``gradcomp ncnet`` and ``analyses/ncnet_capacity.py`` run it. :func:`save` writes a
-Dataset compactly (int8 outcomes, gzip, Gram upper triangles, no derived variables, loss and Gram
-traces rounded to :data:`KEEP_BITS` mantissa bits unless ``keep_bits=None``) and
-:func:`open_dataset` reads it back.
+unshared control) as ``gradcomp ncnet`` and ``analyses/ncnet_capacity.py`` run it.
+:func:`save` writes a Dataset compactly (int8 outcomes, gzip, Gram upper triangles, no derived
+variables, loss and Gram traces rounded to :data:`KEEP_BITS` mantissa bits unless
+``keep_bits=None``) and :func:`open_dataset` reads it back.
 
 Example:
     >>> from gradcomp import ncnet, chsh

@@ -24,9 +24,8 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from pathlib import Path
-
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -85,7 +84,8 @@ class KernelLayoutError(RuntimeError):
 
 
 def args_struct(real: str) -> type[ctypes.Structure]:
-    """The :class:`ctypes.Structure` of :data:`ARGS_FIELDS` for ``real`` ``"float"``/``"double"``."""
+    """The :class:`ctypes.Structure` of :data:`ARGS_FIELDS` for ``real`` (``"float"``,
+    ``"double"``)."""
     scalar = ctypes.c_float if real == "float" else ctypes.c_double
     fields = [(name, scalar if kind == REAL else kind) for name, kind in ARGS_FIELDS]
     return type(f"NCnetArgs_{real}", (ctypes.Structure,), {"_fields_": fields})
@@ -129,7 +129,7 @@ def check_layout(lib: ctypes.CDLL, args: type[ctypes.Structure]) -> None:
     lib.ncnet_args_layout.restype = ctypes.c_int
     lib.ncnet_args_layout.argtypes = [ctypes.POINTER(ctypes.c_long), ctypes.c_int]
     c_names = lib.ncnet_args_names().decode().rstrip(",").split(",")
-    names = [name for name, _ in args._fields_]  # type: ignore[attr-defined]
+    names = [field[0] for field in args._fields_]
     want = [ctypes.sizeof(args), *(getattr(args, name).offset for name in names)]
     buf = (ctypes.c_long * len(want))()
     count = lib.ncnet_args_layout(buf, len(want))

@@ -93,7 +93,9 @@ def capacity_values(ds: xr.Dataset) -> dict:
             continue
         out[key] = {v: last[prefix + v].values for v in PER_WIDTH if prefix + v in last}
         out[key]["C"] = {
-            f"{i}{j}": last[prefix + "C"].sel({ALICE: i, BOB: j}).values for i in (1, 2) for j in (1, 2)
+            f"{i}{j}": last[prefix + "C"].sel({ALICE: i, BOB: j}).values
+            for i in (1, 2)
+            for j in (1, 2)
         }
     return out
 

@@ -27,8 +27,8 @@ from gradcomp._dims import (
 )
 from gradcomp._provenance import provenance
 from gradcomp.ensemble import chunks
-from gradcomp.ncnet._config import NCnetConfig
 from gradcomp.ncnet._autograd import train_autograd
+from gradcomp.ncnet._config import NCnetConfig
 from gradcomp.ncnet._fast import train_fast
 from gradcomp.ncnet._plan import NCnetPlan, plan
 
