@@ -201,3 +201,18 @@ def test_capacity_run_is_capacity_and_its_table() -> None:
     vals = result.values()
     np.testing.assert_array_equal(vals["shared"]["S"], ds.S.isel(step=-1).values)
     assert set(vals) == {"widths", "step", "shared", "unshared"}
+
+
+def test_sweep_experiment_takes_a_pinned_engine() -> None:
+    from gradcomp.commands.sweep import make_experiment
+    from gradcomp.scaleout import NCnetExperiment
+
+    with pytest.raises(TypeError, match="engine="):
+        NCnetExperiment(CFG, backend="c")  # type: ignore[call-arg]
+    exp = NCnetExperiment(CFG, engine="auto")
+    with pytest.raises(ValueError, match=r"engine must be one of .* \(pinned\)"):
+        exp({"width": 1}, range(2))
+    with pytest.raises(ValueError, match="backend= is now --set engine="):
+        make_experiment("ncnet", {"backend": "c"})
+    assert make_experiment("ncnet", {"engine": "loop"}).engine == "loop"
+    assert dataclasses.replace(NCnetExperiment(CFG), engine="c").engine == "c"

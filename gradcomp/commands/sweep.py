@@ -129,6 +129,8 @@ def make_experiment(name: str, settings: dict[str, Any]) -> Any:
     if name == "ncnet":
         from gradcomp.ncnet import NCnetConfig
 
+        if "backend" in settings:
+            raise ValueError("--set backend= is now --set engine= (torch, c, vmap or loop)")
         extra: dict[str, Any] = {
             k: settings.pop(k) for k in ("device", "engine", "threads") if k in settings
         }

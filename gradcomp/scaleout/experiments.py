@@ -18,7 +18,7 @@ import dataclasses
 import json
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -162,6 +162,13 @@ class NCnetExperiment:
     keep: tuple[str, ...] = ()
     engine: str = "torch"
     name: str = "ncnet"
+    backend: InitVar[Any] = None  # removed: refused with a pointer to ``engine``
+
+    def __post_init__(self, backend: Any) -> None:
+        if backend is not None:
+            raise TypeError(
+                f"NCnetExperiment no longer takes backend=: pass engine= one of {PINNED_ENGINES}"
+            )
 
     def axes(self) -> tuple[str, ...]:
         fields = [f.name for f in dataclasses.fields(self.base)]
