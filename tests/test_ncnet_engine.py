@@ -216,3 +216,12 @@ def test_sweep_experiment_takes_a_pinned_engine() -> None:
         make_experiment("ncnet", {"backend": "c"})
     assert make_experiment("ncnet", {"engine": "loop"}).engine == "loop"
     assert dataclasses.replace(NCnetExperiment(CFG), engine="c").engine == "c"
+
+
+def test_cli_backend_points_to_engine(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from gradcomp.cli import main
+
+    out = tmp_path / "x.nc"
+    assert main(["ncnet", "--backend", "c", "--widths", "1", "--out", str(out)]) == 2
+    assert "--backend is now --engine (--engine c)" in capsys.readouterr().err
+    assert not out.exists()

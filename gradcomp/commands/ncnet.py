@@ -109,6 +109,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "vmap or loop (autograd, slow), or auto (c on the CPU when a C compiler is found; "
         "default)",
     )
+    p.add_argument("--backend", default=None, help=argparse.SUPPRESS)  # removed: see run()
     p.add_argument("--chunk", type=positive_int, default=512, help="seeds per vectorised chunk")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--n-boot", type=positive_int, default=2000, help="bootstrap replicates")
@@ -188,6 +189,8 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as err:
         raise CommandError(str(err), status=2) from None
+    if args.backend is not None:
+        raise CommandError(f"--backend is now --engine (--engine {args.backend})", status=2)
     check_device(args.device)
     if args.engine == "c" and torch.device(args.device).type != "cpu":
         raise CommandError("--engine c runs on the CPU only: use --engine torch", status=2)
