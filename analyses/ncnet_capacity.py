@@ -17,52 +17,12 @@ import time
 from pathlib import Path
 
 import torch
-import xarray as xr
 
 from gradcomp import ncnet, summary
-from gradcomp._dims import STEP, WIDTH
 from gradcomp.ncnet import NCnetConfig
-from gradcomp.ncnet._experiment import CONTROL_PREFIX, capacity, table
 
 NAME = "ncnet_capacity"
 SUMMARY = summary.ROOT / "analyses" / "summaries" / f"{NAME}.json"
-
-#: per-width variables quoted in the docs (those the estimate provides are kept)
-PER_WIDTH = (
-    "S",
-    "S_lo",
-    "S_hi",
-    "s_odd",
-    "delta",
-    "delta_lo",
-    "delta_hi",
-    "cbd_margin",
-    "cbd_margin_lo",
-    "cbd_margin_hi",
-    "cbd_p_value",
-    "signaling_p_value",
-    "p_value",
-    "remote_flip_fraction",
-    "S_degenerate",
-    "S_trivial",
-    "n_excluded",
-    "diverged_share",
-    "n_seeds",
-)
-
-
-def values(ds: xr.Dataset) -> dict:
-    """The summary's numbers: per width at the last step, for the main run and the control."""
-    last = ds.isel({STEP: -1}) if STEP in ds.dims else ds
-    out: dict = {"widths": last[WIDTH].values, "step": int(last[STEP]) if STEP in last else None}
-    for prefix, key in (("", "shared"), (CONTROL_PREFIX, "unshared")):
-        if prefix + "S" not in last:
-            continue
-        out[key] = {v: last[prefix + v].values for v in PER_WIDTH if prefix + v in last}
-        out[key]["C"] = {
-            f"{i}{j}": last[prefix + "C"].sel(alice=i, bob=j).values for i in (1, 2) for j in (1, 2)
-        }
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny:
         seeds, steps, widths, n_boot = 16, 100, range(1, 4), 200
     path = args.summary or (args.out.with_suffix(".json") if args.tiny else SUMMARY)
-    ds = capacity(
+    result = ncnet.capacity_run(
         NCnetConfig(steps=steps),
         list(widths),
         seeds,
@@ -91,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         chunk=512,
         progress=not args.tiny,
     )
-    print(table(ds))
+    ds = result.dataset
+    print(result.table)
     run_id = summary.new_run_id()
     ds.attrs.update(summary.dataset_attrs(path, run_id))
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -99,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t0
     summary.write(
         path,
-        values(ds),
+        result.values(),
         run_id=run_id,
         argv=["analyses/ncnet_capacity.py", *(sys.argv[1:] if argv is None else argv)],
         timings={"wall_s": wall},

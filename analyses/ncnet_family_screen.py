@@ -98,7 +98,7 @@ def screen(
     *,
     steps: int = 2000,
     n_boot: int = 2000,
-    backend: str = "auto",
+    engine: str = "auto",
 ) -> xr.Dataset:
     """Train every family over ``widths`` on ``seeds``; the CHSH estimate at the last step.
 
@@ -109,7 +109,7 @@ def screen(
     rows = []
     for fam in fams:
         cfg = ncnet.NCnetConfig(alice=fam[0], bob=fam[1], steps=steps, trace_every=(steps,))
-        ds = ncnet.run(cfg, widths, seeds, progress=False, backend=backend)
+        ds = ncnet.run(cfg, widths, seeds, progress=False, engine=engine)
         final = ds.isel({STEP: -1})
         a, b = final["a"], final["b"]
         keep = None
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-width", type=int, default=8)
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--n-boot", type=int, default=2000)
-    p.add_argument("--backend", default="auto", choices=("auto", "c", "torch"))
+    p.add_argument("--engine", default="auto", choices=("auto", "c", "torch"))
     p.add_argument("--out", type=Path, default=Path("results/ncnet_family_screen.nc"))
     p.add_argument("--summary", type=Path, default=None, help=f"default {SUMMARY}")
     p.add_argument("--tiny", action="store_true", help="4 families, widths 1-3, 16 seeds")
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny:
         fams, widths, seeds, steps, n_boot = fams[:4], [1, 2, 3], range(10_000, 10_016), 100, 200
     path = args.summary or (args.out.with_suffix(".json") if args.tiny else SUMMARY)
-    est = screen(fams, widths, list(seeds), steps=steps, n_boot=n_boot, backend=args.backend)
+    est = screen(fams, widths, list(seeds), steps=steps, n_boot=n_boot, engine=args.engine)
     sel = select(est)
     vals = values(est, sel)
     run_id = summary.new_run_id()

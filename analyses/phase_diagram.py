@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=None, help="LocalCluster worker processes")
     p.add_argument("--scheduler", default=None, help="tcp://HOST:PORT of a Dask scheduler")
     p.add_argument("--n-boot", type=int, default=2000)
-    p.add_argument("--backend", default="torch", choices=("torch", "c"), help="ncnet.run backend")
+    p.add_argument(
+        "--engine", default="torch", choices=("torch", "c"), help="ncnet.run engine (pinned)"
+    )
     p.add_argument("--store", type=Path, default=Path("results/phase_diagram_store"))
     p.add_argument("--out", type=Path, default=Path("results/phase_diagram.nc"))
     p.add_argument("--tiny", action="store_true", help="2 widths × 2 lrs, 32 seeds, 100 steps")
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         args.seeds_per_chunk, args.n_boot, args.workers = 16, 200, args.workers or 1
     # only the final step is traced: the phase diagram needs the end-of-training outcomes
     config = NCnetConfig(steps=args.steps, trace_every=(args.steps,))
-    experiment = NCnetExperiment(config, keep=("a", "b", "acc"), backend=args.backend)
+    experiment = NCnetExperiment(config, keep=("a", "b", "acc"), engine=args.engine)
     done_dir = args.store / "done"
     before = len(list(done_dir.glob("*.json"))) if done_dir.exists() else 0
     t0 = time.perf_counter()
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         sweep_chunks_per_s=computed / wall,
         seeds_per_cell=args.seeds,
         steps=args.steps,
-        backend=args.backend,
+        engine=args.engine,
     )
     run_id = summary.new_run_id()
     est.attrs.update(summary.dataset_attrs(path, run_id))
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             "seeds_per_cell": args.seeds,
             "steps": args.steps,
             "chunks": n_chunks,
-            "backend": args.backend,
+            "engine": args.engine,
             "workers": args.workers or "one per core",
             "chunks_computed": computed,
             "cells": {v: grid[v].values for v in PER_CELL if v in grid},

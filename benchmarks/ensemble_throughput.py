@@ -1,8 +1,8 @@
 """Throughput of NCnet ensembles: the full default sweep against the per-seed loop.
 
 The full default sweep is widths 1–8 × 4 setting pairs × 2000 seeds × 2000 full-batch steps,
-with the default traces (~30 traced steps). The fast path (``--backend``, default ``auto``: the
-compiled kernel on the CPU) runs it in full (or ``--seeds``/``--steps`` of it). The torch backend
+with the default traces (~30 traced steps). The fast path (``--engine``, default ``auto``: the
+compiled kernel on the CPU) runs it in full (or ``--seeds``/``--steps`` of it). The torch engine
 of the fast path, the generic ``vmap(grad)`` trainer and the per-seed loop (``train_loop``: plain
 autograd, ``method="loop"``) run on subsets in the same process, tracing only their last step,
 and their times are scaled linearly to the full sweep. Prints one table; speed-ups are against
@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--widths", type=int, default=8, help="widths 1..N")
     p.add_argument("--chunk", type=int, default=512, help="seeds per fast chunk")
-    p.add_argument("--backend", default="auto", choices=("auto", "c", "torch"))
-    p.add_argument("--torch-seeds", type=int, default=2000, help="subset for the torch backend")
+    p.add_argument("--engine", default="auto", choices=("auto", "c", "torch"))
+    p.add_argument("--torch-seeds", type=int, default=2000, help="subset for the torch engine")
     p.add_argument("--torch-steps", type=int, default=100)
     p.add_argument("--vmap-seeds", type=int, default=2000, help="subset for vmap(grad)")
     p.add_argument("--vmap-steps", type=int, default=10)
@@ -71,23 +71,21 @@ def main(argv: list[str] | None = None) -> None:
         cfg = NCnetConfig(steps=steps, dtype=args.dtype, trace_every=None if traced else (steps,))
         t, c, ds = _timed(lambda: run(cfg, widths, seeds, device=args.device, progress=False, **kw))
         scale = full / (len(widths) * 4 * seeds * steps)
-        return t, t * scale, c * scale, ds.attrs["backend"]
+        return t, t * scale, c * scale, ds.attrs["engine"]
 
-    go(64, 5, False, backend=args.backend)  # warm-up: first calls, kernel build
+    go(64, 5, False, engine=args.engine)  # warm-up: first calls, kernel build
     rows = []
-    t, f, c, be = go(args.seeds, args.steps, True, chunk=args.chunk, backend=args.backend)
-    rows.append((f"fast, backend {be}", f"{args.seeds} x {args.steps} (traced)", t, f, c))
+    t, f, c, be = go(args.seeds, args.steps, True, chunk=args.chunk, engine=args.engine)
+    rows.append((f"fast, engine {be}", f"{args.seeds} x {args.steps} (traced)", t, f, c))
     keys = ["fast_" + be]
     if be != "torch":
-        t, f, c, _ = go(
-            args.torch_seeds, args.torch_steps, False, chunk=args.chunk, backend="torch"
-        )
-        rows.append(("fast, backend torch", f"{args.torch_seeds} x {args.torch_steps}", t, f, c))
+        t, f, c, _ = go(args.torch_seeds, args.torch_steps, False, chunk=args.chunk, engine="torch")
+        rows.append(("fast, engine torch", f"{args.torch_seeds} x {args.torch_steps}", t, f, c))
         keys.append("fast_torch")
-    t, f, c, _ = go(args.vmap_seeds, args.vmap_steps, False, method="vmap")
+    t, f, c, _ = go(args.vmap_seeds, args.vmap_steps, False, engine="vmap")
     rows.append(("vmap(grad), torch.func", f"{args.vmap_seeds} x {args.vmap_steps}", t, f, c))
     keys.append("vmap")
-    t, f, c, _ = go(args.loop_seeds, args.loop_steps, False, method="loop")
+    t, f, c, _ = go(args.loop_seeds, args.loop_steps, False, engine="loop")
     rows.append(("per-seed loop (autograd)", f"{args.loop_seeds} x {args.loop_steps}", t, f, c))
     keys.append("loop")
     loop_wall, loop_cpu = rows[-1][3], rows[-1][4]

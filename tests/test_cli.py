@@ -64,7 +64,7 @@ def test_ncnet_result_on_stdout_the_rest_on_stderr(capsys, tmp_path) -> None:
     assert main(argv) == 0
     out, err = capsys.readouterr()
     # stdout: the table alone
-    assert "wrote" not in out and "done in" not in out and "backend" not in out
+    assert "wrote" not in out and "done in" not in out and "engine" not in out
     assert "%|" not in out  # no progress bar
     assert out.strip() and re.search(r"^\s*2\s", out, re.MULTILINE), out  # the width-2 row
     # stderr: the progress bar, what was written and the time

@@ -77,7 +77,7 @@ NCNET_BAD = [
     (["--trace-every", "0"], r"trace_every"),
     (["--device", "banana"], r"--device: device 'banana' is not a torch device"),
     (["--device", "meta"], r"meta"),
-    (["--backend", "c", "--device", "cuda:0"], r"backend c runs on the CPU|CUDA"),
+    (["--engine", "c", "--device", "cuda:0"], r"engine c runs on the CPU|CUDA"),
     (["--out", "a\x00b.nc"], r"--out 'a\\x00b.nc': a path cannot contain a NUL byte"),
     (["--figure", "f\x00.png"], r"--figure .*NUL byte"),
 ]
@@ -193,7 +193,7 @@ SWEEP_BAD = [
     (["--axis", "width=2", "--set", "lr=inf"], r"--set lr: 'inf' is not a finite number"),
     (["--axis", "width=2", "--set", "steps=-3"], r"steps must be a non-negative"),
     (["--axis", "width=2", "--set", "stepz=3"], r"unknown --set key\(s\) stepz"),
-    (["--axis", "width=2", "--set", "backend=gpu"], r"backend must be 'torch' or 'c'"),
+    (["--axis", "width=2", "--set", "engine=gpu"], r"engine must be one of"),
     (["--axis", "width=2", "--set", "device=banana"], r"'banana' is not a torch device"),
     (["--axis", "width=2", "--set", "threads=0"], r"threads must be a positive integer"),
     (["--axis", "width=2", "--set", "oops"], r"--set takes KEY=VALUE"),

@@ -12,14 +12,14 @@ import xarray as xr
 from _scripts import load_script
 
 from gradcomp import chsh
-from gradcomp.ncnet import NCnetConfig, run, truth_table
+from gradcomp.ncnet import NCnetConfig, plan, run, truth_table
 from gradcomp.ncnet._compiled import available
 from gradcomp.ncnet._experiment import capacity, table
 from gradcomp.ncnet._fast import _act, train_fast
-from gradcomp.ncnet._generic import train_generic
+from gradcomp.ncnet._run import train
 from gradcomp.reference.ncnet import train_ncnet
 
-needs_cc = pytest.mark.skipif(not available(), reason="no C compiler for backend='c'")
+needs_cc = pytest.mark.skipif(not available(), reason="no C compiler for engine='c'")
 
 
 # --- tasks -----------------------------------------------------------------------------------
@@ -99,15 +99,15 @@ def _assert_equal_seed_by_seed(got: dict, ref: dict) -> None:
 def test_fast_path_equals_per_seed_loop(case: dict) -> None:
     cfg = NCnetConfig(steps=30, dtype="float64", trace_every=10, lr=0.5, **case)
     ref = train_ncnet(cfg, [1, 3], [0, 5, 9])
-    _assert_equal_seed_by_seed(train_fast(cfg, [1, 3], [0, 5, 9]), ref)
-    _assert_equal_seed_by_seed(train_generic(cfg, [1, 3], [0, 5, 9], method="loop"), ref)
+    _assert_equal_seed_by_seed(train_fast(plan(cfg, [1, 3], [0, 5, 9])), ref)
+    _assert_equal_seed_by_seed(train(plan(cfg, [1, 3], [0, 5, 9]), "loop"), ref)
 
 
 @needs_cc
 @pytest.mark.parametrize("case", CASES)
 def test_compiled_kernel_equals_per_seed_loop(case: dict) -> None:
     cfg = NCnetConfig(steps=30, dtype="float64", trace_every=10, lr=0.5, **case)
-    fast = train_fast(cfg, [1, 3], [0, 5, 9], backend="c")
+    fast = train_fast(plan(cfg, [1, 3], [0, 5, 9]), engine="c")
     _assert_equal_seed_by_seed(fast, train_ncnet(cfg, [1, 3], [0, 5, 9]))
 
 
@@ -115,8 +115,8 @@ def test_fast_path_equals_vmap_trainer() -> None:
     cfg = NCnetConfig(
         steps=60, dtype="float64", trace_every=20, unshared=True, units=True, holdout=1
     )
-    fast = train_fast(cfg, [2, 4], list(range(6)))
-    ref = train_generic(cfg, [2, 4], list(range(6)), method="vmap")
+    fast = train_fast(plan(cfg, [2, 4], list(range(6))))
+    ref = train(plan(cfg, [2, 4], list(range(6))), "vmap")
     for k in fast:
         np.testing.assert_allclose(fast[k], ref[k], rtol=1e-10, atol=1e-12, err_msg=k)
     _assert_equal_seed_by_seed(ref, train_ncnet(cfg, [2, 4], list(range(6))))
@@ -141,9 +141,9 @@ def test_float32_tanh_formula() -> None:
 @pytest.mark.parametrize("backend", ["torch", pytest.param("c", marks=needs_cc)])
 def test_seed_results_do_not_depend_on_chunks_or_companions(backend: str) -> None:
     cfg = NCnetConfig(steps=150, units=True)
-    big = run(cfg, [1, 2, 3], 40, chunk=15, progress=False, backend=backend)
-    small = run(cfg, [3], [7, 33], progress=False, backend=backend)
-    assert big.attrs["backend"] == backend
+    big = run(cfg, [1, 2, 3], 40, chunk=15, progress=False, engine=backend)
+    small = run(cfg, [3], [7, 33], progress=False, engine=backend)
+    assert big.attrs["engine"] == backend
     for v in ("a", "b", "loss", "acc", "gram", "unit_gram"):
         np.testing.assert_array_equal(
             small[v].values, big[v].sel(width=[3], seed=[7, 33]).values, err_msg=v
@@ -201,16 +201,16 @@ def test_unshared_control_does_not_signal() -> None:
 
 def test_run_validates_input() -> None:
     cfg = NCnetConfig(steps=2)
-    with pytest.raises(ValueError, match="method"):
-        run(cfg, [1], 2, method="magic", progress=False)
+    with pytest.raises(ValueError, match="engine"):
+        run(cfg, [1], 2, engine="magic", progress=False)
     with pytest.raises(ValueError, match="widths"):
         run(cfg, [0], 2, progress=False)
     with pytest.raises(ValueError, match="at least 2 seeds"):
         run(cfg, [1], 1, progress=False)
-    with pytest.raises(ValueError, match="backend"):
-        run(cfg, [1], 2, progress=False, backend="fortran")
+    with pytest.raises(ValueError, match="engine"):
+        run(cfg, [1], 2, progress=False, engine="fortran")
     with pytest.raises(ValueError, match="CPU only"):
-        run(cfg, [1], 2, progress=False, backend="c", device="meta")
+        run(cfg, [1], 2, progress=False, engine="c", device="meta")
 
 
 # --- command line and scripts ----------------------------------------------------------------
@@ -283,7 +283,7 @@ def test_default_family_exceeds_two_near_the_critical_width() -> None:
 @pytest.mark.gpu
 def test_cuda_equals_cpu_in_float64() -> None:
     cfg = NCnetConfig(steps=40, dtype="float64", trace_every=20, units=True)
-    cpu = train_fast(cfg, [1, 3], list(range(8)), device="cpu", backend="torch")
-    gpu = train_fast(cfg, [1, 3], list(range(8)), device="cuda", backend="torch")
+    cpu = train_fast(plan(cfg, [1, 3], list(range(8))), device="cpu", engine="torch")
+    gpu = train_fast(plan(cfg, [1, 3], list(range(8))), device="cuda", engine="torch")
     for k in cpu:
         np.testing.assert_allclose(gpu[k], cpu[k], rtol=1e-9, atol=1e-12, err_msg=k)

@@ -1,4 +1,4 @@
-"""NCnet ``backend="auto"``: a C kernel that cannot be built or loaded falls back to torch."""
+"""NCnet ``engine="auto"``: a C kernel that cannot be built or loaded falls back to torch."""
 
 from __future__ import annotations
 
@@ -35,12 +35,12 @@ def test_auto_falls_back_to_torch_with_one_warning(
 ) -> None:
     _compiler(tmp_path, monkeypatch, script)
     assert _compiled.available()  # a compiler is "found": the old auto would have crashed
-    with pytest.warns(CKernelUnavailableWarning, match="backend='torch'") as rec:
-        auto = run(CFG, [1, 2], 4, progress=False, backend="auto")
+    with pytest.warns(CKernelUnavailableWarning, match="engine='torch'") as rec:
+        auto = run(CFG, [1, 2], 4, progress=False, engine="auto")
     assert len([w for w in rec if issubclass(w.category, CKernelUnavailableWarning)]) == 1
     assert issubclass(CKernelUnavailableWarning, UserWarning)
-    assert auto.attrs["backend"] == "torch"
-    ref = run(CFG, [1, 2], 4, progress=False, backend="torch")
+    assert auto.attrs["engine"] == "torch"
+    ref = run(CFG, [1, 2], 4, progress=False, engine="torch")
     for v in ref.data_vars:
         np.testing.assert_array_equal(auto[v].values, ref[v].values, err_msg=v)
     xr.testing.assert_identical(auto.drop_attrs(), ref.drop_attrs())
@@ -48,8 +48,8 @@ def test_auto_falls_back_to_torch_with_one_warning(
 
 def test_explicit_c_still_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _compiler(tmp_path, monkeypatch, FAILING)
-    with pytest.raises(RuntimeError, match=r"failed.*backend='torch'"):
-        run(CFG, [1], 2, progress=False, backend="c")
+    with pytest.raises(RuntimeError, match=r"failed.*engine='torch'"):
+        run(CFG, [1], 2, progress=False, engine="c")
 
 
 def test_failed_build_is_not_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

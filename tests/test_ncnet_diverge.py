@@ -11,15 +11,15 @@ import xarray as xr
 
 from gradcomp import chsh
 from gradcomp._diverged import check_share
-from gradcomp.ncnet import NCnetConfig, run
+from gradcomp.ncnet import NCnetConfig, plan, run
 from gradcomp.ncnet._compiled import available
 from gradcomp.ncnet._experiment import capacity, table
 from gradcomp.ncnet._fast import train_fast
-from gradcomp.ncnet._generic import train_generic
+from gradcomp.ncnet._run import train
 from gradcomp.ncnet._run import _Bar
 from gradcomp.reference.ncnet import train_ncnet
 
-needs_cc = pytest.mark.skipif(not available(), reason="no C compiler for backend='c'")
+needs_cc = pytest.mark.skipif(not available(), reason="no C compiler for engine='c'")
 
 #: relu at a huge learning rate in float64: about 2/3 of the runs overflow within a few steps,
 #: the same runs in every backend (relu, unlike tanh, has no saturation that the backends round
@@ -33,13 +33,13 @@ WIDTHS, SEEDS = [1, 3], list(range(16))
 def blowup() -> dict[str, dict[str, np.ndarray]]:
     cfg = NCnetConfig(**BLOWUP)
     out = {
-        "torch": train_fast(cfg, WIDTHS, SEEDS, backend="torch"),
-        "vmap": train_generic(cfg, WIDTHS, SEEDS, method="vmap"),
-        "loop": train_generic(cfg, WIDTHS, SEEDS, method="loop"),
+        "torch": train_fast(plan(cfg, WIDTHS, SEEDS), engine="torch"),
+        "vmap": train(plan(cfg, WIDTHS, SEEDS), "vmap"),
+        "loop": train(plan(cfg, WIDTHS, SEEDS), "loop"),
         "reference": train_ncnet(cfg, WIDTHS, SEEDS),
     }
     if available():
-        out["c"] = train_fast(cfg, WIDTHS, SEEDS, backend="c")
+        out["c"] = train_fast(plan(cfg, WIDTHS, SEEDS), engine="c")
     return out
 
 
@@ -61,9 +61,11 @@ def test_every_backend_flags_the_same_runs(blowup) -> None:
 def test_checking_at_traced_steps_misses_no_divergence(backend: str) -> None:
     """Parameters stay non-finite once they are, so the final flag does not depend on which
     steps are traced: tracing only the last step flags the same runs as tracing every step."""
-    every = train_fast(NCnetConfig(**{**BLOWUP, "trace_every": 1}), WIDTHS, SEEDS, backend=backend)
+    every = train_fast(
+        plan(NCnetConfig(**{**BLOWUP, "trace_every": 1}), WIDTHS, SEEDS), engine=backend
+    )
     last = train_fast(
-        NCnetConfig(**{**BLOWUP, "trace_every": (12,)}), WIDTHS, SEEDS, backend=backend
+        plan(NCnetConfig(**{**BLOWUP, "trace_every": (12,)}), WIDTHS, SEEDS), engine=backend
     )
     assert last["diverged"].shape[0] == 1
     np.testing.assert_array_equal(last["diverged"][-1], every["diverged"][-1])
@@ -77,10 +79,10 @@ def test_c_kernel_keeps_saturated_float32_runs_finite() -> None:
     """At lr = 20 the float32 kernel made 57 % of the width-3 runs NaN (an overflowing exp
     divided through a fast-math reciprocal estimate); torch and the kernel now agree."""
     cfg = NCnetConfig(lr=20.0, steps=200)
-    c = train_fast(cfg, [3], list(range(64)), backend="c")
+    c = train_fast(plan(cfg, [3], list(range(64))), engine="c")
     assert not c["diverged"].any() and np.isfinite(c["loss"]).all()
     early = NCnetConfig(lr=20.0, steps=4, trace_every=1)
-    c, t = (train_fast(early, [3], list(range(64)), backend=b) for b in ("c", "torch"))
+    c, t = (train_fast(plan(early, [3], list(range(64))), engine=b) for b in ("c", "torch"))
     np.testing.assert_allclose(c["loss"], t["loss"], rtol=2e-3, atol=1e-5)  # chaotic at lr 20
 
 
@@ -144,7 +146,7 @@ def _cli(args: list[str], tmp_path: Path) -> int:
 
 def test_cli_refuses_diverged_training_in_one_line(tmp_path: Path, capsys) -> None:
     blow = ["--activation", "relu", "--lr", "1e15", "--steps", "12", "--dtype", "float64"]
-    assert _cli([*blow, "--widths", "3", "--backend", "torch"], tmp_path) != 0
+    assert _cli([*blow, "--widths", "3", "--engine", "torch"], tmp_path) != 0
     msg = capsys.readouterr().err.strip()
     assert msg.startswith("gradcomp ncnet: ") and "\n" not in msg
     assert "learning rate 1e+15" in msg and "diverged" in msg
@@ -153,7 +155,7 @@ def test_cli_refuses_diverged_training_in_one_line(tmp_path: Path, capsys) -> No
 
 def test_cli_reports_the_diverged_share_per_width(tmp_path: Path, capsys) -> None:
     blow = ["--activation", "relu", "--lr", "1e15", "--steps", "12", "--dtype", "float64"]
-    args = [*blow, "--widths", "1,3", "--backend", "torch", "--max-diverged", "1"]
+    args = [*blow, "--widths", "1,3", "--engine", "torch", "--max-diverged", "1"]
     assert _cli(args, tmp_path) == 0
     text = capsys.readouterr().out
     ds = xr.load_dataset(tmp_path / "n.nc", engine="h5netcdf")
@@ -168,7 +170,7 @@ def test_cli_reports_the_diverged_share_per_width(tmp_path: Path, capsys) -> Non
 @needs_cc
 def test_cli_huge_learning_rate_is_refused_not_reported_as_s_2(tmp_path: Path, capsys) -> None:
     """``--lr 1e30`` printed S = 2.000 [2.000, 2.000] from NaN heads read as outcome −1."""
-    args = ["--lr", "1e30", "--widths", "3", "--steps", "50", "--backend", "c"]
+    args = ["--lr", "1e30", "--widths", "3", "--steps", "50", "--engine", "c"]
     assert _cli(args, tmp_path) != 0
     assert "learning rate 1e+30" in capsys.readouterr().err
 
@@ -176,7 +178,7 @@ def test_cli_huge_learning_rate_is_refused_not_reported_as_s_2(tmp_path: Path, c
 @needs_cc
 def test_cli_lr_20_no_longer_diverges(tmp_path: Path, capsys) -> None:
     """``--lr 20`` at width 3: 57 % NaN runs and S = 1.031 before the kernel fix."""
-    assert _cli(["--lr", "20", "--widths", "3", "--steps", "300", "--backend", "c"], tmp_path) == 0
+    assert _cli(["--lr", "20", "--widths", "3", "--steps", "300", "--engine", "c"], tmp_path) == 0
     ds = xr.load_dataset(tmp_path / "n.nc", engine="h5netcdf")
     assert not ds.diverged.any() and float(ds.diverged_share.max()) == 0
     assert "0.0%" in capsys.readouterr().out
@@ -186,7 +188,7 @@ def test_cli_lr_20_no_longer_diverges(tmp_path: Path, capsys) -> None:
 
 
 def test_progress_bars_have_distinct_labels_and_no_early_eta(capsys) -> None:
-    capacity(NCnetConfig(steps=20), [1, 2], 4, n_boot=20, progress=True, backend="torch")
+    capacity(NCnetConfig(steps=20), [1, 2], 4, n_boot=20, progress=True, engine="torch")
     err = capsys.readouterr().err
     assert "ncnet shared widths 1..2" in err and "control: unshared widths 1..2" in err
     buf = io.StringIO()
@@ -211,8 +213,8 @@ def test_progress_warmup_is_a_tenth_or_the_first_chunk(monkeypatch) -> None:
 
     monkeypatch.setattr(_Bar, "__init__", spy)
     cfg = NCnetConfig(steps=50)
-    run(cfg, [1], 4, progress=False, backend="torch")
-    run(cfg, [1], 40, chunk=2, progress=False, backend="torch")
+    run(cfg, [1], 4, progress=False, engine="torch")
+    run(cfg, [1], 40, chunk=2, progress=False, engine="torch")
     assert seen == [(50, 5), (1000, 50)]
 
 
@@ -241,7 +243,7 @@ def test_sweep_chunks_carry_diverged_through_the_store(tmp_path: Path) -> None:
         else:
             assert tally is None
     ds = open_store(tmp_path / "s").load()
-    ref = run(base, WIDTHS, range(16), progress=False, backend="torch")
+    ref = run(base, WIDTHS, range(16), progress=False, engine="torch")
     for var in ("a", "b", "diverged"):
         xr.testing.assert_equal(ds[var], ref[var].transpose(*ds[var].dims))
     assert ds.diverged.dtype == bool and ds.diverged.any() and not ds.diverged.all()

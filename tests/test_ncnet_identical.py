@@ -24,7 +24,7 @@ import xarray as xr
 from gradcomp.ncnet import NCnetConfig, run
 from gradcomp.ncnet._compiled import available
 
-needs_cc = pytest.mark.skipif(not available(), reason="no C compiler for backend='c'")
+needs_cc = pytest.mark.skipif(not available(), reason="no C compiler for engine='c'")
 
 
 def _outcomes(widths, seeds, **kw) -> xr.Dataset:
@@ -35,13 +35,13 @@ def _outcomes(widths, seeds, **kw) -> xr.Dataset:
 @needs_cc
 def test_default_sweep_subset_same_outcomes_with_and_without_a_compiler(monkeypatch) -> None:
     widths, seeds = [2, 3, 4], 64
-    c = _outcomes(widths, seeds, backend="c")
-    torch_ = _outcomes(widths, seeds, backend="torch")
+    c = _outcomes(widths, seeds, engine="c")
+    torch_ = _outcomes(widths, seeds, engine="torch")
     xr.testing.assert_identical(c, torch_)
     monkeypatch.setenv("CC", "/nonexistent/cc")  # no compiler: "auto" takes torch
     assert not available()
     fallback = run(NCnetConfig(), widths, seeds, progress=False)
-    assert fallback.attrs["backend"] == "torch"
+    assert fallback.attrs["engine"] == "torch"
     xr.testing.assert_identical(fallback[["a", "b", "diverged"]].drop_attrs(deep=False), c)
     assert (c.a.isel(step=-1) == 1).any() and (c.a.isel(step=-1) == -1).any()
 
@@ -50,5 +50,5 @@ def test_default_sweep_subset_same_outcomes_with_and_without_a_compiler(monkeypa
 @pytest.mark.xfail(strict=True, reason="known: chaotic width-3 runs differ across backends")
 def test_known_width_3_mismatch() -> None:
     seeds = [88, 121]
-    c, t = _outcomes([3], seeds, backend="c"), _outcomes([3], seeds, backend="torch")
+    c, t = _outcomes([3], seeds, engine="c"), _outcomes([3], seeds, engine="torch")
     np.testing.assert_array_equal(c.b.isel(step=-1), t.b.isel(step=-1))

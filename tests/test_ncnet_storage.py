@@ -104,7 +104,7 @@ def test_bit_round_against_a_float64_reference() -> None:
 
 def test_nan_outcomes_of_diverged_runs_survive(tmp_path: Path) -> None:
     cfg = ncnet.NCnetConfig(activation="relu", lr=1e15, steps=12, trace_every=3, dtype="float64")
-    ds = ncnet.run(cfg, [2, 3], 8, progress=False, backend="torch")
+    ds = ncnet.run(cfg, [2, 3], 8, progress=False, engine="torch")
     assert ds.diverged.any() and np.isnan(ds.a).any() and (ds.a == 1).any()
     back = _reopen(ds, tmp_path / "d.nc")
     xr.testing.assert_identical(back, ds)

@@ -228,7 +228,7 @@ def test_ncnet_sweep_equals_direct_run(client, tmp_path) -> None:
     for lr in axes["lr"]:
         ref = ncnet.run(
             ncnet.NCnetConfig(steps=30, dtype="float64", lr=lr), [2, 3], range(3, 9),
-            progress=False, method="loop",
+            progress=False, engine="loop",
         )  # fmt: skip
         got = ds.sel(lr=lr, drop=True)
         for var in ("a", "b", "diverged"):  # diverged: kept with the outcomes

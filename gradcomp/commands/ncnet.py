@@ -7,7 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-from gradcomp._encoding import KEEP_BITS
 from gradcomp.commands._common import (
     NETCDF_SUFFIXES,
     CommandError,
@@ -51,7 +50,7 @@ def parse_widths(text: str) -> list[int]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from gradcomp.ncnet import DEFAULT_ALICE, DEFAULT_BOB
+    from gradcomp.ncnet import DEFAULT_ALICE, DEFAULT_BOB, ENGINES, KEEP_BITS
 
     p.add_argument(
         "--widths",
@@ -103,12 +102,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument(
-        "--backend",
+        "--engine",
         default="auto",
-        choices=("auto", "c", "torch"),
-        help="fast-path backend: compiled C kernel (CPU), torch (any device), or "
-        "auto (c on the CPU when a C compiler is found; default)",
+        choices=ENGINES,
+        help="training engine: c (compiled kernel, CPU), torch (hand-derived, any device), "
+        "vmap or loop (autograd, slow), or auto (c on the CPU when a C compiler is found; "
+        "default)",
     )
+    p.add_argument("--backend", default=None, help=argparse.SUPPRESS)  # removed: see run()
     p.add_argument("--chunk", type=positive_int, default=512, help="seeds per vectorised chunk")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--n-boot", type=positive_int, default=2000, help="bootstrap replicates")
@@ -163,9 +164,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from gradcomp.commands._common import save
-    from gradcomp.ncnet import NCnetConfig
+    from gradcomp.ncnet import NCnetConfig, capacity_run
     from gradcomp.ncnet import save as save_dataset
-    from gradcomp.ncnet._experiment import capacity, table
 
     # every check before training: results are never computed only to be lost
     if not args.confidence < 1:
@@ -189,9 +189,11 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as err:
         raise CommandError(str(err), status=2) from None
+    if args.backend is not None:
+        raise CommandError(f"--backend is now --engine (--engine {args.backend})", status=2)
     check_device(args.device)
-    if args.backend == "c" and torch.device(args.device).type != "cpu":
-        raise CommandError("--backend c runs on the CPU only: use --backend torch", status=2)
+    if args.engine == "c" and torch.device(args.device).type != "cpu":
+        raise CommandError("--engine c runs on the CPU only: use --engine torch", status=2)
     if args.seeds < 2:
         raise CommandError(f"--seeds: need at least 2 seeds, got {args.seeds}", status=2)
     out, fig = outputs(args)
@@ -199,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     try:
-        ds = capacity(
+        result = capacity_run(
             config,
             args.widths,
             args.seeds,
@@ -209,11 +211,12 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             chunk=args.chunk,
             progress=not args.no_progress,
-            backend=args.backend,
+            engine=args.engine,
             max_diverged=args.max_diverged,
         )
     except ValueError as err:
         raise CommandError(str(err)) from None
+    ds = result.dataset
 
     # the data first: nothing after training may lose them
     # compact: int8 outcomes, gzip; read it back with gradcomp.ncnet.open_dataset
@@ -221,8 +224,8 @@ def run(args: argparse.Namespace) -> int:
         save_dataset(ds, path, keep_bits=args.keep_bits)
 
     save(write, out, what="the dataset", name="ncnet")
-    print(table(ds))  # the result: the only output on stdout
-    print(f"backend: {ds.attrs['backend']}", file=sys.stderr)
+    print(result.table)  # the result: the only output on stdout
+    print(f"engine: {ds.attrs['engine']}", file=sys.stderr)
     print(f"wrote {out}", file=sys.stderr)
     if fig is not None:
         from gradcomp.plot.chsh import figure

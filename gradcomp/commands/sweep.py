@@ -83,7 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="experiment config field (repeatable), e.g. steps=500; for ncnet also device=, "
-        "backend=torch|c, threads=, keep=a+b+acc (variables to store)",
+        "engine=torch|c|vmap|loop, threads=, keep=a+b+acc (variables to store)",
     )
     parser.add_argument(
         "--scheduler",
@@ -129,8 +129,10 @@ def make_experiment(name: str, settings: dict[str, Any]) -> Any:
     if name == "ncnet":
         from gradcomp.ncnet import NCnetConfig
 
+        if "backend" in settings:
+            raise ValueError("--set backend= is now --set engine= (torch, c, vmap or loop)")
         extra: dict[str, Any] = {
-            k: settings.pop(k) for k in ("device", "backend", "threads") if k in settings
+            k: settings.pop(k) for k in ("device", "engine", "threads") if k in settings
         }
         if "keep" in settings:
             keep = settings.pop("keep")

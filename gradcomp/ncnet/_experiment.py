@@ -3,23 +3,101 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
 import xarray as xr
 
 from gradcomp import _dims, chsh
-from gradcomp._dims import STEP, WIDTH
+from gradcomp._dims import ALICE, BOB, STEP, WIDTH
 from gradcomp._diverged import LABELS as DIVERGED_LABELS
 from gradcomp._diverged import MAX_DIVERGED, check_share, diverged_share
 from gradcomp.ncnet._config import NCnetConfig
-from gradcomp.ncnet._run import run
+from gradcomp.ncnet._run import reject_removed, run
 
-__all__ = ["CONTROL_PREFIX", "capacity", "table"]
+__all__ = [
+    "CONTROL_PREFIX",
+    "PER_WIDTH",
+    "CapacityResult",
+    "capacity",
+    "capacity_run",
+    "capacity_values",
+    "table",
+]
 
 #: variables of the unshared control carry this prefix
 CONTROL_PREFIX = "unshared_"
+
+#: per-width variables of :func:`capacity_values` (those the estimate provides are kept)
+PER_WIDTH = (
+    "S",
+    "S_lo",
+    "S_hi",
+    "s_odd",
+    "delta",
+    "delta_lo",
+    "delta_hi",
+    "cbd_margin",
+    "cbd_margin_lo",
+    "cbd_margin_hi",
+    "cbd_p_value",
+    "signaling_p_value",
+    "p_value",
+    "remote_flip_fraction",
+    "S_degenerate",
+    "S_trivial",
+    "n_excluded",
+    "diverged_share",
+    "n_seeds",
+)
+
+
+@dataclass(frozen=True)
+class CapacityResult:
+    """What :func:`capacity_run` returns: the Dataset of :func:`capacity` and its :func:`table`."""
+
+    dataset: xr.Dataset
+    table: str
+
+    def values(self) -> dict:
+        """:func:`capacity_values` of the dataset (the numbers a summary quotes)."""
+        return capacity_values(self.dataset)
+
+
+def capacity_run(
+    config: NCnetConfig, widths: Sequence[int], seeds: int | Sequence[int], **kwargs: Any
+) -> CapacityResult:
+    """The capacity experiment as ``gradcomp ncnet`` and ``analyses/ncnet_capacity.py`` run it.
+
+    Args:
+        config, widths, seeds: as in :func:`capacity`.
+        **kwargs: the keywords of :func:`capacity` (``control``, ``n_boot``, ``confidence``,
+            ``device``, ``chunk``, ``progress``, ``engine``, ``max_diverged``).
+
+    Returns:
+        The Dataset and its printed table.
+    """
+    ds = capacity(config, list(widths), seeds, **kwargs)
+    return CapacityResult(dataset=ds, table=table(ds))
+
+
+def capacity_values(ds: xr.Dataset) -> dict:
+    """Per width at the last step, for the main run (``"shared"``) and the control (``"unshared"``):
+    the :data:`PER_WIDTH` variables and the correlators ``C`` (``"11"``, ``"12"``, ...)."""
+    last = ds.isel({STEP: -1}) if STEP in ds.dims else ds
+    out: dict = {"widths": last[WIDTH].values, "step": int(last[STEP]) if STEP in last else None}
+    for prefix, key in (("", "shared"), (CONTROL_PREFIX, "unshared")):
+        if prefix + "S" not in last:
+            continue
+        out[key] = {v: last[prefix + v].values for v in PER_WIDTH if prefix + v in last}
+        out[key]["C"] = {
+            f"{i}{j}": last[prefix + "C"].sel({ALICE: i, BOB: j}).values
+            for i in (1, 2)
+            for j in (1, 2)
+        }
+    return out
 
 
 def capacity(
@@ -33,8 +111,9 @@ def capacity(
     device: str | torch.device = "cpu",
     chunk: int | None = None,
     progress: bool = True,
-    backend: str = "auto",
+    engine: str = "auto",
     max_diverged: float = MAX_DIVERGED,
+    **removed: Any,
 ) -> xr.Dataset:
     """Run NCnet over widths and attach :func:`gradcomp.chsh.estimate` at every traced step.
 
@@ -45,7 +124,7 @@ def capacity(
 
     Args:
         config: the experiment (``config.unshared`` selects the main experiment's architecture).
-        widths, seeds, device, chunk, progress, backend: as in :func:`gradcomp.ncnet.run`.
+        widths, seeds, device, chunk, progress, engine: as in :func:`gradcomp.ncnet.run`.
         control: also run the same experiment with unshared hidden layers and store its
             estimate at the last step, and its final outcomes, as ``unshared_*`` variables.
         n_boot, confidence: bootstrap settings of the estimate.
@@ -60,6 +139,7 @@ def capacity(
         ValueError: more than ``max_diverged`` of a width's runs diverged (before the control
             runs).
     """
+    reject_removed("ncnet.capacity", removed)
     label = "ncnet " + ("unshared" if config.unshared else "shared")
     ds = run(
         config,
@@ -68,7 +148,7 @@ def capacity(
         device=device,
         chunk=chunk,
         progress=f"{label} widths {widths[0]}..{widths[-1]}" if progress else False,
-        backend=backend,
+        engine=engine,
     )
     share = diverged_share(ds.diverged)
     check_share(
@@ -89,7 +169,7 @@ def capacity(
             device=device,
             chunk=chunk,
             progress=f"control: unshared widths {widths[0]}..{widths[-1]}" if progress else False,
-            backend=backend,
+            engine=engine,
         )
         ctrl = ctrl.isel({STEP: -1}, drop=True)
         cshare = diverged_share(ctrl.diverged)

@@ -20,7 +20,7 @@ products (whose blocking depends on the batch size) and fused multiply-adds are 
 batch is padded to a multiple of :data:`PAD` seeds so that no element falls in the scalar tail
 of a vectorised kernel (where ``exp`` is computed by other code than in the vector body).
 
-``backend="c"`` runs the same step in the compiled kernel ``_kernel.c`` (SIMD lanes of 16 runs,
+``engine="c"`` runs the same step in the compiled kernel ``_kernel.c`` (SIMD lanes of 16 runs,
 OpenMP over width groups and lane blocks) between traced steps; the traces are computed here.
 
 Divergence: at every traced step a run is flagged when one of its parameters or task losses is
@@ -34,17 +34,15 @@ traced step where it is non-finite.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 
-from gradcomp.ncnet._config import NCnetConfig
-from gradcomp.ncnet._model import head_mask, init_params, run_data
+from gradcomp.ncnet._plan import SETTING_PAIRS, NCnetPlan
 
-__all__ = ["PAD", "SETTING_PAIRS", "nonfinite_runs", "train_fast"]
+__all__ = ["ENGINES", "PAD", "SETTING_PAIRS", "nonfinite_runs", "train_fast"]
 
-SETTING_PAIRS = ((1, 1), (1, 2), (2, 1), (2, 2))
+#: the engines of this module: torch (any device) and the compiled CPU kernel
+ENGINES = ("torch", "c")
 #: the seed axis is padded to a multiple of this (see the module docstring)
 PAD = 64
 
@@ -119,13 +117,16 @@ def _act_grad(h: torch.Tensor, name: str) -> torch.Tensor:
     return (h > 0).to(h.dtype)
 
 
-def _stack(config: NCnetConfig, widths: Sequence[int], seeds: Sequence[int], dtype, device):
-    """Initial parameters of all runs in the fused layout (common random numbers over settings)."""
+def _stack(plan: NCnetPlan, pad: int, dtype, device):
+    """Initial parameters of all runs in the fused layout (common random numbers over settings).
+
+    The seed axis is padded with ``pad`` copies of the last seed's parameters.
+    """
     per: dict[str, list[np.ndarray]] = {"W1": [], "b1": [], "V": [], "c": []}
-    for n in widths:
-        inits = [init_params(config, n, s) for s in seeds]
+    for inits in plan.inits:
         for name in per:
-            per[name].append(np.stack([p[name] for p in inits], axis=-1))  # (..., K)
+            a = np.moveaxis(inits[name], 0, -1)  # (..., K)
+            per[name].append(np.concatenate([a, np.repeat(a[..., -1:], pad, axis=-1)], axis=-1))
     W = np.concatenate(per["W1"], axis=0)  # (U, k, K)
     b = np.concatenate(per["b1"], axis=0)[:, None, :]  # (U, 1, K)
     V = np.concatenate([v.transpose(1, 0, 2) for v in per["V"]], axis=0)  # (U, 2, K)
@@ -139,23 +140,20 @@ def _stack(config: NCnetConfig, widths: Sequence[int], seeds: Sequence[int], dty
 
 
 def train_fast(
-    config: NCnetConfig,
-    widths: Sequence[int],
-    seeds: Sequence[int],
+    plan: NCnetPlan,
     *,
     device: str | torch.device = "cpu",
     progress=None,
-    backend: str = "torch",
+    engine: str = "torch",
 ) -> dict[str, np.ndarray]:
-    """Train every (width, setting pair, seed) run of NCnet at once.
+    """Train every (width, setting pair, seed) run of ``plan`` at once.
 
     Args:
-        config: the experiment.
-        widths: hidden widths.
-        seeds: seeds of this chunk (results depend only on (config, width, seed)).
+        plan: the runs (:func:`gradcomp.ncnet.plan`); results depend only on (config, width,
+            seed).
         device: torch device.
         progress: optional tqdm bar, advanced by one per step.
-        backend: ``"torch"`` (any device) or ``"c"`` (the compiled CPU kernel of
+        engine: ``"torch"`` (any device) or ``"c"`` (the compiled CPU kernel of
             :mod:`gradcomp.ncnet._compiled`; the traces are still computed by torch).
 
     Returns:
@@ -165,34 +163,34 @@ def train_fast(
         ``(..., task, task_j)`` and, with ``config.units``, ``unit_gram``
         ``(..., unit, task, task_j)`` NaN-padded to the largest width.
     """
-    if backend not in ("torch", "c"):
-        raise ValueError(f"backend must be 'torch' or 'c', got {backend!r}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES} here, got {engine!r}")
+    config, widths = plan.config, plan.widths
     dtype, dev = config.torch_dtype, torch.device(device)
-    n_real = len(seeds)
-    seeds = [*seeds, *[seeds[-1]] * (-len(seeds) % PAD)]  # padding runs, dropped at the end
-    K, G = len(seeds), len(widths)
+    n_real = len(plan.seeds)
+    pad = -n_real % PAD  # padding runs, dropped at the end
+    K, G = n_real + pad, len(widths)
     B = 4 * K
     fast_tanh = dtype == torch.float32
     act = config.activation
-    W, b, V, c = _stack(config, widths, seeds, dtype, dev)
-    m = [2 * n if config.unshared else n for n in widths]
+    W, b, V, c = _stack(plan, pad, dtype, dev)
+    m = list(plan.units)
     gidx = torch.repeat_interleave(torch.arange(G, device=dev), torch.tensor(m, device=dev))
     bounds = np.concatenate([[0], np.cumsum(m)]).tolist()
     mask = torch.as_tensor(
-        np.concatenate([head_mask(config, n).T for n in widths]), dtype=dtype, device=dev
+        np.concatenate([hm.T for hm in plan.head_masks]), dtype=dtype, device=dev
     ).unsqueeze(-1)  # (U, 2, 1)
-    X = torch.as_tensor(config.patterns(), dtype=dtype, device=dev)  # (P, k)
+    X = torch.tensor(plan.patterns, dtype=dtype, device=dev)  # (P, k)
     P = X.shape[0]
     k = X.shape[1]
     XT = X.T.reshape(1, k, P, 1).contiguous()
-    data = [run_data(config, a, bb) for a, bb in SETTING_PAIRS]
-    y = torch.as_tensor(np.stack([d["y"].T for d in data], axis=-1), dtype=dtype, device=dev)
+    y = torch.tensor(plan.targets.transpose(2, 1, 0), dtype=dtype, device=dev)  # (P, 2, 4)
     Y = y.unsqueeze(-1).expand(P, 2, 4, K).reshape(P, 2, B)  # (P, 2, B)
-    wp = torch.as_tensor(data[0]["w"], dtype=dtype, device=dev).view(P, 1, 1)
-    train = torch.as_tensor(data[0]["train"], dtype=dtype, device=dev).view(P, 1, 1)
-    held = torch.as_tensor(data[0]["held"], dtype=dtype, device=dev).view(P, 1, 1)
+    wp = torch.tensor(plan.weights, dtype=dtype, device=dev).view(P, 1, 1)
+    train = torch.tensor(plan.train, dtype=dtype, device=dev).view(P, 1, 1)
+    held = torch.tensor(plan.held, dtype=dtype, device=dev).view(P, 1, 1)
     lr = config.lr
-    when = sorted(config.trace_steps())
+    when = list(plan.trace_steps)
     records: list[dict[str, torch.Tensor]] = []
 
     def forward():
@@ -205,7 +203,7 @@ def train_fast(
         Gd = torch.sigmoid(L).sub_(Y).mul_(wp)  # (G, P, 2, B)
         return H, L, Gd, Gd.index_select(0, gidx)  # Gu: (U, P, 2, B)
 
-    if backend == "c":
+    if engine == "c":
         _train_compiled(
             config,
             W,
@@ -257,10 +255,10 @@ def _train_compiled(config, W, b, V, c, mask, m, X, y, wp, K, when, progress, re
     from gradcomp.ncnet._compiled import load
 
     if W.device.type != "cpu":
-        raise ValueError("backend='c' runs on the CPU only: use backend='torch' on other devices")
-    fn, lanes = load(W.dtype)
-    if K % lanes:
-        raise ValueError(f"internal: seeds padded to {K}, not a multiple of {lanes}")
+        raise ValueError("engine='c' runs on the CPU only: use engine='torch' on other devices")
+    kernel = load(W.dtype)
+    if K % kernel.lanes:
+        raise ValueError(f"internal: seeds padded to {K}, not a multiple of {kernel.lanes}")
     gstart = torch.tensor(np.concatenate([[0], np.cumsum(m)]), dtype=torch.int32)
     mask2 = mask.reshape(-1, 2).contiguous()
     Xc, yc, wpc = X.contiguous(), y.contiguous(), wp.reshape(-1).contiguous()
@@ -268,23 +266,23 @@ def _train_compiled(config, W, b, V, c, mask, m, X, y, wp, K, when, progress, re
     t = 0
     for target in when:
         if target > t:
-            rc = fn(
-                W.data_ptr(),
-                b.data_ptr(),
-                V.data_ptr(),
-                c.data_ptr(),
-                mask2.data_ptr(),
-                gstart.data_ptr(),
-                len(m),
-                Xc.data_ptr(),
-                yc.data_ptr(),
-                wpc.data_ptr(),
-                X.shape[1],
-                X.shape[0],
-                K,
-                target - t,
-                config.lr,
-                act,
+            rc = kernel(
+                W=W.data_ptr(),
+                b=b.data_ptr(),
+                V=V.data_ptr(),
+                c=c.data_ptr(),
+                mask=mask2.data_ptr(),
+                gstart=gstart.data_ptr(),
+                G=len(m),
+                X=Xc.data_ptr(),
+                Y=yc.data_ptr(),
+                wp=wpc.data_ptr(),
+                k=X.shape[1],
+                P=X.shape[0],
+                K=K,
+                steps=target - t,
+                lr=config.lr,
+                act=act,
             )
             if rc != 0:
                 raise RuntimeError(f"the compiled kernel rejected its input (code {rc})")

@@ -11,6 +11,7 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#include <stddef.h>
 #include <stdlib.h>
 #if defined(__SSE__)
 #include <xmmintrin.h>
@@ -152,11 +153,61 @@ static inline __attribute__((always_inline)) void block(REAL *W, REAL *b, REAL *
     free(w);
 }
 
+/* The argument list of ncnet_train, declared once (an X-macro): the struct below and the layout
+ * that ncnet_args_layout() reports are both generated from it; gradcomp/ncnet/_compiled.py
+ * compares that layout (field names, offsets, size) with its ctypes Structure before the first
+ * call. `size` must be sizeof(struct ncnet_args): a caller built for another layout is refused. */
+#define NCNET_ARGS(F)                                                                          \
+    F(long, size)          /* sizeof(struct ncnet_args) */                                     \
+    F(REAL *, W)           /* W[u][i][r] */                                                    \
+    F(REAL *, b)           /* b[u][r] */                                                       \
+    F(REAL *, V)           /* V[u][t][r] */                                                    \
+    F(REAL *, c)           /* c[g][t][r] */                                                    \
+    F(const REAL *, mask)  /* mask[u][t] */                                                    \
+    F(const int *, gstart) /* G + 1 unit offsets of the width groups */                        \
+    F(const REAL *, X)     /* X[p][i] input patterns */                                        \
+    F(const REAL *, Y)     /* Y[p][t][s] targets per setting pair */                           \
+    F(const REAL *, wp)    /* wp[p] pattern weights */                                         \
+    F(long, K)             /* seeds per setting pair (a multiple of LANES) */                  \
+    F(int, G)              /* width groups */                                                  \
+    F(int, k)              /* inputs */                                                        \
+    F(int, P)              /* patterns */                                                      \
+    F(int, steps)          /* steps to take */                                                 \
+    F(int, act)            /* 0 tanh, 1 relu, 2 sigmoid */                                     \
+    F(REAL, lr)            /* learning rate */
+
+#define NCNET_FIELD(type, name) type name;
+struct ncnet_args { NCNET_ARGS(NCNET_FIELD) };
+#undef NCNET_FIELD
+
+#define NCNET_NAME(type, name) #name ","
+/* "size,W,b,...,lr,": the field names in declaration order */
+const char *ncnet_args_names(void) { return NCNET_ARGS(NCNET_NAME); }
+#undef NCNET_NAME
+
+/* Writes sizeof(struct ncnet_args), then each field's offset, into out[0..n); returns how many
+ * values the layout has (1 + fields), so a caller with a shorter buffer learns it. */
+#define NCNET_OFFSET(type, name) if (i < n) out[i] = (long)offsetof(struct ncnet_args, name); i++;
+int ncnet_args_layout(long *out, int n) {
+    int i = 0;
+    if (i < n) out[i] = (long)sizeof(struct ncnet_args);
+    i++;
+    NCNET_ARGS(NCNET_OFFSET)
+    return i;
+}
+#undef NCNET_OFFSET
+
 /* Train all runs for `steps` steps in place. gstart[g]..gstart[g+1] are group g's units;
- * K (seeds per setting) must be a multiple of LANES. Returns 0, or -1 on bad sizes. */
-int ncnet_train(REAL *W, REAL *b, REAL *V, REAL *c, const REAL *mask, const int *gstart, int G,
-                const REAL *X, const REAL *Y, const REAL *wp, int k, int P, long K, int steps,
-                REAL lr, int act) {
+ * K (seeds per setting) must be a multiple of LANES. Returns 0, -1 on bad sizes, -2 when
+ * args->size is not sizeof(struct ncnet_args). */
+int ncnet_train(const struct ncnet_args *args) {
+    if (args == NULL || args->size != (long)sizeof(struct ncnet_args)) return -2;
+    REAL *W = args->W, *b = args->b, *V = args->V, *c = args->c;
+    const REAL *mask = args->mask, *X = args->X, *Y = args->Y, *wp = args->wp;
+    const int *gstart = args->gstart;
+    const long K = args->K;
+    const int G = args->G, k = args->k, P = args->P, steps = args->steps, act = args->act;
+    const REAL lr = args->lr;
     if (K % LANES != 0) return -1;
     const long B = 4 * K, blocks = B / LANES;
 #pragma omp parallel

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,11 +27,22 @@ from gradcomp._dims import (
 )
 from gradcomp._provenance import provenance
 from gradcomp.ensemble import chunks
+from gradcomp.ncnet._autograd import train_autograd
 from gradcomp.ncnet._config import NCnetConfig
 from gradcomp.ncnet._fast import train_fast
-from gradcomp.ncnet._generic import train_generic
+from gradcomp.ncnet._plan import NCnetPlan, plan
 
-__all__ = ["HIDDEN", "LABELS", "TASKS", "derived", "run"]
+__all__ = [
+    "ENGINES",
+    "HIDDEN",
+    "LABELS",
+    "TASKS",
+    "derived",
+    "reject_removed",
+    "resolve_engine",
+    "run",
+    "train",
+]
 
 TASKS = ("A", "B")  # heads: Alice's and Bob's
 HIDDEN = "hidden"  # NCnet's one shared layer, also layer "all" (attrs[ALL_IS], stored once)
@@ -43,7 +55,25 @@ LABELS: dict[str, tuple[str, str]] = {
     "heldout_acc": ("held-out accuracy", "1"),
 }
 
-METHODS = ("fast", "vmap", "loop")
+#: NCnet's engines: ``"auto"`` (``"c"`` on the CPU when the kernel builds, else ``"torch"``),
+#: ``"c"`` (compiled CPU kernel), ``"torch"`` (hand-derived, all widths fused, any device),
+#: ``"vmap"`` and ``"loop"`` (autograd through :mod:`gradcomp.ensemble`)
+ENGINES = ("auto", "c", "torch", "vmap", "loop")
+
+
+def reject_removed(where: str, kwargs: Mapping[str, Any]) -> None:
+    """A clear ``TypeError`` for keywords ``where`` does not take (``method``/``backend``: now
+    ``engine``)."""
+    if not kwargs:
+        return
+    names = ", ".join(f"{k}=" for k in sorted(kwargs))
+    if set(kwargs) <= {"method", "backend"}:
+        raise TypeError(
+            f"{where}() no longer takes {names}: pass engine= one of {ENGINES} "
+            "(method='fast', backend=X is engine=X; method='vmap' or 'loop' is engine='vmap' "
+            "or 'loop')"
+        )
+    raise TypeError(f"{where}() got unexpected keyword argument(s) {names}")
 
 
 def _seeds(seeds: int | Sequence[int]) -> list[int]:
@@ -72,8 +102,8 @@ def run(
     device: str | torch.device = "cpu",
     chunk: int | None = None,
     progress: bool | str = True,
-    method: str = "fast",
-    backend: str = "auto",
+    engine: str = "auto",
+    **removed: Any,
 ) -> xr.Dataset:
     """Train NCnet for every width × seed × setting pair and return the traces.
 
@@ -89,13 +119,13 @@ def run(
         progress: show a tqdm progress bar (a string: show it with this label). Its time estimate
             appears once 10 % of the steps or the first chunk are done (the first steps include
             warm-up and tracing, and gave estimates many times too long).
-        method: ``"fast"`` (hand-derived, all widths fused), ``"vmap"`` (generic torch.func
-            trainer) or ``"loop"`` (one run at a time; the test reference).
-        backend: for ``method="fast"``: ``"torch"`` (any device), ``"c"`` (the compiled CPU
-            kernel, built on first use with the system C compiler) or ``"auto"`` (``"c"`` on the
+        engine: one of :data:`ENGINES`: ``"c"`` (the compiled CPU kernel, built on first use
+            with the system C compiler), ``"torch"`` (hand-derived gradients, all widths fused,
+            any device), ``"vmap"`` (autograd, :func:`gradcomp.ensemble.train`), ``"loop"`` (one
+            run at a time, :func:`gradcomp.ensemble.train_loop`) or ``"auto"`` (``"c"`` on the
             CPU when the kernel builds and loads, else ``"torch"``, with a
             ``CKernelUnavailableWarning`` when a compiler was found but the build failed). The
-            choice is stored in ``attrs["backend"]``.
+            engine used is stored in ``attrs["engine"]``.
 
     Returns:
         Dataset with dims ``width, seed, alice, bob, step`` (+ ``task``, ``layer``, ``task_j``,
@@ -107,20 +137,21 @@ def run(
         exactly the hidden layer, so layer ``"all"`` is the same data, stored once;
         ``attrs["layer_all"] = "hidden"`` says so and :func:`gradcomp._dims.layer` maps ``"all"``
         to it) and ``unit_gram`` (with ``config.units``), labelled, with provenance in ``attrs``.
+
+    Raises:
+        TypeError: the removed keywords ``method=`` / ``backend=`` (use ``engine=``).
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    reject_removed("ncnet.run", removed)
     widths, seeds = _widths(widths), _seeds(seeds)
-    if method == "fast":
-        backend = resolve_backend(backend, device, config.torch_dtype)
-    else:
-        backend = "torch"
-    if backend == "c":  # build the kernel before the clock starts (and fail before any work)
+    engine = resolve_engine(engine, device, config.torch_dtype)
+    if engine == "c":  # build the kernel before the clock starts (and fail before any work)
         from gradcomp.ncnet._compiled import load
 
         load(config.torch_dtype)
-    parts = list(chunks(seeds, chunk))
-    per_chunk = config.steps * (1 if method == "fast" else len(widths))
+    parts = list(chunks(range(len(seeds)), chunk))
+    full = plan(config, widths, seeds)
+    fused = engine in ("c", "torch")
+    per_chunk = config.steps * (1 if fused else len(widths))
     kind = "unshared" if config.unshared else "shared"
     bar = _Bar(
         total=len(parts) * per_chunk,
@@ -130,22 +161,31 @@ def run(
         else f"ncnet {kind} widths {widths[0]}..{widths[-1]}",
         disable=not progress,
     )
-    outs = []
     with bar:
-        for part in parts:
-            if method == "fast":
-                outs.append(
-                    train_fast(config, widths, part, device=device, progress=bar, backend=backend)
-                )
-            else:
-                outs.append(
-                    train_generic(config, widths, part, method=method, device=device, progress=bar)
-                )
+        outs = [
+            train(full.select(slice(part[0], part[-1] + 1)), engine, device=device, progress=bar)
+            for part in parts
+        ]
     traces = {k: np.concatenate([o[k] for o in outs], axis=3) for k in outs[0]}
     ds = _to_dataset(config, widths, seeds, traces)
-    ds.attrs["method"] = method
-    ds.attrs["backend"] = backend
+    ds.attrs["engine"] = engine
     return ds
+
+
+def train(
+    plan: NCnetPlan, engine: str, *, device: str | torch.device = "cpu", progress=None
+) -> dict[str, np.ndarray]:
+    """The traces of ``plan`` trained by ``engine`` (a resolved engine: not ``"auto"``).
+
+    Returns:
+        ``(trace, width, setting, seed, ...)`` arrays, see
+        :func:`gradcomp.ncnet._fast.train_fast`.
+    """
+    if engine in ("c", "torch"):
+        return train_fast(plan, device=device, progress=progress, engine=engine)
+    if engine in ("vmap", "loop"):
+        return train_autograd(plan, engine=engine, device=device, progress=progress)
+    raise ValueError(f"engine must be one of {ENGINES[1:]} here, got {engine!r}")
 
 
 class _Bar(tqdm):
@@ -169,34 +209,38 @@ class _Bar(tqdm):
         return super().update(n)
 
 
-def resolve_backend(
-    backend: str, device: str | torch.device, dtype: torch.dtype = torch.float32
+def resolve_engine(
+    engine: str, device: str | torch.device, dtype: torch.dtype = torch.float32
 ) -> str:
     """``"auto"`` -> ``"c"`` on the CPU when the C kernel builds and loads, else ``"torch"``.
 
     With a C compiler present, ``"auto"`` builds and loads the kernel for ``dtype`` here; if that
     fails (e.g. a compiler without OpenMP) it warns once with a
     :class:`~gradcomp.ncnet._compiled.CKernelUnavailableWarning` and takes ``"torch"`` (the same
-    results). An explicit ``"c"`` is never replaced: its build errors are raised when it runs.
+    results). Any other engine is returned as it is: an explicit ``"c"`` is never replaced (its
+    build errors are raised when it runs).
+
+    Raises:
+        ValueError: an unknown engine, or ``"c"`` on a device other than the CPU.
     """
     from gradcomp.ncnet._compiled import CKernelUnavailableWarning, available, try_load
 
-    if backend not in ("auto", "torch", "c"):
-        raise ValueError(f"backend must be 'auto', 'torch' or 'c', got {backend!r}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     on_cpu = torch.device(device).type == "cpu"
-    if backend == "c" and not on_cpu:
-        raise ValueError("backend='c' runs on the CPU only: use backend='torch' on other devices")
-    if backend != "auto":
-        return backend
+    if engine == "c" and not on_cpu:
+        raise ValueError("engine='c' runs on the CPU only: use engine='torch' on other devices")
+    if engine != "auto":
+        return engine
     if not (on_cpu and available()):
         return "torch"
     why = try_load(dtype)
     if why is None:
         return "c"
     warnings.warn(
-        f"ncnet backend='auto': the compiled C kernel could not be built or loaded ({why}); "
-        "using backend='torch' (same results, slower on the CPU). Pass backend='torch' to "
-        "silence this, or fix the compiler ($CC, OpenMP) to use backend='c'",
+        f"ncnet engine='auto': the compiled C kernel could not be built or loaded ({why}); "
+        "using engine='torch' (same results, slower on the CPU). Pass engine='torch' to "
+        "silence this, or fix the compiler ($CC, OpenMP) to use engine='c'",
         CKernelUnavailableWarning,
         stacklevel=3,
     )

@@ -18,7 +18,7 @@ import dataclasses
 import json
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -26,7 +26,14 @@ import xarray as xr
 
 from gradcomp._dims import ALICE, BOB, SEED, SETTINGS, STEP, annotate
 
-__all__ = ["Experiment", "LoraSweepExperiment", "NCnetExperiment", "Toy"]
+__all__ = [
+    "PINNED_ENGINES",
+    "Experiment",
+    "LoraSweepExperiment",
+    "NCnetExperiment",
+    "Toy",
+    "check_engine",
+]
 
 
 @runtime_checkable
@@ -103,6 +110,16 @@ class Toy:
         return annotate(ds, labels)
 
 
+#: the NCnet engines a sweep accepts: every engine of ``gradcomp.ncnet.ENGINES`` but ``"auto"``
+PINNED_ENGINES = ("torch", "c", "vmap", "loop")
+
+
+def check_engine(engine: Any) -> None:
+    """Refuse an NCnet engine that is not pinned (see :class:`NCnetExperiment`)."""
+    if engine not in PINNED_ENGINES:
+        raise ValueError(f"engine must be one of {PINNED_ENGINES} (pinned), got {engine!r}")
+
+
 def _ncnet_code() -> str:
     """sha256 (16 hex digits) of the source (``.py``, ``.c``, ``.h``) of ``gradcomp.ncnet``."""
     import hashlib
@@ -134,7 +151,7 @@ class NCnetExperiment:
         threads: torch intra-op threads per worker process (1: one core per worker).
         keep: variables to store (e.g. ``("a", "b", "acc")``); empty: all of them. The per-run
             ``diverged`` flag is stored whenever ``a`` or ``b`` is (their NaN means diverged).
-        backend: ``ncnet.run``'s backend, pinned (never ``"auto"``): ``"auto"`` picks the compiled
+        engine: ``ncnet.run``'s engine, pinned (never ``"auto"``): ``"auto"`` picks the compiled
             kernel only where a C compiler exists, so workers on different machines would compute
             (slightly, and in chaotic runs visibly) different float32 results.
     """
@@ -143,8 +160,15 @@ class NCnetExperiment:
     device: str = "cpu"
     threads: int = 1
     keep: tuple[str, ...] = ()
-    backend: str = "torch"
+    engine: str = "torch"
     name: str = "ncnet"
+    backend: InitVar[Any] = None  # removed: refused with a pointer to ``engine``
+
+    def __post_init__(self, backend: Any) -> None:
+        if backend is not None:
+            raise TypeError(
+                f"NCnetExperiment no longer takes backend=: pass engine= one of {PINNED_ENGINES}"
+            )
 
     def axes(self) -> tuple[str, ...]:
         fields = [f.name for f in dataclasses.fields(self.base)]
@@ -155,7 +179,7 @@ class NCnetExperiment:
         out = {
             "ncnet": dataclasses.asdict(self.base),
             "device": self.device,
-            "backend": self.backend,
+            "engine": self.engine,
             "code": _ncnet_code(),
         }
         return out | ({"keep": list(self.keep)} if self.keep else {})
@@ -170,15 +194,14 @@ class NCnetExperiment:
         torch.set_num_threads(self.threads)
         overrides = {k: v for k, v in cell.items() if k != "width"}
         cfg = dataclasses.replace(self.base, **overrides)
-        if self.backend not in ("torch", "c"):
-            raise ValueError(f"backend must be 'torch' or 'c' (pinned), got {self.backend!r}")
+        check_engine(self.engine)
         ds = ncnet.run(
             cfg,
             [int(cell["width"])],
             list(seeds),
             device=self.device,
             progress=False,
-            backend=self.backend,
+            engine=self.engine,
         )
         ds = ds.squeeze("width", drop=True) if "width" in ds.dims else ds
         return ds[_kept(self.keep)] if self.keep else ds

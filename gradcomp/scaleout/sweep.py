@@ -17,7 +17,12 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from gradcomp.scaleout.chunkio import open_store, run_chunk
-from gradcomp.scaleout.experiments import Experiment, LoraSweepExperiment, NCnetExperiment
+from gradcomp.scaleout.experiments import (
+    Experiment,
+    LoraSweepExperiment,
+    NCnetExperiment,
+    check_engine,
+)
 from gradcomp.scaleout.grid import Chunk, Grid
 from gradcomp.scaleout.store import ChunkStore, Verify
 
@@ -184,8 +189,7 @@ def _check_ncnet_cell(exp: NCnetExperiment, cell: dict[str, Any]) -> None:
     overrides = {k: v for k, v in cell.items() if k != "width"}
     cfg = dataclasses.replace(exp.base, **overrides)  # runs NCnetConfig's own checks
     _finite_lr(cfg)
-    if exp.backend not in ("torch", "c"):
-        raise ValueError(f"backend must be 'torch' or 'c' (pinned), got {exp.backend!r}")
+    check_engine(exp.engine)
     if not isinstance(exp.threads, int) or isinstance(exp.threads, bool) or exp.threads < 1:
         raise ValueError(f"threads must be a positive integer, got {exp.threads!r}")
 
