@@ -24,11 +24,11 @@ import torch
 __all__ = ["CKernelUnavailableWarning", "available", "load", "try_load"]
 
 SOURCE = Path(__file__).with_name("_kernel.c")
-#: compile flags: -ffast-math lets gcc call glibc's vectorised expf (libmvec) in the lane loops.
-#: It is given to the compile step only: linking with it would add crtfastmath.o, whose
-#: constructor turns on flush-to-zero for the whole process when the library is loaded. The
-#: kernel sets flush-to-zero itself, in its own threads, and restores it on return.
-FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC"]
+#: compile flags: IEEE arithmetic, every +, −, ×, / rounded on its own as torch rounds it, so that
+#: the kernel's results are bit-identical to backend="torch" (see _kernel.c): no -ffast-math (it
+#: reassociates, uses reciprocal estimates and flushes subnormals), and -ffp-contract=off (gcc
+#: fuses a * b + c into one fused multiply-add by default wherever -march=native has FMA).
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-fopenmp", "-fPIC"]
 LINK = ["-shared", "-fopenmp"]
 _LOADED: dict[str, ctypes.CDLL] = {}
 _FAILED: dict[tuple[str, ...], str] = {}
