@@ -150,12 +150,12 @@ def test_fixed_exp_and_activations_are_accurate(dtype: torch.dtype) -> None:
 def _exp_scalar(x: float, dt: type) -> float:
     """exp_fixed written out with numpy scalars of type ``dt``: each operation rounded in dt."""
     c = _EXP[torch.float32 if dt is np.float32 else torch.float64]
-    x = min(max(dt(x), dt(c["lo"])), dt(c["hi"]))
-    t = x * dt(LOG2E) + dt(c["magic"])
-    n = t - dt(c["magic"])
-    r = (x - n * dt(c["c1"])) - n * dt(c["c2"])
-    p = dt(c["poly"][0])
-    for coef in c["poly"][1:]:
+    x = min(max(dt(x), dt(c.lo)), dt(c.hi))
+    t = x * dt(LOG2E) + dt(c.magic)
+    n = t - dt(c.magic)
+    r = (x - n * dt(c.c1)) - n * dt(c.c2)
+    p = dt(c.poly[0])
+    for coef in c.poly[1:]:
         p = p * r + dt(coef)
     y = ((p * (r * r)) + r) + dt(1)
     return float(y * dt(2.0) ** int(n))  # 2^n exact: n within the normal range

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -61,31 +62,45 @@ SETTING_PAIRS = ((1, 1), (1, 2), (2, 1), (2, 2))
 PAD = 64
 
 
-#: exp_fixed's constants per dtype (the same literals as _kernel.c): clamp range, rounding
-#: constant 1.5 · 2^m and its bit pattern, exponent bias, mantissa bits m, ln 2 = C1 + C2 and
-#: the polynomial's coefficients, highest power first
+class _ExpConstants(NamedTuple):
+    """exp_fixed's constants for one dtype (the same literals as _kernel.c)."""
+
+    lo: float  #: clamp range [lo, hi]
+    hi: float
+    magic: float  #: 1.5 · 2^mant: x + magic − magic rounds x to an integer
+    magic_bits: int  #: its bit pattern
+    bias: int  #: exponent bias
+    mant: int  #: mantissa bits
+    itype: torch.dtype  #: the integer type of the same width
+    c1: float  #: ln 2 = c1 + c2
+    c2: float
+    poly: tuple[float, ...]  #: the polynomial's coefficients, highest power first
+
+
 _EXP = {
-    torch.float32: dict(
+    torch.float32: _ExpConstants(
         lo=-87.0,
         hi=87.0,
         magic=12582912.0,
         magic_bits=0x4B400000,
         bias=127,
         mant=23,
-        int=torch.int32,
+        itype=torch.int32,
         c1=0.693359375,
         c2=-2.12194440e-4,
-        poly=(1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3)
-        + (4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1),
+        poly=(
+            *(1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3),
+            *(4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1),
+        ),
     ),
-    torch.float64: dict(
+    torch.float64: _ExpConstants(
         lo=-708.0,
         hi=708.0,
         magic=6755399441055744.0,
         magic_bits=0x4338000000000000,
         bias=1023,
         mant=52,
-        int=torch.int64,
+        itype=torch.int64,
         c1=0.693145751953125,
         c2=1.42860682030941723212e-6,
         poly=tuple(1 / math.factorial(j) for j in range(13, 1, -1)),
@@ -113,16 +128,16 @@ def exp_fixed(x: torch.Tensor) -> torch.Tensor:
     c = _EXP.get(x.dtype)
     if c is None:
         raise ValueError(f"exp_fixed supports float32 and float64, not {x.dtype}")
-    x = x.clamp(c["lo"], c["hi"])
-    t = (x * LOG2E).add_(c["magic"])
-    n = t - c["magic"]
-    r = x.sub_(n * c["c1"]).sub_(n.mul_(c["c2"]))  # x is a fresh tensor from clamp
+    x = x.clamp(c.lo, c.hi)
+    t = (x * LOG2E).add_(c.magic)
+    n = t - c.magic
+    r = x.sub_(n * c.c1).sub_(n.mul_(c.c2))  # x is a fresh tensor from clamp
     z = r * r
-    p = torch.full_like(r, c["poly"][0])
-    for coef in c["poly"][1:]:
+    p = torch.full_like(r, c.poly[0])
+    for coef in c.poly[1:]:
         p.mul_(r).add_(coef)
     y = p.mul_(z).add_(r).add_(1.0)
-    scale = t.view(c["int"]).sub_(c["magic_bits"] - c["bias"]).bitwise_left_shift_(c["mant"])
+    scale = t.view(c.itype).sub_(c.magic_bits - c.bias).bitwise_left_shift_(c.mant)
     return y.mul_(scale.view(x.dtype))
 
 
