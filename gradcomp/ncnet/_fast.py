@@ -58,7 +58,9 @@ from gradcomp.ncnet._model import head_mask, init_params, run_data
 __all__ = ["PAD", "SETTING_PAIRS", "exp_fixed", "nonfinite_runs", "train_fast"]
 
 SETTING_PAIRS = ((1, 1), (1, 2), (2, 1), (2, 2))
-#: the seed axis is padded to a multiple of this (see the module docstring)
+#: the seed axis is padded to a multiple of this: a multiple of the C kernel's lanes, and no run
+#: falls in the scalar tail of a vectorised torch kernel (every operation used rounds alike
+#: there, but a cheap guard against one that does not)
 PAD = 64
 
 
