@@ -15,7 +15,7 @@ from gradcomp import chsh
 from gradcomp.ncnet import NCnetConfig, plan, run, truth_table
 from gradcomp.ncnet._compiled import available
 from gradcomp.ncnet._experiment import capacity, table
-from gradcomp.ncnet._fast import _act, train_fast
+from gradcomp.ncnet._fast import _EXP, LOG2E, _act, _tree_sum, exp_fixed, train_fast
 from gradcomp.ncnet._run import train
 from gradcomp.reference.ncnet import train_ncnet
 
@@ -133,9 +133,62 @@ def test_group_sums_agree() -> None:
     torch.testing.assert_close(_group_sum(x, gidx, [0, 1, 3, 6], 3, slices=True), ref)
 
 
-def test_float32_tanh_formula() -> None:
-    z = torch.linspace(-12, 12, 10001, dtype=torch.float32)
-    torch.testing.assert_close(_act(2 * z, "tanh", True), torch.tanh(z), rtol=0, atol=3e-7)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fixed_exp_and_activations_are_accurate(dtype: torch.dtype) -> None:
+    lim = 87.0 if dtype == torch.float32 else 708.0
+    x = torch.cat([torch.linspace(-lim, lim, 200001, dtype=dtype), torch.randn(10000, dtype=dtype)])
+    e, ref = exp_fixed(x).double(), torch.exp(x.double())
+    eps = torch.finfo(dtype).eps
+    assert ((e - ref) / ref).abs().max() <= 2 * eps  # a few ulp (float32: cephes expf's ≤ 1 ulp)
+    edges = torch.tensor([-1e4, -lim - 1, lim + 1, 1e4, -torch.inf, torch.inf], dtype=dtype)
+    clamped = torch.tensor([-lim, -lim, lim, lim, -lim, lim], dtype=dtype)
+    assert torch.equal(exp_fixed(edges), exp_fixed(clamped))
+    assert (
+        torch.isfinite(exp_fixed(edges)).all()
+        and (exp_fixed(edges) >= torch.finfo(dtype).tiny).all()
+    )
+    assert exp_fixed(torch.tensor([torch.nan], dtype=dtype)).isnan().all()
+    assert exp_fixed(torch.zeros(3, dtype=dtype)).eq(1).all()
+    z = torch.linspace(-12, 12, 10001, dtype=dtype)
+    torch.testing.assert_close(_act(z, "tanh"), torch.tanh(z), rtol=0, atol=4 * eps)
+    torch.testing.assert_close(_act(z, "sigmoid"), torch.sigmoid(z), rtol=0, atol=2 * eps)
+    torch.testing.assert_close(_act(z, "relu"), torch.relu(z), rtol=0, atol=0)
+
+
+def _exp_scalar(x: float, dt: type) -> float:
+    """exp_fixed written out with numpy scalars of type ``dt``: each operation rounded in dt."""
+    c = _EXP[torch.float32 if dt is np.float32 else torch.float64]
+    x = min(max(dt(x), dt(c.lo)), dt(c.hi))
+    t = x * dt(LOG2E) + dt(c.magic)
+    n = t - dt(c.magic)
+    r = (x - n * dt(c.c1)) - n * dt(c.c2)
+    p = dt(c.poly[0])
+    for coef in c.poly[1:]:
+        p = p * r + dt(coef)
+    y = ((p * (r * r)) + r) + dt(1)
+    return float(y * dt(2.0) ** int(n))  # 2^n exact: n within the normal range
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_fixed_exp_equals_its_scalar_definition_bit_for_bit(dt: type) -> None:
+    rng = np.random.default_rng(0)
+    xs = np.concatenate([rng.uniform(-90, 90, 3000), rng.normal(size=1000), [0.0, -87.0, 709.0]])
+    xs = xs.astype(dt)
+    got = exp_fixed(torch.from_numpy(xs)).numpy()
+    want = np.array([_exp_scalar(x, dt) for x in xs], dtype=dt)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_tree_sum_order() -> None:
+    # odd lengths carry their middle entry; the order is fixed, so compare exact bits
+    for m in (1, 2, 3, 5, 8, 13):
+        x = torch.randn(4, m, 3, dtype=torch.float32)
+        a = list(x.unbind(1))
+        while len(a) > 1:
+            h = len(a) // 2
+            a = [a[p] + a[p + len(a) - h] for p in range(h)] + a[h : len(a) - h]
+        assert torch.equal(_tree_sum(x, 1), a[0])
+        torch.testing.assert_close(_tree_sum(x.double(), 1), x.double().sum(1))
 
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("c", marks=needs_cc)])

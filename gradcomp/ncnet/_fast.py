@@ -13,15 +13,26 @@ logistic function and ``w_p`` the pattern weights:
 
 These are the gradients autograd computes for the model of :mod:`gradcomp.ncnet._model`; the
 tests check them against :func:`gradcomp.ensemble.train` and :func:`gradcomp.ensemble.train_loop`
-seed by seed in float64. In float32, tanh is evaluated as ``2σ(2z) − 1`` (≈3× faster on CPU).
+seed by seed in float64.
 
-Determinism: a run's numbers must not depend on which other runs share the batch. Matrix
-products (whose blocking depends on the batch size) and fused multiply-adds are avoided, and the
-batch is padded to a multiple of :data:`PAD` seeds so that no element falls in the scalar tail
-of a vectorised kernel (where ``exp`` is computed by other code than in the vector body).
+Same bits on every engine: ``engine="c"`` runs the same step in the compiled kernel
+``_kernel.c`` (SIMD lanes of 16 runs, OpenMP over width groups and lane blocks) between traced
+steps (the traces are computed here), and a training step gives bit-identical parameters in
+both, so the outcomes do not depend on the engine nor on whether a C compiler is present.
+Both perform the same IEEE-754 operations in the same order, each rounded on its own:
 
-``engine="c"`` runs the same step in the compiled kernel ``_kernel.c`` (SIMD lanes of 16 runs,
-OpenMP over width groups and lane blocks) between traced steps; the traces are computed here.
+- ``exp`` is :func:`exp_fixed` (Cody-Waite range reduction and a fixed polynomial, written out
+  as elementwise operations; the same in ``_kernel.c``), not torch's or libm's ``exp``, which
+  differ between libraries, vector widths and devices; tanh z = 1 − 2 · (1 / (e^{2z} + 1)),
+  σ(x) = 1 / (e^{−x} + 1);
+- ``Z`` sums ``b`` then ``x_i W_i`` for i = 1..k (x = ±1: every product is exact), ``L`` sums
+  ``c`` then ``H_u V_u`` over the group's units in order (:func:`_unit_sum`);
+- every sum over the patterns is :func:`_tree_sum`'s fixed pairwise order, never a torch
+  reduction or a matrix product (their order depends on the library, the batch and the device);
+- no fused multiply-add (``torch.add(..., alpha=a)`` fuses for a ≠ ±1; ``_kernel.c`` is compiled
+  with ``-ffp-contract=off``), no division by a reciprocal estimate, no flushing of subnormals.
+
+A run's numbers therefore do not depend on which other runs share the batch either.
 
 Divergence: at every traced step a run is flagged when one of its parameters or task losses is
 not finite, and stays flagged from then on (its outcome is NaN). Checking the parameters only at
@@ -34,26 +45,145 @@ traced step where it is non-finite.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
 from gradcomp.ncnet._plan import SETTING_PAIRS, NCnetPlan
 
-__all__ = ["ENGINES", "PAD", "SETTING_PAIRS", "nonfinite_runs", "train_fast"]
+__all__ = ["ENGINES", "PAD", "SETTING_PAIRS", "exp_fixed", "nonfinite_runs", "train_fast"]
 
 #: the engines of this module: torch (any device) and the compiled CPU kernel
 ENGINES = ("torch", "c")
-#: the seed axis is padded to a multiple of this (see the module docstring)
+#: the seed axis is padded to a multiple of this: a multiple of the C kernel's lanes, and no run
+#: falls in the scalar tail of a vectorised torch kernel (every operation used rounds alike
+#: there, but a cheap guard against one that does not)
 PAD = 64
 
 
-def _act(z: torch.Tensor, name: str, fast_tanh: bool) -> torch.Tensor:
-    """In-place activation of ``z`` (with ``fast_tanh``, ``z`` holds 2z: tanh z = 2σ(2z) − 1)."""
+class _ExpConstants(NamedTuple):
+    """exp_fixed's constants for one dtype (the same literals as _kernel.c)."""
+
+    lo: float  #: clamp range [lo, hi]
+    hi: float
+    magic: float  #: 1.5 · 2^mant: x + magic − magic rounds x to an integer
+    magic_bits: int  #: its bit pattern
+    bias: int  #: exponent bias
+    mant: int  #: mantissa bits
+    itype: torch.dtype  #: the integer type of the same width
+    c1: float  #: ln 2 = c1 + c2
+    c2: float
+    poly: tuple[float, ...]  #: the polynomial's coefficients, highest power first
+
+
+_EXP = {
+    torch.float32: _ExpConstants(
+        lo=-87.0,
+        hi=87.0,
+        magic=12582912.0,
+        magic_bits=0x4B400000,
+        bias=127,
+        mant=23,
+        itype=torch.int32,
+        c1=0.693359375,
+        c2=-2.12194440e-4,
+        poly=(
+            *(1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3),
+            *(4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1),
+        ),
+    ),
+    torch.float64: _ExpConstants(
+        lo=-708.0,
+        hi=708.0,
+        magic=6755399441055744.0,
+        magic_bits=0x4338000000000000,
+        bias=1023,
+        mant=52,
+        itype=torch.int64,
+        c1=0.693145751953125,
+        c2=1.42860682030941723212e-6,
+        poly=tuple(1 / math.factorial(j) for j in range(13, 1, -1)),
+    ),
+}
+LOG2E = 1.4426950408889634
+
+
+def exp_fixed(x: torch.Tensor) -> torch.Tensor:
+    """``exp(clamp(x, lo, hi))`` by explicit elementwise operations, bit-identical to _kernel.c.
+
+    Cody & Waite (1980) range reduction: ``t = x log2(e) + M`` with ``M = 1.5 · 2^m`` rounds to
+    the nearest integer ``n = t − M``; ``r = (x − n C1) − n C2`` with ``ln 2 = C1 + C2`` (C1 has
+    few bits, so ``n C1`` is exact); ``exp(r) ≈ ((p(r) r²) + r) + 1`` with ``p`` by Horner (float32:
+    cephes ``expf``'s minimax coefficients, ≤ 1 ulp; float64: Taylor to r¹³, < 1e-17 for
+    ``|r| ≤ ln2 / 2``); times ``2^n`` built from the exponent bits of ``t``. The clamp (float32
+    ±87, float64 ±708) keeps the result and ``1 / (1 + result)`` normal numbers. NaN stays NaN.
+
+    Args:
+        x: float32 or float64 tensor (not modified).
+
+    Returns:
+        A new tensor of ``x``'s shape and dtype.
+    """
+    c = _EXP.get(x.dtype)
+    if c is None:
+        raise ValueError(f"exp_fixed supports float32 and float64, not {x.dtype}")
+    x = x.clamp(c.lo, c.hi)
+    t = (x * LOG2E).add_(c.magic)
+    n = t - c.magic
+    r = x.sub_(n * c.c1).sub_(n.mul_(c.c2))  # x is a fresh tensor from clamp
+    z = r * r
+    p = torch.full_like(r, c.poly[0])
+    for coef in c.poly[1:]:
+        p.mul_(r).add_(coef)
+    y = p.mul_(z).add_(r).add_(1.0)
+    scale = t.view(c.itype).sub_(c.magic_bits - c.bias).bitwise_left_shift_(c.mant)
+    return y.mul_(scale.view(x.dtype))
+
+
+def _sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """σ(x) = 1 / (exp_fixed(−x) + 1) (a new tensor)."""
+    return exp_fixed(-x).add_(1.0).reciprocal_()
+
+
+def _act(z: torch.Tensor, name: str) -> torch.Tensor:
+    """act(z) as in _kernel.c's ``act_f`` (a new tensor; tanh z = 1 − 2 · (1 / (e^{2z} + 1)))."""
     if name == "tanh":
-        return z.sigmoid_().mul_(2).sub_(1) if fast_tanh else z.tanh_()
+        return exp_fixed(z * 2.0).add_(1.0).reciprocal_().mul_(2.0).neg_().add_(1.0)
     if name == "sigmoid":
-        return z.sigmoid_()
-    return z.relu_()
+        return _sigmoid(z)
+    return torch.where(z > 0, z, torch.zeros((), dtype=z.dtype, device=z.device))
+
+
+def _tree_sum(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sum over ``dim`` in a fixed pairwise order (that of _kernel.c's ``tree_sum``).
+
+    While ``m > 1`` entries remain: entry ``p`` += entry ``p + ⌈m/2⌉`` for ``p < ⌊m/2⌋``, and
+    ``m ← ⌈m/2⌉``. The dimension is removed.
+    """
+    m = x.shape[dim]
+    while m > 1:
+        h = m // 2
+        s = x.narrow(dim, 0, h) + x.narrow(dim, m - h, h)
+        x = s if m == 2 * h else torch.cat([s, x.narrow(dim, h, m - 2 * h)], dim)
+        m -= h
+    return x.squeeze(dim)
+
+
+def _unit_sum(
+    c: torch.Tensor, prod: torch.Tensor, steps: list[tuple[torch.Tensor, torch.Tensor]]
+) -> torch.Tensor:
+    """``L[g] = ((c[g] + prod[u_g0]) + prod[u_g1]) + ...`` over the units of group g in order.
+
+    ``steps[j] = (groups, units)``: the groups with a j-th unit and those units (an index
+    added once per step: exact and deterministic on any device).
+    """
+    out = c.clone()
+    for groups, units in steps:
+        out.index_add_(0, groups, prod.index_select(0, units))
+    return out
 
 
 def _preactivations(W: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
@@ -171,12 +301,18 @@ def train_fast(
     pad = -n_real % PAD  # padding runs, dropped at the end
     K, G = n_real + pad, len(widths)
     B = 4 * K
-    fast_tanh = dtype == torch.float32
     act = config.activation
     W, b, V, c = _stack(plan, pad, dtype, dev)
     m = list(plan.units)
     gidx = torch.repeat_interleave(torch.arange(G, device=dev), torch.tensor(m, device=dev))
     bounds = np.concatenate([[0], np.cumsum(m)]).tolist()
+    unit_steps = [
+        (
+            torch.tensor([g for g in range(G) if m[g] > j], device=dev),
+            torch.tensor([bounds[g] + j for g in range(G) if m[g] > j], device=dev),
+        )
+        for j in range(max(m))
+    ]
     mask = torch.as_tensor(
         np.concatenate([hm.T for hm in plan.head_masks]), dtype=dtype, device=dev
     ).unsqueeze(-1)  # (U, 2, 1)
@@ -193,14 +329,14 @@ def train_fast(
     when = list(plan.trace_steps)
     records: list[dict[str, torch.Tensor]] = []
 
+    lr_mask = mask * lr  # (U, 2, 1): V's step is (lr · mask) · ∂V, as in _kernel.c
+
     def forward():
-        # no BLAS, no FMA (see the module docstring); fast tanh takes 2z, 2 W is exact
-        Z = _preactivations(2 * W, 2 * b, k) if fast_tanh else _preactivations(W, b, k)
-        H = _act(Z, act, fast_tanh)  # (U, P, B)
+        # the operations and order of _kernel.c (see the module docstring)
+        H = _act(_preactivations(W, b, k), act)  # (U, P, B)
         prod = H.unsqueeze(2) * V.unsqueeze(1)  # (U, P, 2, B)
-        L = _group_sum(prod, gidx, bounds, G)  # (G, P, 2, B)
-        L += c.unsqueeze(1)
-        Gd = torch.sigmoid(L).sub_(Y).mul_(wp)  # (G, P, 2, B)
+        L = _unit_sum(c.unsqueeze(1).expand(G, P, 2, B), prod, unit_steps)  # (G, P, 2, B)
+        Gd = _sigmoid(L).sub_(Y).mul_(wp)  # (G, P, 2, B)
         return H, L, Gd, Gd.index_select(0, gidx)  # Gu: (U, P, 2, B)
 
     if engine == "c":
@@ -230,14 +366,13 @@ def train_fast(
                 records.append(_trace(config, XT, L, Gu, H, Y, wp, train, held, params, gidx, G))
             if t == config.steps:
                 break
-            dc = Gd.sum(1)
-            dV = (Gu * H.unsqueeze(2)).sum(1)
-            if config.unshared:
-                dV.mul_(mask)
-            dZ = (Gu * V.unsqueeze(1)).sum(2).mul_(_act_grad(H, act))  # (U, P, B)
-            W.sub_(_input_grads(dZ, k).mul_(lr))
-            b.sub_(dZ.sum(1, keepdim=True).mul_(lr))
-            V.sub_(dV.mul_(lr))
+            # sums over patterns in _tree_sum's order, products in _kernel.c's order
+            dc = _tree_sum(Gd, 1)  # (G, 2, B)
+            dV = _tree_sum(Gu * H.unsqueeze(2), 1)  # (U, 2, B)
+            dZ = (Gu[:, :, 0] * V[:, :1]).add_(Gu[:, :, 1] * V[:, 1:]).mul_(_act_grad(H, act))
+            b.sub_(_tree_sum(dZ, 1).unsqueeze(1).mul_(lr))
+            W.sub_(_tree_sum(dZ.unsqueeze(1) * XT, 2).mul_(lr))  # x_pi ∂Z[p], x = ±1: exact
+            V.sub_(dV.mul_(lr_mask))
             c.sub_(dc.mul_(lr))
             if progress is not None:
                 progress.update(1)
