@@ -105,7 +105,7 @@ class StrategyChoice:
         if armable:
             scheduled = bool(self.config.schedule(step))
             for strategy in armable:
-                strategy.arm(scheduled)  # type: ignore[attr-defined]
+                strategy.arm(scheduled)
 
     def remove_hooks(self) -> None:
         """Remove every hook (on leaving the recorder, also after an exception)."""

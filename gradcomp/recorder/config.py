@@ -8,7 +8,7 @@ passed whole to the recorder, its strategy choice and the integrations; its
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from os import PathLike
 from typing import Any
 
@@ -76,7 +76,7 @@ class RecordConfig:
         """The task names, in order."""
         return list(self.weights)
 
-    def attrs(self, strategies_used: Sequence[str] = ()) -> dict[str, Any]:
+    def attrs(self, strategies_used: Iterable[str] = ()) -> dict[str, Any]:
         """The JSON-friendly description stored as the Dataset's ``config`` attribute."""
         return {
             "tasks": self.weights,
