@@ -1,16 +1,31 @@
-"""Schedules: plain ``step -> bool`` callables that say when to record.
+"""Schedules: plain ``step -> bool`` callables that say when to record (or trace).
 
-Any callable ``step -> bool`` works wherever gradcomp takes a schedule; an ``int`` k means
-"every k steps" (:func:`linear`).
+One vocabulary for the recorder's ``every`` and NCnet's ``trace_every`` (:func:`as_schedule`):
+
+- an ``int`` k: every k steps from step 0 (:func:`linear`);
+- a tuple or list of steps: exactly those (:func:`at`);
+- a callable ``step -> bool``: itself (:func:`linear`, :func:`logarithmic` or your own);
+- ``None``: about 30 log-spaced steps between 1 and the last step, plus step 0
+  (:func:`logarithmic`; needs the last step).
+
+:func:`scheduled` lists the steps of a run of known length a schedule selects, the last one
+always included.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
+__all__ = ["Every", "Schedule", "as_schedule", "at", "linear", "logarithmic", "scheduled"]
+
 Schedule = Callable[[int], bool]
+#: everything :func:`as_schedule` accepts
+Every = int | Sequence[int] | Schedule | None
+
+#: log-spaced points of the default schedule (``None``)
+DEFAULT_LOG_POINTS = 30
 
 
 def linear(every: int, offset: int = 0) -> Schedule:
@@ -47,12 +62,55 @@ def logarithmic(start: int, end: int, num: int = 50, init: bool = True) -> Sched
     return schedule
 
 
-def as_schedule(every: int | Schedule) -> Schedule:
-    """Turn an ``int`` or a callable into a schedule, with a clear error for anything else."""
+def at(steps: Iterable[int]) -> Schedule:
+    """Record at exactly ``steps`` (non-negative integers)."""
+    chosen = set()
+    for s in steps:
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0:
+            raise ValueError(f"steps must be non-negative integers, got {s!r}")
+        chosen.add(int(s))
+
+    def schedule(step: int) -> bool:
+        return step in chosen
+
+    schedule.__name__ = f"at({sorted(chosen)})"
+    return schedule
+
+
+def as_schedule(every: Every, *, last: int | None = None, name: str = "every") -> Schedule:
+    """Turn any accepted ``every`` (see the module docstring) into a schedule, with clear errors.
+
+    Args:
+        every: an int, a tuple/list of steps, a ``step -> bool`` callable or ``None``.
+        last: the run's last step, when known: ``None`` then means the logarithmic default
+            (:data:`DEFAULT_LOG_POINTS` points between 1 and ``last``, plus 0), and listed steps
+            must lie in ``0..last``. Without it ``None`` is refused.
+        name: the argument's name in error messages (``"every"``, ``"trace_every"``).
+    """
     if isinstance(every, bool):
-        raise TypeError("every must be an int or a step -> bool callable, not a bool")
-    if isinstance(every, int):
-        return linear(every)
+        raise TypeError(f"{name} must be an int or a step -> bool callable, not a bool")
+    if every is None and last is not None:
+        if last == 0:
+            return at((0,))
+        return logarithmic(1, last, num=DEFAULT_LOG_POINTS)
+    if isinstance(every, (int, np.integer)):
+        if every < 1:
+            raise ValueError(f"{name} must be a positive integer, got {every}")
+        return linear(int(every))
+    if isinstance(every, (tuple, list)):
+        if last is not None:
+            bad = [s for s in every if not 0 <= s <= last]
+            if bad:
+                raise ValueError(f"{name}: steps {bad} are outside 0..{last}")
+        return at(every)
     if callable(every):
         return every
-    raise TypeError(f"every must be an int or a step -> bool callable, got {type(every).__name__}")
+    raise TypeError(
+        f"{name} must be an int, a tuple of steps or a step -> bool callable, "
+        f"got {type(every).__name__}"
+    )
+
+
+def scheduled(schedule: Schedule, last: int) -> list[int]:
+    """The steps ``0..last`` that ``schedule`` selects, sorted, ``last`` always included."""
+    return sorted({s for s in range(last + 1) if schedule(s)} | {last})

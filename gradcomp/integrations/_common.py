@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from os import PathLike, fspath
 from typing import Any
 
@@ -34,7 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from gradcomp.schedule import Schedule, as_schedule
+from gradcomp.recorder.config import RecordConfig
+from gradcomp.schedule import Schedule
 
 __all__ = ["Recording", "Replay", "check_unsharded", "default_losses", "scalars"]
 
@@ -177,7 +179,9 @@ class Recording:
 
     Args:
         tasks: task names (or name -> weight) as for :func:`gradcomp.record`.
-        record_kwargs: keyword arguments of :func:`gradcomp.record` (``every`` included).
+        record_kwargs: keyword arguments of :func:`gradcomp.record` (``every`` included),
+            validated here into one :class:`~gradcomp.recorder.config.RecordConfig`
+            (``self.config``).
         get_losses: ``output -> {task: loss}`` (default :func:`default_losses`).
         log_every: send :func:`scalars` to the trainer's loggers at a recorded step at least this
             many steps after the last one sent (the first recorded step is sent); ``None``: the
@@ -194,8 +198,8 @@ class Recording:
         if log_every is not None and (not isinstance(log_every, int) or log_every < 0):
             raise ValueError(f"log_every must be a non-negative int or None, got {log_every!r}")
         self.tasks = tasks
-        self.kwargs = dict(record_kwargs)
-        self.schedule: Schedule = as_schedule(self.kwargs.get("every", 1))
+        self.config = RecordConfig(tasks, **record_kwargs)
+        self.schedule: Schedule = self.config.schedule
         self.get_losses = get_losses or default_losses
         self.log_every = log_every
         self.recorder: Any = None
@@ -229,7 +233,7 @@ class Recording:
                 ``path`` (its steps before ``resume_at`` kept).
             log_every: the trainer's logging interval (used when ``log_every=None``).
         """
-        from gradcomp.recorder import record
+        from gradcomp.recorder.core import Recorder
 
         if not any(p.requires_grad for p in model.parameters()):
             raise ValueError(
@@ -239,9 +243,10 @@ class Recording:
         if self.log_every is None:
             self.log_every = int(log_every)
         self.rank, world = _world()
-        kwargs = dict(self.kwargs)
-        user_reduce = kwargs.pop("reduce", None)
+        config = self.config
         self._scaler = scaler if scaler is not None and _enabled(scaler) else None
+        self._unscale = None
+        rec: Any
         if world > 1:
             if ddp is None or not isinstance(ddp, nn.parallel.DistributedDataParallel):
                 raise ValueError(
@@ -250,19 +255,20 @@ class Recording:
                     "would describe its local batch). A Hugging Face callback sees the DDP "
                     "wrapper through the Trainer: use GradcompTrainerMixin or cb.attach(trainer)"
                 )
-            if user_reduce is not None:
+            if config.reduce is not None:
                 raise ValueError("under DDP the reduction is the mean over ranks: drop reduce=")
-            from gradcomp.scaleout.ddp import record_ddp
+            from gradcomp.scaleout.ddp import DDPRecorder, ddp_config
 
-            rec: Any = record_ddp(ddp, self.tasks, **kwargs)
+            config = ddp_config(config)
             if self._scaler is not None:
-                self._unscale = _Unscale(rec.recorder.reduce)
-                rec.recorder.reduce = self._unscale
+                self._unscale = _Unscale(config.reduce)
+                config = replace(config, reduce=self._unscale)
+            rec = DDPRecorder(Recorder.from_config(ddp, config), None, self.rank)
         else:
             if self._scaler is not None:
-                self._unscale = _Unscale(user_reduce)
-                user_reduce = self._unscale
-            rec = record(model, self.tasks, reduce=user_reduce, **kwargs)
+                self._unscale = _Unscale(config.reduce)
+                config = replace(config, reduce=self._unscale)
+            rec = Recorder.from_config(model, config)
         self.recorder = rec.__enter__()
         self._open = True
         self._last = None
@@ -290,7 +296,7 @@ class Recording:
         inner = getattr(self.recorder, "recorder", self.recorder)
         path = None if inner is None else inner.path
         if path is None and self.rank == 0:
-            path = self.kwargs.get("path")
+            path = self.config.path
         return None if path is None else fspath(path)
 
     # -- recording -------------------------------------------------------------------------------

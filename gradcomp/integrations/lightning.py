@@ -128,7 +128,7 @@ class GradcompLightningCallback(Callback):
             if self._state.get("path") is not None and self._rec.rank == 0:
                 raise ValueError(
                     f"the checkpoint's recording is {self._state['path']}, this callback's "
-                    f"path is {self._rec.kwargs.get('path')}: give the same path to resume"
+                    f"path is {self._rec.config.path}: give the same path to resume"
                 )
         self._rec.start(
             pl_module,

@@ -36,7 +36,7 @@ from gradcomp.lora.ensemble import (
 )
 from gradcomp.lora.model import ATTENTION_TARGETS, LoraHeads, add_lora, load_encoder, lora_layers
 from gradcomp.recorder.dataset import cosine_from_gram
-from gradcomp.schedule import linear
+from gradcomp.schedule import as_schedule
 
 __all__ = ["LABELS", "LoraExperiment", "run", "to_dataset"]
 
@@ -164,7 +164,7 @@ def _train_rank(
     table = member_table(cfg.n_seeds)
     inits = [init_member(model, cfg.first_seed + s) for s, _, _ in table]
     init = {n: torch.stack([d[n] for d in inits]) for n in inits[0]}
-    schedule = linear(cfg.every)
+    schedule = as_schedule(cfg.every)
     if cfg.method == "loop":
         return train_loop(model, init, data, groups, lr=cfg.lr, schedule=schedule), "loop"
     chunk = cfg.chunk or len(table)

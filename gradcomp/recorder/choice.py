@@ -1,11 +1,11 @@
 """Which strategy records a step, and running it (``docs/record.md``, "Strategies" and "auto").
 
-:class:`StrategyChoice` turns a :class:`~gradcomp.recorder.core.Recorder`'s ``strategy`` into the
-strategy of each recorded step (``"auto"``'s cost model; ``"rows"`` replaced where it cannot
-apply; ``"features"`` falling back to ``"loop"`` under ``"auto"``), owns the ``"rows"`` hooks
-(installs them, arms them before scheduled steps, removes them) and runs the chosen strategy:
-the stacked per-task gradients ``[T, *param.shape]`` of :mod:`.loop`, :mod:`.batched` or
-:mod:`.features`, or the Gram statistics of :mod:`.rows_step`.
+:class:`StrategyChoice` turns a recorder's :class:`~gradcomp.recorder.config.RecordConfig` into
+the strategy of each recorded step: it builds the step's
+:class:`~gradcomp.recorder.strategy.StepContext`, asks :func:`~gradcomp.recorder.strategy.auto`
+under ``"auto"``, replaces an explicitly chosen strategy that does not apply, keeps one instance
+of each strategy it runs (registry: :mod:`.strategy`), drives their hooks (install, arm before
+scheduled steps, remove) and runs the chosen one.
 """
 
 from __future__ import annotations
@@ -16,99 +16,121 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gradcomp.recorder import rows as rows_mod
 from gradcomp.recorder._graph import reachable_leaves
-from gradcomp.recorder.batched import batched
-from gradcomp.recorder.compiled import compiled_error
-from gradcomp.recorder.features import FeaturesNotApplicable, as_features, features
-from gradcomp.recorder.loop import loop
-from gradcomp.recorder.rows import hookable, rows_stats
+from gradcomp.recorder.config import RecordConfig
 from gradcomp.recorder.shared import Layout
-from gradcomp.recorder.stats import ParamStats
-from gradcomp.schedule import Schedule
+from gradcomp.recorder.strategy import (
+    StepContext,
+    StepInputs,
+    StepResult,
+    Strategy,
+    auto,
+    get_strategy,
+    wants_rows_hooks,
+)
 
 __all__ = ["STRATEGIES", "StrategyChoice"]
 
+#: the built-in choices (``record(strategy=...)`` also takes any registered strategy)
 STRATEGIES = ("auto", "loop", "batched", "features", "rows")
 
 
 class StrategyChoice:
-    """The strategy of each recorded step of one recorder, its ``"rows"`` hooks and its caches.
+    """The strategy of each recorded step of one recorder, its strategies' hooks and caches.
 
     Args:
         model: the recorded model.
-        weights: task -> loss weight w_t, in task order.
-        strategy: the recorder's ``strategy`` (one of :data:`STRATEGIES`).
-        reduce: the recorder's ``reduce`` (``"rows"`` applies only without it).
-        store: the recorder's ``store`` (``"rows"`` applies only with ``"stats"``).
-        units: also compute ``unit_gram`` (passed to :func:`.rows_step.rows_stats`).
-        schedule: the recorder's schedule; the hooks capture a forward only before a scheduled
-            step.
+        config: the recorder's configuration (``strategy``, ``reduce``, ``store``, ``units``,
+            task weights and schedule are read from it).
         ddp: the model contains a ``DistributedDataParallel``: the strategies then leave ``.grad``
             alone and the recorder runs a real backward.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        weights: Mapping[str, float],
-        strategy: str,
-        *,
-        reduce: object,
-        store: str,
-        units: bool,
-        schedule: Schedule,
-        ddp: bool,
-    ) -> None:
+    def __init__(self, model: nn.Module, config: RecordConfig, *, ddp: bool) -> None:
         self.model = model
-        self.tasks = list(weights)
-        self.strategy = strategy
-        self.units = units
-        self._schedule = schedule
+        self.config = config
+        self.tasks = config.task_names
         self._ddp = ddp
-        self.rows_allowed = reduce is None and store == "stats" and all(weights.values())
-        self.hooks: rows_mod.RowsHooks | None = None
-        self._features_checked = False
+        self.rows_allowed = (
+            config.reduce is None and config.store == "stats" and all(config.weights.values())
+        )
+        self._instances: dict[str, Strategy] = {}
         self._extra_leaves: list[Tensor] | None = None
         self._params: list[Tensor] | None = None
-        self._hookable: dict[int, str] | None = None
-        self.rows_verified = False  # rows= checked against the graph on a first "rows" step
+
+    @property
+    def strategy(self) -> str:
+        return self.config.strategy
+
+    def instance(self, name: str) -> Strategy:
+        """This recorder's instance of the strategy ``name`` (made on first use)."""
+        if name not in self._instances:
+            self._instances[name] = get_strategy(name)
+        return self._instances[name]
 
     # -- hooks --------------------------------------------------------------------------------
-    def enter(self, layout: Layout | None, step: int) -> None:
-        """On entering the recorder: install the hooks for ``strategy="rows"`` where it applies."""
-        if self.strategy == "rows" and self.rows_allowed:
-            self.install_rows_hooks(layout, step)
+    @property
+    def hooked(self) -> bool:
+        """The ``"rows"`` hooks are installed."""
+        rows = self._instances.get("rows")
+        return rows is not None and getattr(rows, "hooks", None) is not None
 
-    def install_rows_hooks(self, layout: Layout | None, step: int) -> None:
-        """Hook the shared modules (every supported module while ``layout`` is unknown)."""
-        if layout is not None:
-            mods = sorted({o for o in layout.owners})
-        else:
-            mods = [n for n, m in self.model.named_modules() if rows_mod.supported(m)]
-        mods = [m for m in mods if rows_mod.supported(self.model.get_submodule(m))]
-        self.hooks = rows_mod.RowsHooks(self.model, mods)
-        self.hooks.keep = not self.rows_verified
-        self.hooks.install()
+    def enter(self, layout: Layout | None, step: int) -> None:
+        """On entering the recorder: install the chosen strategy's hooks, if it has any and
+        applies to this recorder (given the ``backward`` arguments it needs)."""
+        name = self.strategy
+        if name == "auto" or not hasattr(self.instance(name), "install"):
+            return
+        given = StepContext(
+            n_tasks=len(self.tasks), ddp=self._ddp, features=True, rows=True,
+            rows_allowed=self.rows_allowed,
+        )  # fmt: skip
+        if self.instance(name).applies(given) is True:
+            self._install(name, layout, step)
+
+    def _install(self, name: str, layout: Layout | None, step: int) -> None:
+        strategy: Any = self.instance(name)
+        strategy.install(self.model, layout)
         self.arm(step)
 
     def restrict(self, layout: Layout) -> None:
         """Once the shared parameters are known, let the hooks capture only their owners."""
-        if self.hooks is not None:
-            self.hooks.only = set(layout.owners)
+        for strategy in self._instances.values():
+            if hasattr(strategy, "restrict"):
+                strategy.restrict(layout)
 
     def arm(self, step: int) -> None:
         """Capture activations in the next forward only if ``step`` (the next one) is scheduled."""
-        if self.hooks is not None:
-            self.hooks.armed = bool(self._schedule(step))
+        armable = [s for s in self._instances.values() if hasattr(s, "arm")]
+        if armable:
+            scheduled = bool(self.config.schedule(step))
+            for strategy in armable:
+                strategy.arm(scheduled)
 
     def remove_hooks(self) -> None:
-        """Remove the hooks (on leaving the recorder, also after an exception)."""
-        if self.hooks is not None:
-            self.hooks.remove()
-            self.hooks = None
+        """Remove every hook (on leaving the recorder, also after an exception)."""
+        for strategy in self._instances.values():
+            if hasattr(strategy, "remove"):
+                strategy.remove()
 
     # -- choice -------------------------------------------------------------------------------
+    def context(
+        self, features: Any, rows: Any, device: torch.device, *, layout: Layout | None,
+        compiled: bool,
+    ) -> StepContext:  # fmt: skip
+        """The facts this step's choice depends on."""
+        return StepContext(
+            n_tasks=len(self.tasks),
+            device=device.type,
+            compiled=compiled,
+            ddp=self._ddp,
+            features=features is not None,
+            rows=rows is not None,
+            rows_allowed=self.rows_allowed,
+            rows_hooked=self.hooked,
+            sizes=() if layout is None else tuple(p.numel() for p in layout.params),
+        )
+
     def choose(
         self,
         features: Any,
@@ -120,99 +142,55 @@ class StrategyChoice:
         step: int,
     ) -> str:
         """The strategy of this recorded step (``step`` is the next one, for arming hooks)."""
-        if self.strategy == "rows" and rows is None:
-            raise ValueError("strategy='rows' needs backward(losses, rows={task: batch rows})")
-        if self.strategy == "features" and features is None:
-            raise ValueError("strategy='features' needs backward(losses, features=trunk_output)")
         wanted = self.strategy
+        given = {"features": features, "rows": rows}
+        if wanted != "auto":
+            for arg, usage in self.instance(wanted).needs.items():
+                if given.get(arg) is None:
+                    raise ValueError(f"strategy={wanted!r} needs backward(losses, {usage})")
+        ctx = self.context(features, rows, device, layout=layout, compiled=compiled)
         if wanted == "auto":
-            return self._auto(features, rows, device, layout, compiled, step)
-        if wanted == "rows" and not self.rows_allowed:
+            if wants_rows_hooks(ctx):  # this step's forward ran without hooks: rows from the next
+                self._install("rows", layout, step)
+            return auto(ctx)
+        if self.instance(wanted).applies(ctx) is not True:
             return "features" if features is not None else "batched"
         return wanted
 
-    def _auto(
-        self,
-        features: Any,
-        rows: Any,
-        device: torch.device,
-        layout: Layout | None,
-        compiled: bool,
-        step: int,
-    ) -> str:
-        """The fastest exact strategy that applies (see ``docs/record.md``, "auto").
-
-        Costs in reverse passes of the shared trunk: ``loop`` T, ``batched``/``features`` one
-        vmapped pass of T cotangents (on a GPU about 1.4x / 2.6x a plain step at T = 4 / 8 against
-        2.3x / 5.6x for the loop; on one CPU thread no faster than the loop), ``rows`` one
-        ordinary pass plus the Gram reduction (below the loop from T = 2 on one CPU thread:
-        ``benchmarks/record_overhead.py``). So: ``rows`` from T = 2 when ``rows=`` is given; on
-        CUDA from T = 4 the vmapped pass (``features`` if given, else ``batched``); otherwise
-        ``loop``.
-        """
-        n_tasks = len(self.tasks)
-        if compiled:  # the only strategy every torch.compile backend runs
-            return "loop"
-        if rows is not None and self.rows_allowed and n_tasks >= 2:
-            if self.hooks is not None:
-                return "rows"
-            # this step's forward ran without hooks: "rows" from the next step
-            self.install_rows_hooks(layout, step)
-        if device.type == "cuda" and n_tasks >= 4:
-            return "features" if features is not None else "batched"
-        return "loop"
-
     # -- running ------------------------------------------------------------------------------
-    def stacks(
+    def run(
         self,
-        strategy: str,
+        name: str,
         ordered: list[Tensor],
         weights: list[float],
-        feats: Any,
         *,
+        features: Any,
+        rows: Mapping[str, Any] | None,
         layout: Layout,
         compiled: bool,
         train: bool = True,
-    ) -> tuple[str, list[Tensor], Tensor | None]:
-        """Run ``strategy`` (not ``"rows"``): the strategy that ran, the per-task stacks and,
-        for ``"features"``, the Gram ``[T, T]`` of the per-task gradients at the features
-        (:func:`.features.rep_gram`; ``None`` otherwise) (``train=False``: ``.grad`` untouched,
-        graph kept)."""
-        train = train and not self._ddp
-        leaves = self._leaves(ordered)
-        if compiled and strategy in ("batched", "features"):
-            try:
-                return self._strategy_stacks(
-                    strategy, ordered, weights, feats, layout, leaves, train
-                )
-            except RuntimeError as err:  # e.g. inductor: "... Tensor that doesn't have storage"
-                raise compiled_error(strategy, err) from err
-        return self._strategy_stacks(strategy, ordered, weights, feats, layout, leaves, train)
-
-    def _strategy_stacks(
-        self,
-        strategy: str,
-        ordered: list[Tensor],
-        weights: list[float],
-        feats: Any,
-        layout: Layout,
-        leaves: list[Tensor],
-        train: bool,
-    ) -> tuple[str, list[Tensor], Tensor | None]:
-        if strategy == "features":
-            fs = as_features(feats)
-            check = not self._features_checked
-            try:
-                out, rep = features(ordered, weights, layout, fs, leaves, train, check)
-            except FeaturesNotApplicable:
-                if self.strategy != "auto":
-                    raise
-                return "loop", loop(ordered, weights, layout, leaves, train), None
-            self._features_checked = True
-            return strategy, out, rep
-        if strategy == "batched":
-            return strategy, batched(ordered, weights, layout, leaves, train), None
-        return "loop", loop(ordered, weights, layout, leaves, train), None
+    ) -> tuple[str, StepResult, bool]:
+        """Run the strategy ``name``: the strategy that ran, its result, and whether the
+        recorder must still run the real backward (DDP: the strategy left ``.grad`` alone)."""
+        strategy = self.instance(name)
+        plain = bool(getattr(strategy, "plain_backward", False))
+        delegated = train and self._ddp and not plain
+        step = StepInputs(
+            model=self.model,
+            tasks=self.tasks,
+            losses=ordered,
+            weights=weights,
+            layout=layout,
+            leaves=lambda: self._leaves(ordered),
+            features=features,
+            rows=rows,
+            units=self.config.units,
+            train=train and not delegated,
+            auto=self.strategy == "auto",
+            compiled=compiled,
+        )
+        result = strategy.compute(step)
+        return result.ran or name, result, delegated
 
     def _leaves(self, ordered: list[Tensor]) -> list[Tensor]:
         """Leaves that receive the training gradient: the model's trainable parameters, plus
@@ -224,26 +202,3 @@ class StrategyChoice:
             ids = {id(p) for p in params}
             self._extra_leaves = [x for x in reachable_leaves(ordered) if id(x) not in ids]
         return params + [x for x in self._extra_leaves if x.requires_grad]
-
-    def rows_step(
-        self,
-        ordered: list[Tensor],
-        weights: list[float],
-        rows: Mapping[str, Any],
-        layout: Layout,
-        train: bool = True,
-    ) -> ParamStats:
-        """Run ``"rows"``: the Gram statistics from the hooks' captures of this step (on the
-        recorder's first ``"rows"`` step, after checking ``rows=`` against the graph)."""
-        assert self.hooks is not None
-        if self._hookable is None:
-            self._hookable = hookable(self.model, layout)
-        verify = not self.rows_verified
-        stats = rows_stats(
-            self.hooks, layout, self._hookable, self.tasks, ordered, weights, rows, self.units,
-            verify=verify, train=train,
-        )  # fmt: skip
-        if verify:
-            self.rows_verified = True
-            self.hooks.keep = False
-        return stats

@@ -12,7 +12,7 @@ from __future__ import annotations
 import operator
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from os import PathLike
 from types import TracebackType
 from typing import Any
@@ -25,8 +25,8 @@ from torch import Tensor, nn
 from gradcomp._dims import STEP
 from gradcomp.recorder import rows as rows_mod
 from gradcomp.recorder._graph import reachable_leaves
-from gradcomp.recorder._inputs import check_losses, task_weights, weighted_total
-from gradcomp.recorder.choice import STRATEGIES, StrategyChoice
+from gradcomp.recorder._inputs import check_losses, weighted_total
+from gradcomp.recorder.choice import StrategyChoice
 from gradcomp.recorder.compiled import (
     check_reached,
     discover_shared_by_grad,
@@ -34,6 +34,7 @@ from gradcomp.recorder.compiled import (
     is_compiled,
     rows_error,
 )
+from gradcomp.recorder.config import DEFAULT_FLUSH_EVERY, RecordConfig, Reduce
 from gradcomp.recorder.dataset import Steps, records_rep_gram
 from gradcomp.recorder.io import (
     append_netcdf,
@@ -53,20 +54,16 @@ from gradcomp.recorder.shared import (
     resolve_shared,
 )
 from gradcomp.recorder.stats import layer_stats, to_layers
-from gradcomp.schedule import Schedule, as_schedule
+from gradcomp.schedule import Every, Schedule
 
 __all__ = [
     "DEFAULT_FLUSH_EVERY",
     "NonfiniteGradientWarning",
     "NonfiniteLossWarning",
+    "RecordConfig",
     "Recorder",
     "record",
 ]
-
-Reduce = Callable[[Tensor], Tensor]
-
-#: recorded steps between flushes when ``path=`` is given without ``flush_every``
-DEFAULT_FLUSH_EVERY = 1000
 
 
 class NonfiniteLossWarning(RuntimeWarning):
@@ -84,7 +81,7 @@ def record(
     *,
     shared: SharedSpec = None,
     layers: str | Mapping[str, Sequence[str]] = "module",
-    every: int | Schedule = 1,
+    every: Every = 1,
     strategy: str = "auto",
     units: bool = False,
     store: str = "stats",
@@ -106,16 +103,18 @@ def record(
             parameter name, or a sequence of them.
         layers: ``"module"`` (one layer per module owning shared parameters), ``"param"`` (one
             per tensor) or a mapping layer -> parameter names. ``"all"`` is always added.
-        every: an int k (every k steps) or a ``step -> bool`` schedule
-            (:func:`gradcomp.linear`, :func:`gradcomp.logarithmic`). Unscheduled steps are a plain
-            backward of the weighted sum.
-        strategy: ``"auto"``, ``"loop"``, ``"batched"``, ``"features"`` or ``"rows"`` (see
-            ``docs/record.md``). ``"auto"`` takes ``"rows"`` when ``backward`` gets ``rows=``
-            and T >= 2 (from the step after the first such call, when its hooks are in
-            place); on CUDA with T >= 4 ``"features"`` (if ``features=`` is given) or
-            ``"batched"``; otherwise ``"loop"``. ``"rows"`` never materialises whole per-task
-            gradients, so with ``reduce`` or ``store="full"`` it is replaced by
-            ``"features"`` (when ``features=`` is given) or ``"batched"``. Under
+        every: an int k (every k steps), a tuple of steps or a ``step -> bool`` schedule
+            (:func:`gradcomp.linear`, :func:`gradcomp.logarithmic`;
+            :func:`gradcomp.schedule.as_schedule`). Unscheduled steps are a plain backward of the
+            weighted sum.
+        strategy: ``"auto"``, ``"loop"``, ``"batched"``, ``"features"``, ``"rows"`` (see
+            ``docs/record.md``) or a strategy added with
+            :func:`gradcomp.recorder.strategy.register_strategy`. ``"auto"`` takes ``"rows"``
+            when ``backward`` gets ``rows=`` and T >= 2 (from the step after the first such
+            call, when its hooks are in place); on CUDA with T >= 4 ``"features"`` (if
+            ``features=`` is given) or ``"batched"``; otherwise ``"loop"``. ``"rows"`` never
+            materialises whole per-task gradients, so with ``reduce`` or ``store="full"`` it is
+            replaced by ``"features"`` (when ``features=`` is given) or ``"batched"``. Under
             ``torch.compile`` ``"auto"`` is ``"loop"`` and ``"rows"`` is refused.
             ``"features"`` also records ``rep_gram(step, task, task_j)``, the Gram of the
             per-task gradients at ``features=`` (``docs/record.md``), unless ``reduce`` is given.
@@ -150,7 +149,11 @@ def record(
 
 
 class Recorder:
-    """Context manager returned by :func:`record`; see there for the arguments."""
+    """Context manager returned by :func:`record`; see there for the arguments.
+
+    Its options are one validated, frozen :class:`~gradcomp.recorder.config.RecordConfig`
+    (``rec.config``; :meth:`from_config` builds a recorder from one).
+    """
 
     def __init__(
         self,
@@ -159,7 +162,7 @@ class Recorder:
         *,
         shared: SharedSpec = None,
         layers: str | Mapping[str, Sequence[str]] = "module",
-        every: int | Schedule = 1,
+        every: Every = 1,
         strategy: str = "auto",
         units: bool = False,
         store: str = "stats",
@@ -170,33 +173,29 @@ class Recorder:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-        if store not in ("stats", "full"):
-            raise ValueError(f"store must be 'stats' or 'full', got {store!r}")
-        if on_nonfinite not in ("warn", "raise"):
-            raise ValueError(f"on_nonfinite must be 'warn' or 'raise', got {on_nonfinite!r}")
-        if flush_every is not None and (flush_every < 1 or path is None):
-            raise ValueError("flush_every needs a positive int and a path= to flush to")
-        if path is not None and flush_every is None:
-            flush_every = DEFAULT_FLUSH_EVERY
-        if reduce is not None and not callable(reduce):
-            raise TypeError("reduce must be a callable Tensor -> Tensor")
-        if not (layers in ("module", "param") or isinstance(layers, Mapping)):
-            raise ValueError(f"layers must be 'module', 'param' or a mapping, got {layers!r}")
+        config = RecordConfig(
+            tasks, shared=shared, layers=layers, every=every, strategy=strategy, units=units,
+            store=store, path=path, flush_every=flush_every, on_nonfinite=on_nonfinite,
+            reduce=reduce,
+        )  # fmt: skip
+        self._setup(model, config)
+
+    @classmethod
+    def from_config(cls, model: nn.Module, config: RecordConfig) -> Recorder:
+        """A recorder of ``model`` with the options ``config``."""
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(config, RecordConfig):
+            raise TypeError(f"config must be a RecordConfig, got {type(config).__name__}")
+        rec = cls.__new__(cls)
+        rec._setup(model, config)
+        return rec
+
+    def _setup(self, model: nn.Module, config: RecordConfig) -> None:
         self.model = model
-        self.weights = task_weights(tasks)
-        self.tasks = list(self.weights)
-        self._shared_spec = shared
-        self._layers = layers
-        self._schedule = as_schedule(every)
-        self.strategy = strategy
-        self.units = units
-        self.store = store
-        self.path = path
-        self.flush_every = flush_every
-        self.on_nonfinite = on_nonfinite
-        self.reduce = reduce
+        self.config = config
+        self.weights = config.weights
+        self.tasks = config.task_names
         self.layout: Layout | None = None
         self._steps = Steps()  # recorded steps not yet flushed to ``path``
         self._flushed = 0  # steps appended to ``path`` (and dropped from memory)
@@ -205,8 +204,8 @@ class Recorder:
         self._counter = 0
         self._last_step: int | None = None
         self._appended = False  # this recorder appended to its Zarr store (so checked it)
-        if path is not None and is_zarr(path):  # resume: append to the steps already there
-            self._flushed, self._last_step = zarr_steps(path)
+        if config.path is not None and is_zarr(config.path):  # resume: append to those there
+            self._flushed, self._last_step = zarr_steps(config.path)
             if self._last_step is not None:
                 self._counter = self._last_step + 1
         self._reach_checked = False
@@ -216,13 +215,43 @@ class Recorder:
         self._latest: tuple[int, Tensor, Tensor] | None = None
         # DistributedDataParallel syncs gradients in hooks that only ``backward()`` fires
         self._ddp = any(isinstance(m, nn.parallel.DistributedDataParallel) for m in model.modules())
-        self._choice = StrategyChoice(
-            model, self.weights, strategy, reduce=reduce, store=store, units=units,
-            schedule=self._schedule, ddp=self._ddp,
-        )  # fmt: skip
+        self._choice = StrategyChoice(model, config, ddp=self._ddp)
         self._rep_gram = records_rep_gram(self._config())  # the Dataset gets ``rep_gram``
-        if shared is not None:
-            self.layout = make_layout(model, resolve_shared(model, shared), layers)
+        if config.shared is not None:
+            self.layout = make_layout(model, resolve_shared(model, config.shared), config.layers)
+
+    # -- options (read-only: ``self.config``) ---------------------------------------------------
+    @property
+    def strategy(self) -> str:
+        return self.config.strategy
+
+    @property
+    def units(self) -> bool:
+        return self.config.units
+
+    @property
+    def store(self) -> str:
+        return self.config.store
+
+    @property
+    def path(self) -> str | PathLike[str] | None:
+        return self.config.path
+
+    @property
+    def flush_every(self) -> int | None:
+        return self.config.flush_every
+
+    @property
+    def on_nonfinite(self) -> str:
+        return self.config.on_nonfinite
+
+    @property
+    def reduce(self) -> Reduce | None:
+        return self.config.reduce
+
+    @property
+    def _schedule(self) -> Schedule:
+        return self.config.schedule
 
     # -- context ------------------------------------------------------------------------------
     def __enter__(self) -> Recorder:
@@ -324,7 +353,7 @@ class Recorder:
                 names, self._reached = discover_shared_by_grad(named, per_task)
             else:
                 names = discover_shared(self.model, losses)
-            self.layout = make_layout(self.model, names, self._layers)
+            self.layout = make_layout(self.model, names, self.config.layers)
         if not self._reach_checked:
             if self._reached is not None:
                 check_reached(self._reached, self.layout.names)
@@ -429,17 +458,7 @@ class Recorder:
 
     # -- internals ----------------------------------------------------------------------------
     def _config(self) -> dict[str, Any]:
-        return {
-            "tasks": self.weights,
-            "strategy": self.strategy,
-            "strategies_used": sorted(self._used),
-            "schedule": getattr(self._schedule, "__name__", repr(self._schedule)),
-            "layers": self._layers if isinstance(self._layers, str) else dict(self._layers),
-            "units": int(self.units),
-            "store": self.store,
-            "on_nonfinite": self.on_nonfinite,
-            "reduce": "" if self.reduce is None else getattr(self.reduce, "__name__", "callable"),
-        }
+        return self.config.attrs(self._used)
 
     def _check_step(self, step: int) -> int:
         """An explicit ``step=``: an int larger than the previous call's step."""
@@ -534,23 +553,23 @@ class Recorder:
         strategy = choice.choose(
             feats, rows, device, layout=self.layout, compiled=self._compiled, step=self._counter
         )
-        full = rep = None
-        if strategy == "rows":
-            stats = choice.rows_step(ordered, weights, rows, self.layout, train)
-        else:
-            strategy, stacks, rep = choice.stacks(
-                strategy, ordered, weights, feats, layout=self.layout, compiled=self._compiled,
-                train=train,
-            )  # fmt: skip
-            if self._ddp and train:  # DDP syncs .grad in its backward hooks: run a real backward
+        strategy, result, delegated = choice.run(
+            strategy, ordered, weights, features=feats, rows=rows, layout=self.layout,
+            compiled=self._compiled, train=train,
+        )  # fmt: skip
+        full = None
+        rep = result.rep
+        if result.stacks is not None:
+            stacks = result.stacks
+            if delegated:  # DDP syncs .grad in its backward hooks: run a real backward
                 weighted_total(ordered, weights).backward()
             if self.reduce is not None:
                 stacks = [self.reduce(s) for s in stacks]
             gram, unit = layer_stats(stacks, self.layout, self.units)
             if self.store == "full":
                 full = torch.cat([s.detach().reshape(len(ordered), -1).cpu() for s in stacks], 1)
-        if strategy == "rows":
-            gram, unit = to_layers(stats, self.layout)
+        else:
+            gram, unit = to_layers(result.stats, self.layout)
         if bad.any():
             b = bad.to(gram.device)
             gram[..., b, :] = float("nan")

@@ -26,6 +26,7 @@ and so does this reduction, so the statistics match DDP's training gradient, not
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from os import PathLike
 from typing import Any
@@ -34,7 +35,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["DDPRecorder", "mean_all_reduce", "record_ddp"]
+from gradcomp.recorder.config import RecordConfig
+
+__all__ = ["DDPRecorder", "ddp_config", "ddp_recorder", "mean_all_reduce", "record_ddp"]
 
 
 def _group_size(group: Any) -> int:
@@ -118,6 +121,27 @@ class DDPRecorder:
             self.recorder.flush(path)
 
 
+def _check_ddp(model: nn.Module) -> None:
+    if not any(isinstance(m, nn.parallel.DistributedDataParallel) for m in model.modules()):
+        raise ValueError("record_ddp needs a model wrapped in DistributedDataParallel")
+
+
+def ddp_config(config: RecordConfig, group: Any = None) -> RecordConfig:
+    """``config`` for one rank of a DDP run: ``reduce`` the mean over ranks
+    (:func:`mean_all_reduce`); the ``path`` (and ``flush_every``) kept on rank 0 only.
+
+    Raises:
+        ValueError: ``config`` already has a ``reduce``.
+    """
+    if config.reduce is not None:
+        raise ValueError("record_ddp sets reduce= itself (mean over ranks); don't pass one")
+    size = _group_size(group)
+    rank = dist.get_rank(group) if size else 0
+    if rank != 0:  # nothing is written (or flushed) where the path is not kept
+        config = dataclasses.replace(config, path=None, flush_every=None)
+    return dataclasses.replace(config, reduce=mean_all_reduce(group))
+
+
 def record_ddp(
     model: nn.Module,
     tasks: Any,
@@ -138,21 +162,19 @@ def record_ddp(
     Returns:
         A :class:`DDPRecorder` (context manager).
     """
-    from gradcomp.recorder import record
-
-    size = _group_size(group)
+    _group_size(group)
     if "reduce" in kwargs:
         raise ValueError("record_ddp sets reduce= itself (mean over ranks); don't pass one")
-    if not any(isinstance(m, nn.parallel.DistributedDataParallel) for m in model.modules()):
-        raise ValueError("record_ddp needs a model wrapped in DistributedDataParallel")
+    _check_ddp(model)
+    return ddp_recorder(model, RecordConfig(tasks, path=path, **kwargs), group)
+
+
+def ddp_recorder(model: nn.Module, config: RecordConfig, group: Any = None) -> DDPRecorder:
+    """:func:`record_ddp` from a :class:`~gradcomp.recorder.config.RecordConfig` (without
+    ``reduce``; see :func:`ddp_config`)."""
+    from gradcomp.recorder.core import Recorder
+
+    size = _group_size(group)
+    _check_ddp(model)
     rank = dist.get_rank(group) if size else 0
-    if rank != 0:
-        kwargs.pop("flush_every", None)  # nothing to flush where nothing is written
-    rec = record(
-        model,
-        tasks,
-        path=path if rank == 0 else None,
-        reduce=mean_all_reduce(group),
-        **kwargs,
-    )
-    return DDPRecorder(rec, group, rank)
+    return DDPRecorder(Recorder.from_config(model, ddp_config(config, group)), group, rank)
