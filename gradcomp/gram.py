@@ -106,8 +106,8 @@ def cosine(g: Array) -> Array:
     if isinstance(g, xr.DataArray):
         return _apply(cosine, g, [[TASK, TASK_J]])
     norm = grad_norm(g)
-    denom = norm[..., :, None] * norm[..., None, :]
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # diverged runs: inf
+        denom = norm[..., :, None] * norm[..., None, :]
         cos = np.where(denom > 0, g / np.where(denom > 0, denom, 1.0), np.nan)
     return np.clip(cos, -1.0, 1.0).astype(g.dtype, copy=False)
 

@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+__all__ = ["Schedule", "as_schedule", "linear", "log_steps", "logarithmic"]
+
 Schedule = Callable[[int], bool]
 
 
@@ -25,6 +27,20 @@ def linear(every: int, offset: int = 0) -> Schedule:
     return schedule
 
 
+def log_steps(start: int, end: int, num: int) -> list[int]:
+    """The distinct integers nearest ``num`` log-spaced points from ``start`` to ``end``, sorted:
+    ``round(start · (end / start)^(k / (num − 1)))`` for ``k = 0 .. num − 1``.
+
+    Args:
+        start: first step (> 0).
+        end: last step (>= start).
+        num: number of log-spaced points before rounding (duplicates collapse).
+    """
+    if not 0 < start <= end:
+        raise ValueError(f"need 0 < start <= end, got start={start}, end={end}")
+    return np.unique(np.round(np.geomspace(start, end, num)).astype(int)).tolist()
+
+
 def logarithmic(start: int, end: int, num: int = 50, init: bool = True) -> Schedule:
     """Record at about ``num`` log-spaced steps between ``start`` and ``end`` (as Cockpit does).
 
@@ -34,9 +50,7 @@ def logarithmic(start: int, end: int, num: int = 50, init: bool = True) -> Sched
         num: number of log-spaced points before rounding; duplicates after rounding collapse.
         init: also record step 0.
     """
-    if not 0 < start <= end:
-        raise ValueError(f"need 0 < start <= end, got start={start}, end={end}")
-    steps = set(np.unique(np.round(np.geomspace(start, end, num)).astype(int)).tolist())
+    steps = set(log_steps(start, end, num))
     if init:
         steps.add(0)
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from gradcomp._atomic import replacing
+
 __all__ = ["CKernelUnavailableWarning", "available", "load", "try_load"]
 
 SOURCE = Path(__file__).with_name("_kernel.c")
@@ -66,8 +68,8 @@ def _build(real: str) -> Path:
     target = cache / f"ncnet_kernel_{real}_{key}.so"
     if not target.exists():
         cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            out = Path(tmp) / target.name
+        # atomic: concurrent builders never see half a file
+        with tempfile.TemporaryDirectory(dir=cache) as tmp, replacing(target) as out:
             obj = Path(tmp) / "kernel.o"
             for cmd in (
                 [cc, *flags, "-c", "-o", str(obj), str(SOURCE)],
@@ -79,7 +81,6 @@ def _build(real: str) -> Path:
                         f"building {SOURCE.name} failed ({' '.join(cmd)}); use backend='torch'."
                         f"\n{proc.stderr}"
                     )
-            os.replace(out, target)  # atomic: concurrent builders never see half a file
     return target
 
 
