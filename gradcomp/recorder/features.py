@@ -25,8 +25,8 @@ import torch
 from torch import Tensor
 
 from gradcomp.gram import gram
-from gradcomp.recorder._common import weighted_sum
 from gradcomp.recorder._graph import accumulate, reachable_leaves, reaches
+from gradcomp.recorder._inputs import weighted_sum
 from gradcomp.recorder.batched import batched_vjp, stacks_from_jacobian
 from gradcomp.recorder.shared import Layout
 
