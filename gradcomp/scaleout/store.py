@@ -49,7 +49,7 @@ class ConfigMismatchError(ValueError):
 def config_hash(config: Mapping[str, Any]) -> str:
     """sha256 of the canonical JSON of ``config`` (what determines a sweep's results)."""
     text = json.dumps(dict(config), sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode(), durable=True).hexdigest()
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _diff(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
