@@ -82,11 +82,11 @@ def _chunk(cell: dict[str, Any], seeds: range, n_steps: int = 21) -> xr.Dataset:
 
 
 def _old_write(root: Path, key: str, payload: bytes) -> None:
-    from gradcomp.scaleout.store import _atomic_write
+    from gradcomp._atomic import atomic_write
 
-    _atomic_write(root / "chunks" / f"{key}.npz", payload)
+    atomic_write(root / "chunks" / f"{key}.npz", payload, durable=True)
     marker = {"key": key, "size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
-    _atomic_write(root / "done" / f"{key}.json", json.dumps(marker).encode())
+    atomic_write(root / "done" / f"{key}.json", json.dumps(marker).encode(), durable=True)
 
 
 def _old_open(root: Path, grid: Any) -> xr.Dataset:

@@ -18,7 +18,16 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["Every", "Schedule", "as_schedule", "at", "linear", "logarithmic", "scheduled"]
+__all__ = [
+    "Every",
+    "Schedule",
+    "as_schedule",
+    "at",
+    "linear",
+    "log_steps",
+    "logarithmic",
+    "scheduled",
+]
 
 Schedule = Callable[[int], bool]
 #: everything :func:`as_schedule` accepts
@@ -40,6 +49,20 @@ def linear(every: int, offset: int = 0) -> Schedule:
     return schedule
 
 
+def log_steps(start: int, end: int, num: int) -> list[int]:
+    """The distinct integers nearest ``num`` log-spaced points from ``start`` to ``end``, sorted:
+    ``round(start · (end / start)^(k / (num − 1)))`` for ``k = 0 .. num − 1``.
+
+    Args:
+        start: first step (> 0).
+        end: last step (>= start).
+        num: number of log-spaced points before rounding (duplicates collapse).
+    """
+    if not 0 < start <= end:
+        raise ValueError(f"need 0 < start <= end, got start={start}, end={end}")
+    return np.unique(np.round(np.geomspace(start, end, num)).astype(int)).tolist()
+
+
 def logarithmic(start: int, end: int, num: int = 50, init: bool = True) -> Schedule:
     """Record at about ``num`` log-spaced steps between ``start`` and ``end`` (as Cockpit does).
 
@@ -49,9 +72,7 @@ def logarithmic(start: int, end: int, num: int = 50, init: bool = True) -> Sched
         num: number of log-spaced points before rounding; duplicates after rounding collapse.
         init: also record step 0.
     """
-    if not 0 < start <= end:
-        raise ValueError(f"need 0 < start <= end, got start={start}, end={end}")
-    steps = set(np.unique(np.round(np.geomspace(start, end, num)).astype(int)).tolist())
+    steps = set(log_steps(start, end, num))
     if init:
         steps.add(0)
 

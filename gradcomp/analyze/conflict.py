@@ -3,7 +3,7 @@
 For per-task gradients g_i, g_j of one layer's shared parameters (their Gram entries
 G_ij = <g_i, g_j> come from the recorder):
 
-- cosine: cos_ij = G_ij / sqrt(G_ii G_jj) (NaN where a norm is 0);
+- cosine: cos_ij = G_ij / sqrt(G_ii G_jj) (NaN where a norm is 0; :func:`gradcomp.gram.cosine`);
 - gradient-magnitude similarity (Yu et al. 2020, PCGrad; logged by Aligned-MTL, Senushkin et al.
   CVPR 2023): GMS_ij = 2 ||g_i|| ||g_j|| / (||g_i||^2 + ||g_j||^2)
   = 2 sqrt(G_ii G_jj) / (G_ii + G_jj);
@@ -26,6 +26,7 @@ import xarray as xr
 
 from gradcomp._dims import LAYER, STEP, TASK, TASK_J, UNIT
 from gradcomp.analyze._checks import finish, need, need_dims, need_length
+from gradcomp.gram import cosine
 
 __all__ = ["conflict"]
 
@@ -50,12 +51,6 @@ def _diagonal(gram: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
     gii = xr.concat([gram.sel({TASK: t, TASK_J: t}, drop=True) for t in tasks], dim=TASK)
     gii = gii.assign_coords({TASK: tasks})
     return gii, gii.rename({TASK: TASK_J})
-
-
-def _cosine(gram: xr.DataArray) -> xr.DataArray:
-    gii, gjj = _diagonal(gram)
-    denom = (gii * gjj) ** 0.5
-    return (gram / denom.where(denom > 0)).clip(-1.0, 1.0)
 
 
 def _rolling_mean(da: xr.DataArray, window: int) -> xr.DataArray:
@@ -118,7 +113,7 @@ def conflict(
     need_length(gram, STEP, window, f"a conflict window of {window} steps")
 
     gii, gjj = _diagonal(gram)
-    cos = _cosine(gram)
+    cos = cosine(gram)
     conflicting = _indicator(cos, threshold)
     count = (cos < threshold).sum(STEP)
     itask = xr.DataArray(np.arange(gram.sizes[TASK]), dims=TASK)
@@ -142,7 +137,7 @@ def conflict(
     if units is not False and "unit_gram" in ds.variables:
         unit_gram = ds["unit_gram"]
         need_dims(unit_gram, (STEP, LAYER, UNIT, TASK, TASK_J), "unit_gram")
-        ucos = _cosine(unit_gram)
+        ucos = cosine(unit_gram)
         out["unit_cosine"] = ucos
         out["unit_conflict_frequency"] = _rolling_mean(_indicator(ucos, threshold), window)
         out["unit_conflict_strength"] = _rolling_mean((-ucos).clip(min=0.0), window)

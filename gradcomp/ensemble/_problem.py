@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from gradcomp.gram import gram, unit_gram
+
 __all__ = ["Problem", "per_task_stats"]
 
 Params = dict[str, torch.Tensor]
@@ -64,11 +66,9 @@ def per_task_stats(
     grams, unit_grams = [], []
     all_names = [n for names in problem.layers.values() for n in names]
     for names in [*problem.layers.values(), tuple(dict.fromkeys(all_names))]:
-        flat = torch.cat([grads[n].flatten(1) for n in names], dim=1)
-        grams.append(flat @ flat.T)
+        grams.append(gram([grads[n] for n in names]))
         if units:
-            per_unit = torch.cat([_rows(grads[n]) for n in names], dim=2)  # (T, U, D)
-            unit_grams.append(torch.einsum("tud,sud->uts", per_unit, per_unit))
+            unit_grams.append(unit_gram(torch.cat([_rows(grads[n]) for n in names], dim=2)))
     out = {"gram": torch.stack(grams)}
     if units:
         out["unit_gram"] = torch.stack(unit_grams)

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from gradcomp.gram import cosine, grad_norm
 from gradcomp.recorder.config import RecordConfig
 from gradcomp.schedule import Schedule
 
@@ -63,9 +64,7 @@ def scalars(tasks: list[str], layers: list[str], gram: np.ndarray) -> dict[str, 
     s in task order) = gram_ts / (‖g_t‖‖g_s‖); ``gradcomp/conflict_share/{layer}`` = the share of
     task pairs with a negative cosine (pairs with a NaN cosine left out; NaN if none is left).
     """
-    from gradcomp.recorder.dataset import cosine_from_gram
-
-    norm, cos = cosine_from_gram(gram)
+    norm, cos = grad_norm(gram), cosine(gram)
     out: dict[str, float] = {}
     for i, layer in enumerate(layers):
         for a, t in enumerate(tasks):

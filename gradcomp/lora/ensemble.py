@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from gradcomp import gram as core
 from gradcomp._dims import ALL
 
 __all__ = [
@@ -156,15 +157,11 @@ def gram(grads: list[dict[str, torch.Tensor]], groups: dict[str, list[str]]) -> 
         grads: one dict per task, parameter name -> ``(K, *shape)`` gradient.
         groups: layer name -> parameter names; the extra last layer is ``"all"`` (sum of blocks).
     """
-    per_layer = []
-    for names in groups.values():
-        flat = torch.stack(
-            [torch.cat([g[n].flatten(start_dim=1) for n in names], dim=1) for g in grads], dim=1
-        )
-        flat = flat.to(torch.promote_types(flat.dtype, torch.float32))
-        per_layer.append(flat @ flat.transpose(1, 2))
-    stacked = torch.stack(per_layer, dim=1)
-    return torch.cat([stacked, stacked.sum(1, keepdim=True)], dim=1)
+    per_layer = [
+        core.gram([torch.stack([g[n] for g in grads], dim=1) for n in names], lead=2)
+        for names in groups.values()
+    ]
+    return core.with_total(torch.stack(per_layer, dim=1), dim=1)
 
 
 def _run(

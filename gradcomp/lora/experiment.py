@@ -21,8 +21,9 @@ import numpy as np
 import torch
 import xarray as xr
 
-from gradcomp._dims import ALICE, BOB, LAYER, RANK, SEED, STEP, TASK, TASK_J, annotate
+from gradcomp._dims import ALICE, BOB, RANK, SEED, STEP, TASK, annotate
 from gradcomp._provenance import provenance
+from gradcomp.gram import gram_dataset
 from gradcomp.lora.data import DEFAULT_LANGUAGES, DEFAULT_TASKS, WordData, encode, load_words
 from gradcomp.lora.ensemble import (
     Batches,
@@ -35,7 +36,6 @@ from gradcomp.lora.ensemble import (
     train_vmap,
 )
 from gradcomp.lora.model import ATTENTION_TARGETS, LoraHeads, add_lora, load_encoder, lora_layers
-from gradcomp.recorder.dataset import cosine_from_gram
 from gradcomp.schedule import as_schedule
 
 __all__ = ["LABELS", "LoraExperiment", "run", "to_dataset"]
@@ -206,9 +206,6 @@ def to_dataset(traces: dict[int, Trace], cfg: LoraExperiment) -> xr.Dataset:
             ALICE: [1, 2],
             BOB: [1, 2],
             STEP: np.asarray(tr.steps),
-            TASK: ["A", "B"],
-            TASK_J: ["A", "B"],
-            LAYER: tr.layers,
         }
         member = (SEED, ALICE, BOB, STEP)
 
@@ -219,20 +216,21 @@ def to_dataset(traces: dict[int, Trace], cfg: LoraExperiment) -> xr.Dataset:
         solved = np.where(r(acc_for_outcome) >= cfg.threshold - 1e-12, 1.0, -1.0)
         diverged = r(tr.diverged)
         solved = np.where(diverged[..., None], np.nan, solved).astype(np.float32)
-        norm, cosine = cosine_from_gram(tr.gram)
-        ds = xr.Dataset(
-            {
+        ds = gram_dataset(
+            r(tr.gram),
+            member,
+            coords,
+            tasks=["A", "B"],
+            layers=tr.layers,
+            data={
                 "diverged": (member, diverged),
                 "a": (member, solved[..., 0]),
                 "b": (member, solved[..., 1]),
                 "loss": ((*member, TASK), r(tr.loss)),
                 "acc": ((*member, TASK), r(tr.acc)),
                 "heldout_acc": ((*member, TASK), r(tr.heldout_acc)),
-                "gram": ((*member, LAYER, TASK, TASK_J), r(tr.gram)),
-                "grad_norm": ((*member, LAYER, TASK), r(norm)),
-                "cosine": ((*member, LAYER, TASK, TASK_J), r(cosine)),
             },
-            coords=coords,
+            labels=LABELS,
         )
         per_rank.append(ds.expand_dims({RANK: [rank]}))
     ds = xr.concat(per_rank, dim=RANK, join="outer")

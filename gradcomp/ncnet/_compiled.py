@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from gradcomp._atomic import replacing
+
 __all__ = [
     "ARGS_FIELDS",
     "CKernelUnavailableWarning",
@@ -176,8 +178,8 @@ def _build(real: str) -> Path:
     target = cache / f"ncnet_kernel_{real}_{key}.so"
     if not target.exists():
         cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            out = Path(tmp) / target.name
+        # atomic: concurrent builders never see half a file
+        with tempfile.TemporaryDirectory(dir=cache) as tmp, replacing(target) as out:
             obj = Path(tmp) / "kernel.o"
             for cmd in (
                 [cc, *flags, "-c", "-o", str(obj), str(SOURCE)],
@@ -189,7 +191,6 @@ def _build(real: str) -> Path:
                         f"building {SOURCE.name} failed ({' '.join(cmd)}); use engine='torch'."
                         f"\n{proc.stderr}"
                     )
-            os.replace(out, target)  # atomic: concurrent builders never see half a file
     return target
 
 

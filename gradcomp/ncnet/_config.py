@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from gradcomp.ncnet._expr import input_patterns, truth_table
+from gradcomp.schedule import log_steps
 
 __all__ = ["ACTIVATIONS", "DEFAULT_ALICE", "DEFAULT_BOB", "NCnetConfig"]
 
@@ -130,8 +131,7 @@ class NCnetConfig:
         if every is None:
             if last == 0:
                 return [0]
-            steps = set(np.unique(np.round(np.geomspace(1, last, 30))).astype(int).tolist())
-            return sorted(steps | {0, last})
+            return sorted(set(log_steps(1, last, 30)) | {0, last})
         if isinstance(every, bool) or (isinstance(every, int) and every < 1):
             raise ValueError(
                 f"trace_every must be a positive int, a tuple of steps or None, got {every!r}"

@@ -3,7 +3,8 @@
 What is stored (``gradcomp ncnet`` and ``analyses/ncnet_capacity.py`` write this way):
 
 - every variable of the Dataset except ``grad_norm`` and ``cosine``, which are exact functions
-  of ``gram`` (:func:`gradcomp.ncnet._run.derived`) and are recomputed by :func:`open_dataset`;
+  of ``gram`` (:func:`gradcomp.gram.grad_norm`, :func:`gradcomp.gram.cosine`) and are
+  recomputed by :func:`open_dataset`;
 - the symmetric T × T statistics (``gram``, ``unit_gram``) as their upper triangle
   (``gram_triu``, ``unit_gram_triu`` along ``task_pair``), rebuilt by :func:`open_dataset`;
 - with ``keep_bits`` (default :data:`KEEP_BITS`) the float32 traces of :data:`ROUNDED` rounded
@@ -30,7 +31,7 @@ import xarray as xr
 
 from gradcomp import _dims
 from gradcomp._encoding import KEEP_BITS, QUANTIZE_ATTR, bit_round, encoding_for
-from gradcomp.ncnet._run import derived
+from gradcomp.gram import cosine, grad_norm
 
 __all__ = ["DERIVED", "KEEP_BITS", "ROUNDED", "open_dataset", "save"]
 
@@ -131,10 +132,10 @@ def open_dataset(path: str | os.PathLike[str]) -> xr.Dataset:
     names = str(ds.attrs.pop(_MARK, "")).split()
     if names:
         gram = ds["gram"]
-        norm, cosine = derived(np.asarray(gram.values))
+        values = np.asarray(gram.values)
         made = {
-            "grad_norm": (gram.dims[:-1], norm),
-            "cosine": (gram.dims, cosine),
+            "grad_norm": (gram.dims[:-1], grad_norm(values)),
+            "cosine": (gram.dims, cosine(values)),
         }
         for name in names:
             ds[name] = made[name]

@@ -16,17 +16,15 @@ from gradcomp._dims import (
     ALICE,
     ALL_IS,
     BOB,
-    LAYER,
     SEED,
     SETTINGS,
     STEP,
     TASK,
-    TASK_J,
-    UNIT,
     WIDTH,
 )
 from gradcomp._provenance import provenance
 from gradcomp.ensemble import chunks
+from gradcomp.gram import gram_dataset
 from gradcomp.ncnet._autograd import train_autograd
 from gradcomp.ncnet._config import NCnetConfig
 from gradcomp.ncnet._fast import train_fast
@@ -37,7 +35,6 @@ __all__ = [
     "HIDDEN",
     "LABELS",
     "TASKS",
-    "derived",
     "reject_removed",
     "resolve_engine",
     "run",
@@ -247,20 +244,6 @@ def resolve_engine(
     return "torch"
 
 
-def derived(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(grad_norm, cosine)`` from ``gram (..., task, task_j)``: ``√G_tt`` and
-    ``G_ts / (‖g_t‖ ‖g_s‖)`` (NaN where a norm is 0), in ``gram``'s dtype.
-
-    The one definition used when the Dataset is built and when :func:`gradcomp.ncnet.open_dataset`
-    restores them from a file (they are not stored: bit for bit the same values).
-    """
-    norm = np.sqrt(np.clip(np.diagonal(gram, axis1=-2, axis2=-1), 0, None))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        denom = norm[..., :, None] * norm[..., None, :]
-        cosine = np.where(denom > 0, gram / np.where(denom > 0, denom, 1), np.nan)
-    return norm, cosine.astype(gram.dtype, copy=False)
-
-
 def _to_dataset(config, widths, seeds, tr) -> xr.Dataset:
     steps = config.trace_steps()
 
@@ -279,26 +262,17 @@ def _to_dataset(config, widths, seeds, tr) -> xr.Dataset:
     }
     if "heldout_acc" in tr:
         data["heldout_acc"] = ([*base, TASK], arrange(tr["heldout_acc"]))
-    gram = arrange(tr["gram"])[..., None, :, :]  # (..., layer, task, task_j)
-    norm, cosine = derived(gram)
-    data["gram"] = ([*base, LAYER, TASK, TASK_J], gram)
-    data["grad_norm"] = ([*base, LAYER, TASK], norm)
-    data["cosine"] = ([*base, LAYER, TASK, TASK_J], cosine)
-    coords = {
-        WIDTH: widths,
-        SEED: seeds,
-        ALICE: list(SETTINGS),
-        BOB: list(SETTINGS),
-        STEP: steps,
-        TASK: list(TASKS),
-        TASK_J: list(TASKS),
-        LAYER: [HIDDEN],
-    }
-    if "unit_gram" in tr:
-        ug = arrange(tr["unit_gram"])
-        data["unit_gram"] = ([*base, LAYER, UNIT, TASK, TASK_J], ug[..., None, :, :, :])
-        coords[UNIT] = list(range(ug.shape[-3]))
-    ds = xr.Dataset(data, coords=coords)
+    coords = {WIDTH: widths, SEED: seeds, ALICE: list(SETTINGS), BOB: list(SETTINGS), STEP: steps}
+    ds = gram_dataset(
+        arrange(tr["gram"])[..., None, :, :],  # (..., layer, task, task_j)
+        base,
+        coords,
+        tasks=TASKS,
+        layers=[HIDDEN],
+        units=arrange(tr["unit_gram"])[..., None, :, :, :] if "unit_gram" in tr else None,
+        data=data,
+        labels=LABELS,
+    )
     cfg = {**config.to_dict(), "widths": widths, "n_seeds": len(seeds)}
     ds.attrs.update(provenance(cfg))
     ds.attrs["experiment"] = "ncnet"

@@ -245,7 +245,7 @@ def _pair_lines(
 def cosine(ds: xr.Dataset, ax: Axes) -> Axes:
     """Cosine between the first two tasks' gradients per layer over steps (ensemble mean), from
     ``gram``; with ``rep_gram`` also the cosine at the shared representation (dashed)."""
-    from gradcomp.analyze.conflict import _cosine
+    from gradcomp.gram import cosine as from_gram
 
     ds = _prepare(ds)
     stats = _conflict_stats(ds)
@@ -254,7 +254,7 @@ def cosine(ds: xr.Dataset, ax: Axes) -> Axes:
     mean = cos.mean([d for d in _REPLICATES if d in cos.dims], skipna=True)
     _pair_lines(ds, mean, ax, band=None)
     if _has(ds, "rep_gram", (STEP, TASK, TASK_J)):
-        rep = _cosine(ds["rep_gram"]).sel({TASK: a, TASK_J: b})
+        rep = from_gram(ds["rep_gram"]).sel({TASK: a, TASK_J: b})
         rep = rep.mean([d for d in rep.dims if d != STEP], skipna=True)
         ax.plot(ds[STEP].values, rep.values, color="k", ls="--", lw=1.2,
                 label="shared representation (rep_gram)")  # fmt: skip

@@ -8,23 +8,10 @@ import torch
 from torch import Tensor
 
 from gradcomp.recorder._graph import accumulate
+from gradcomp.recorder._inputs import weighted_sum
 from gradcomp.recorder.shared import Layout
 
-__all__ = ["shared_stacks", "weighted_sum", "write_training_grad"]
-
-
-def weighted_sum(weights: Sequence[float], grads: Sequence[Tensor | None]) -> Tensor | None:
-    """``Σ_t w_t g_t`` over the tasks whose gradient reached the leaf (``None`` if none did)."""
-    total: Tensor | None = None
-    for w, g in zip(weights, grads, strict=True):
-        if g is None:
-            continue
-        term = g if w == 1.0 else g * w
-        if total is None:
-            total = term  # may alias a per-task gradient: callers copy those before any change
-        else:
-            total = total + term
-    return total
+__all__ = ["shared_stacks", "write_training_grad"]
 
 
 def shared_stacks(

@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["accumulate", "reachable_leaves", "reaches"]
+__all__ = ["accumulate", "nodes", "reachable_leaves", "reaches"]
+
+
+def nodes(start: Iterable[Any], stop: Collection[object] = ()) -> Iterator[Any]:
+    """Every autograd node that back-propagation from the nodes ``start`` visits, each once.
+
+    The one graph walk (depth first, iterative: no recursion limit on deep graphs); it costs no
+    arithmetic.
+
+    Args:
+        start: autograd nodes (``tensor.grad_fn``; ``None`` entries are skipped).
+        stop: nodes not entered (neither yielded nor walked through).
+
+    Yields:
+        The nodes in the order first met.
+    """
+    stopset = set(stop)
+    seen: set[object] = set()
+    stack = [fn for fn in start if fn is not None]
+    while stack:
+        fn = stack.pop()
+        if fn in seen or fn in stopset:
+            continue
+        seen.add(fn)
+        yield fn
+        stack.extend(n for n, _ in fn.next_functions if n is not None and n not in seen)
 
 
 def reachable_leaves(roots: Sequence[Tensor], stop: Collection[object] = ()) -> list[Tensor]:
@@ -22,44 +48,19 @@ def reachable_leaves(roots: Sequence[Tensor], stop: Collection[object] = ()) -> 
     Returns:
         The reached leaves, each once, in the order first met.
     """
-    seen: set[object] = set()
-    found: dict[int, Tensor] = {}
-    stack = []
-    for r in roots:
-        if r.grad_fn is not None:
-            stack.append(r.grad_fn)
-        elif r.requires_grad:
-            found.setdefault(id(r), r)
-    stopset = set(stop)
-    while stack:
-        fn = stack.pop()
-        if fn in seen or fn in stopset:
-            continue
-        seen.add(fn)
-        var = getattr(fn, "variable", None)
+    found: dict[int, Tensor] = {id(r): r for r in roots if r.grad_fn is None and r.requires_grad}
+    for fn in nodes([r.grad_fn for r in roots], stop):
+        var = getattr(fn, "variable", None)  # an AccumulateGrad node: a leaf
         if var is not None:
             found.setdefault(id(var), var)
-            continue
-        for nxt, _ in fn.next_functions:
-            if nxt is not None and nxt not in seen:
-                stack.append(nxt)
     return list(found.values())
 
 
 def reaches(roots: Sequence[Tensor], targets: Collection[object]) -> bool:
     """Whether back-propagation from ``roots`` passes through any of the ``targets`` nodes."""
     want = set(targets)
-    seen: set[object] = set()
-    stack = [n for r in roots if r.grad_fn is not None for n, _ in r.grad_fn.next_functions]
-    while stack:
-        fn = stack.pop()
-        if fn is None or fn in seen:
-            continue
-        if fn in want:
-            return True
-        seen.add(fn)
-        stack.extend(n for n, _ in fn.next_functions)
-    return False
+    below = [n for r in roots if r.grad_fn is not None for n, _ in r.grad_fn.next_functions]
+    return any(fn in want for fn in nodes(below))
 
 
 def accumulate(leaves: Sequence[Tensor], grads: Sequence[Tensor | None]) -> None:

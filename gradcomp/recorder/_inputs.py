@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 from torch import Tensor
 
-__all__ = ["check_losses", "task_weights", "weighted_total"]
+__all__ = ["check_losses", "task_weights", "weighted_sum", "weighted_total"]
 
 
 def task_weights(tasks: Sequence[str] | Mapping[str, float]) -> dict[str, float]:
@@ -29,13 +29,28 @@ def task_weights(tasks: Sequence[str] | Mapping[str, float]) -> dict[str, float]
     return out
 
 
-def weighted_total(ordered: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
-    """``Σ_t w_t L_t`` (weights of 1 are not multiplied, so ``la + lb`` is reproduced exactly)."""
+def weighted_sum(weights: Sequence[float], terms: Sequence[Tensor | None]) -> Tensor | None:
+    """``Σ_t w_t x_t`` over the tasks whose term is not ``None`` (``None`` if none is): the
+    training loss from the task losses, or a leaf's training gradient from its per-task gradients.
+
+    Terms are added in task order and weights of 1 are not multiplied, so ``la + lb`` and
+    ``ga + gb`` are reproduced bit for bit. A single term is returned as it is (it may alias a
+    per-task gradient: callers copy those before any change).
+    """
     total: Tensor | None = None
-    for w, loss in zip(weights, ordered, strict=True):
-        term = loss if w == 1.0 else w * loss
+    for w, x in zip(weights, terms, strict=True):
+        if x is None:
+            continue
+        term = x if w == 1.0 else x * w
         total = term if total is None else total + term
-    assert total is not None
+    return total
+
+
+def weighted_total(ordered: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
+    """The training loss ``Σ_t w_t L_t`` of the task losses (:func:`weighted_sum`)."""
+    total = weighted_sum(weights, ordered)
+    if total is None:
+        raise ValueError("no task losses to add")
     return total
 
 

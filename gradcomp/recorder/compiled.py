@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from gradcomp.recorder._graph import nodes
 
 __all__ = [
     "CompiledSharingWarning",
@@ -56,17 +57,9 @@ def is_compiled(model: nn.Module) -> bool:
 
 def has_compiled_node(roots: Sequence[Tensor]) -> bool:
     """Whether back-propagation from ``roots`` passes through a compiled (AOTAutograd) node."""
-    seen: set[object] = set()
-    stack: list[Any] = [r.grad_fn for r in roots if r.grad_fn is not None]
-    while stack:
-        fn = stack.pop()
-        if fn is None or fn in seen:
-            continue
-        seen.add(fn)
-        if type(fn).__name__.startswith("CompiledFunction"):
-            return True
-        stack.extend(n for n, _ in fn.next_functions if n is not None)
-    return False
+    return any(
+        type(fn).__name__.startswith("CompiledFunction") for fn in nodes(r.grad_fn for r in roots)
+    )
 
 
 def discover_shared_by_grad(

@@ -11,8 +11,9 @@ import torch
 import xarray as xr
 from torch import Tensor
 
-from gradcomp._dims import LAYER, STEP, TASK, TASK_J, UNIT, annotate
+from gradcomp._dims import LAYER, STEP, TASK, TASK_J
 from gradcomp._provenance import provenance
+from gradcomp.gram import gram_dataset
 from gradcomp.recorder.shared import Layout
 
 __all__ = [
@@ -20,7 +21,6 @@ __all__ = [
     "Arrays",
     "Steps",
     "build_dataset",
-    "cosine_from_gram",
     "records_rep_gram",
 ]
 
@@ -54,26 +54,6 @@ def records_rep_gram(config: Mapping[str, Any]) -> bool:
     (every recorded step then runs it) and no ``reduce`` (which would make the parameter Grams
     describe another batch than the representation's)."""
     return config.get("strategy") == "features" and not config.get("reduce")
-
-
-def cosine_from_gram(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Norms and cosines from Gram matrices over the last two axes.
-
-    ``grad_norm_t = √gram_tt``; ``cosine_ts = gram_ts / (‖g_t‖ ‖g_s‖)``, clipped to [−1, 1], NaN
-    where a norm is 0.
-
-    Args:
-        gram: ``[..., T, T]``.
-
-    Returns:
-        ``(grad_norm [..., T], cosine [..., T, T])``.
-    """
-    diag = np.diagonal(gram, axis1=-2, axis2=-1)
-    norm = np.sqrt(np.clip(diag, 0.0, None))
-    denom = norm[..., :, None] * norm[..., None, :]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cos = np.where(denom > 0, gram / np.where(denom > 0, denom, 1.0), np.nan)
-    return norm, np.clip(cos, -1.0, 1.0)
 
 
 class Steps:
@@ -185,33 +165,23 @@ class Steps:
 def build_dataset(
     arrays: Arrays, tasks: Sequence[str], layout: Layout, config: Mapping[str, Any]
 ) -> xr.Dataset:
-    """The recording's Dataset from its stacked arrays; ``grad_norm`` and ``cosine`` from
-    ``gram`` (:func:`cosine_from_gram`)."""
-    gram = arrays["gram"]
-    norm, cos = cosine_from_gram(gram)
-    pair = (STEP, LAYER, TASK, TASK_J)
-    data: dict[str, Any] = {
-        "loss": ((STEP, TASK), arrays["loss"]),
-        "gram": (pair, gram),
-        "grad_norm": ((STEP, LAYER, TASK), norm),
-        "cosine": (pair, cos),
-    }
-    coords: dict[str, Any] = {
-        STEP: arrays[STEP],
-        TASK: list(tasks),
-        TASK_J: list(tasks),
-        LAYER: layout.layer_coord,
-    }
-    if config.get("units"):
-        unit = arrays["unit_gram"]
-        data["unit_gram"] = ((STEP, LAYER, UNIT, TASK, TASK_J), unit)
-        coords[UNIT] = np.arange(unit.shape[2], dtype=np.int64)
+    """The recording's Dataset from its stacked arrays (:func:`gradcomp.gram.gram_dataset`:
+    ``grad_norm`` and ``cosine`` from ``gram``)."""
+    data: dict[str, Any] = {"loss": ((STEP, TASK), arrays["loss"])}
     if config.get("store") == "full":
         data["grad"] = ((STEP, TASK, _PARAM), arrays["grad"])
     if "rep_gram" in arrays:
         data["rep_gram"] = ((STEP, TASK, TASK_J), arrays["rep_gram"])
-    ds = xr.Dataset(data, coords=coords)
-    annotate(ds, _LABELS)
+    ds = gram_dataset(
+        arrays["gram"],
+        (STEP,),
+        {STEP: arrays[STEP]},
+        tasks=tasks,
+        layers=layout.layer_coord,
+        units=arrays["unit_gram"] if config.get("units") else None,
+        data=data,
+        labels=_LABELS,
+    )
     ds.attrs.update(provenance(config))
     ds.attrs["strategy"] = str(config.get("strategy", ""))
     ds.attrs["schedule"] = str(config.get("schedule", ""))

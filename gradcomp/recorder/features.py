@@ -24,11 +24,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from gradcomp.recorder._common import weighted_sum
+from gradcomp.gram import gram
 from gradcomp.recorder._graph import accumulate, reachable_leaves, reaches
+from gradcomp.recorder._inputs import weighted_sum
 from gradcomp.recorder.batched import batched_vjp, stacks_from_jacobian
 from gradcomp.recorder.shared import Layout
-from gradcomp.recorder.stats import acc_dtype
 
 __all__ = ["FeaturesNotApplicable", "as_features", "features", "rep_gram"]
 
@@ -63,8 +63,7 @@ def rep_gram(cotangents: Sequence[Tensor]) -> Tensor:
     """
     total = None
     for c in cotangents:
-        flat = c.detach().to(acc_dtype(c.dtype)).reshape(c.shape[0], -1)
-        g = flat @ flat.T
+        g = gram(c.detach().reshape(c.shape[0], -1))
         total = g if total is None else total + g.to(total.dtype)
     assert total is not None
     return total

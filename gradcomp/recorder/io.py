@@ -30,6 +30,7 @@ import h5netcdf
 import numpy as np
 import xarray as xr
 
+from gradcomp._atomic import atomic_write, replacing
 from gradcomp._dims import STEP
 from gradcomp._encoding import async_array, encode_zarr, encoding_for
 from gradcomp.recorder.dataset import STEP_VARIABLES, Arrays
@@ -63,10 +64,9 @@ def write_netcdf(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".partial")
-    ds.to_netcdf(tmp, engine="h5netcdf", encoding=encoding_for(ds))
-    os.replace(tmp, target)
-    return target
+    return atomic_write(
+        target, lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf", encoding=encoding_for(ds))
+    )
 
 
 def append_netcdf(
@@ -90,23 +90,18 @@ def append_netcdf(
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".partial")
-    if base is None:
-        enc = encoding_for(ds)
-        for name, chunks in _chunking(ds).items():
-            enc.setdefault(name, {}).update(chunks)
-        ds.to_netcdf(tmp, engine="h5netcdf", unlimited_dims=[STEP], encoding=enc)
-    else:
-        if not Path(base).is_file():
-            raise ValueError(f"{base} (where earlier recorded steps were flushed) no longer exists")
-        shutil.copyfile(base, tmp)
-        try:
+    if base is not None and not Path(base).is_file():
+        raise ValueError(f"{base} (where earlier recorded steps were flushed) no longer exists")
+    with replacing(target) as tmp:
+        if base is None:
+            enc = encoding_for(ds)
+            for name, chunks in _chunking(ds).items():
+                enc.setdefault(name, {}).update(chunks)
+            ds.to_netcdf(tmp, engine="h5netcdf", unlimited_dims=[STEP], encoding=enc)
+        else:
+            shutil.copyfile(base, tmp)
             with h5netcdf.File(tmp, "a") as f:
                 _append(f, ds, base)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    os.replace(tmp, target)
     return target
 
 
@@ -171,9 +166,7 @@ def zarr_steps(path: str | os.PathLike[str]) -> tuple[int, int | None]:
 
 
 def _commit(target: Path, n: int) -> None:
-    tmp = target / f".{COMMITTED}.tmp.{os.getpid()}"
-    tmp.write_text(json.dumps({"steps": n}))
-    os.replace(tmp, target / COMMITTED)
+    atomic_write(target / COMMITTED, json.dumps({"steps": n}))
 
 
 def _cut(target: Path, n: int) -> None:
@@ -219,15 +212,11 @@ def append_zarr(
     strings = {n: v.astype(object) for n, v in ds.coords.items() if v.dtype.kind == "U"}
     ds = ds.assign_coords(strings)  # variable-length strings: a Zarr v3 dtype
     if n_before == 0:
-        tmp = target.with_name(f".{target.name}.partial")
-        shutil.rmtree(tmp, ignore_errors=True)
         enc = {k: {"chunks": v["chunksizes"]} for k, v in _chunking(ds).items()}
-        with _quiet():
-            ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, encoding=enc)
-        _commit(tmp, n_new)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        with replacing(target) as tmp:
+            with _quiet():
+                ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, encoding=enc)
+            _commit(tmp, n_new)
         return target
     if not (target / COMMITTED).exists():
         raise ValueError(f"{target} (where earlier recorded steps were flushed) no longer exists")

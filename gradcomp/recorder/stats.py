@@ -15,14 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from gradcomp.gram import acc_dtype, gram, unit_gram, with_total
 from gradcomp.recorder.shared import Layout
 
 __all__ = ["ParamStats", "acc_dtype", "from_stacks", "layer_stats", "param_stats", "to_layers"]
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype for gradients of ``dtype``: float64 stays, anything else is float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @dataclass
@@ -61,12 +57,10 @@ def from_stacks(stacks: Sequence[Tensor], layout: Layout, units: bool) -> ParamS
 def param_stats(stack: Tensor, n_units: int) -> tuple[Tensor, Tensor | None]:
     """Gram ``[T, T]`` of one parameter's per-task gradients ``[T, *shape]``, and with
     ``n_units > 0`` the per-unit Grams ``[n_units, T, T]`` (unit = index along ``shape[0]``)."""
-    g = stack.to(acc_dtype(stack.dtype))
-    flat = g.reshape(g.shape[0], -1)
+    flat = stack.reshape(stack.shape[0], -1)
     if not n_units:
-        return flat @ flat.T, None
-    rows = g.reshape(g.shape[0], n_units, -1)  # [T, units, rest]
-    return flat @ flat.T, torch.einsum("tur,sur->uts", rows, rows)
+        return gram(flat), None
+    return gram(flat), unit_gram(stack.reshape(stack.shape[0], n_units, -1))
 
 
 def layer_stats(
@@ -84,22 +78,16 @@ def layer_stats(
     Returns:
         ``gram [L + 1, T, T]`` and ``unit_gram [L + 1, U, T, T]`` or ``None``.
     """
-    n_tasks = stacks[0].shape[0]
-    dt = acc_dtype(stacks[0].dtype)
-    grams = []
-    for idx in layout.members:
-        flat = torch.cat([stacks[i].reshape(n_tasks, -1).to(dt) for i in idx], 1)
-        grams.append(flat @ flat.T)
-    gram = torch.stack([*grams, torch.stack(grams).sum(0)]) if grams else None
-    if gram is None:
+    if not layout.members:
         raise ValueError("no layers to record")
+    layers = with_total(torch.stack([gram([stacks[i] for i in idx]) for idx in layout.members]))
     if not units:
-        return gram, None
+        return layers, None
     unit_grams: list[Tensor | None] = [
         param_stats(s, layout.units[i])[1] if layout.units[i] else None
         for i, s in enumerate(stacks)
     ]
-    return to_layers(ParamStats(gram[:1], unit_grams), layout, gram=gram)
+    return to_layers(ParamStats(layers[:1], unit_grams), layout, gram=layers)
 
 
 def to_layers(

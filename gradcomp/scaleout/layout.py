@@ -13,8 +13,6 @@ metadata only: O(1) in the number of chunks.
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 import warnings
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -24,6 +22,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from gradcomp._atomic import replacing
 from gradcomp._dims import SEED
 from gradcomp._encoding import async_array, encode_zarr
 from gradcomp.scaleout.grid import Chunk
@@ -237,19 +236,9 @@ def create(
     ds = xr.Dataset(data_vars, coords=coords, attrs=dict(attrs))
     ds.attrs["sweep_axes"] = names
     ds.attrs["sweep_seeds_per_chunk"] = k
-    tmp = target.with_name(f".{target.name}.tmp.{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        with _quiet():
-            ds.to_zarr(tmp, mode="w", compute=False, consolidated=True, zarr_format=3,
-                       encoding=encoding)  # fmt: skip
-        old = target.with_name(f".{target.name}.replaced")
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with replacing(target) as tmp, _quiet():
+        ds.to_zarr(tmp, mode="w", compute=False, consolidated=True, zarr_format=3,
+                   encoding=encoding)  # fmt: skip
 
 
 def open_layout(path: Path, chunks: Any = None) -> xr.Dataset:

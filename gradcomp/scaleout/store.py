@@ -32,6 +32,7 @@ from typing import Any, Literal
 import xarray as xr
 
 import gradcomp.scaleout.layout as _layout
+from gradcomp._atomic import atomic_write, fsync, replacing
 from gradcomp.scaleout.grid import Chunk, Grid
 from gradcomp.scaleout.layout import DATA, Layout
 
@@ -49,35 +50,6 @@ def config_hash(config: Mapping[str, Any]) -> str:
     """sha256 of the canonical JSON of ``config`` (what determines a sweep's results)."""
     text = json.dumps(dict(config), sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _write_file(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` and fsync it (a hook tests replace to simulate a full disk)."""
-    with open(path, "wb") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync(path: Path) -> None:
-    """fsync a file or a directory (its entries)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    """Write to a temp name in the same directory, fsync, rename over ``path``, fsync the dir."""
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    try:
-        _write_file(tmp, payload)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync(path.parent)
 
 
 def _diff(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -119,7 +91,7 @@ class ChunkStore:
             self.path.mkdir(parents=True, exist_ok=True)
             (self.path / "done").mkdir(exist_ok=True)
             probe = self.path / f".probe.{os.getpid()}"
-            _write_file(probe, b"")
+            probe.write_bytes(b"")
             probe.unlink()
         except OSError as err:
             raise PermissionError(
@@ -177,7 +149,7 @@ class ChunkStore:
             "config": self.config,
             "grid": json.loads(self.grid.to_json()),
         }
-        _atomic_write(self.path / "store.json", json.dumps(meta, indent=1).encode())
+        atomic_write(self.path / "store.json", json.dumps(meta, indent=1).encode(), durable=True)
         self._meta_written = True
 
     def _attrs(self, part: xr.Dataset) -> dict[str, Any]:
@@ -195,7 +167,7 @@ class ChunkStore:
         _layout.create(
             self.path / DATA, part, g.axes, g.seed_start, g.seed_stop, k, self._attrs(part)
         )
-        _fsync(self.path)
+        fsync(self.path)
         self._layout = Layout(self.path / DATA)
         self._write_meta()
 
@@ -214,23 +186,18 @@ class ChunkStore:
         )
         lo, hi = min(old.seed_lo, g.seed_start), max(old.seed_hi, g.seed_stop)
         proto = _layout.open_layout(old.path, chunks={})
-        grown = self.path / f".{DATA}.grow"
-        _layout.create(grown, proto, axes, lo, hi, old.k, proto.attrs)
-        new = Layout(grown)
         finished = [c for c in map(self._marked, self._marker_keys()) if c is not None]
-        for chunk, marker in finished:
-            if new.write(chunk, old.read(chunk)) != marker["sha256"]:
-                raise RuntimeError(f"internal: chunk {chunk.key} changed while the store grew")
-        proto.close()
-        _fsync_tree(grown)
-        os.replace(self.path / DATA, self.path / f".{DATA}.replaced")
-        os.replace(grown, self.path / DATA)
-        _fsync(self.path)
+        with replacing(self.path / DATA, durable=True) as grown:  # the old one: .replaced
+            _layout.create(grown, proto, axes, lo, hi, old.k, proto.attrs)
+            new = Layout(grown)
+            for chunk, marker in finished:
+                if new.write(chunk, old.read(chunk)) != marker["sha256"]:
+                    raise RuntimeError(f"internal: chunk {chunk.key} changed while the store grew")
+            proto.close()
         self._layout = Layout(self.path / DATA)
         for chunk, marker in finished:  # the files of the new layout
             marker["files"] = self._sizes(chunk)
-            _atomic_write(self.marker_path(chunk.key), json.dumps(marker).encode())
-        shutil.rmtree(self.path / f".{DATA}.replaced", ignore_errors=True)
+            atomic_write(self.marker_path(chunk.key), json.dumps(marker).encode(), durable=True)
 
     def _marker_keys(self) -> list[str]:
         return [p.name[:-5] for p in os.scandir(self.path / "done") if p.name.endswith(".json")]
@@ -308,7 +275,7 @@ class ChunkStore:
             self.marker_path(key).unlink(missing_ok=True)
             digest = _write_region(self._layout, chunk, part)
             files = self._sizes(chunk)
-            list(_FSYNC.map(_fsync, [self.path / f for f in files]))
+            list(_FSYNC.map(fsync, [self.path / f for f in files]))
             marker = {
                 "key": key,
                 "sha256": digest,
@@ -317,7 +284,7 @@ class ChunkStore:
                 "seeds": [chunk.seed_start, chunk.seed_stop],
                 "config_hash": self.hash,
             }
-            _atomic_write(self.marker_path(key), json.dumps(marker).encode())
+            atomic_write(self.marker_path(key), json.dumps(marker).encode(), durable=True)
         except OSError as err:
             what = "the disk is full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
             raise OSError(
@@ -362,13 +329,6 @@ _FSYNC = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gradcomp-fsync")
 def _write_region(lay: Layout, chunk: Chunk, part: xr.Dataset | Mapping[Any, xr.Variable]) -> str:
     """Write ``part`` into ``chunk``'s region (a hook tests replace to simulate a full disk)."""
     return lay.write(chunk, part)
-
-
-def _fsync_tree(root: Path) -> None:
-    for folder, _, files in os.walk(root):
-        for name in files:
-            _fsync(Path(folder) / name)
-        _fsync(Path(folder))
 
 
 def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
