@@ -15,8 +15,7 @@ from gradcomp.ncnet import NCnetConfig, plan, run
 from gradcomp.ncnet._compiled import available
 from gradcomp.ncnet._experiment import capacity, table
 from gradcomp.ncnet._fast import train_fast
-from gradcomp.ncnet._run import train
-from gradcomp.ncnet._run import _Bar
+from gradcomp.ncnet._run import _Bar, train
 from gradcomp.reference.ncnet import train_ncnet
 
 needs_cc = pytest.mark.skipif(not available(), reason="no C compiler for engine='c'")

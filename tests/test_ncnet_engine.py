@@ -14,8 +14,8 @@ import torch
 from gradcomp import ncnet
 from gradcomp.ncnet import NCnetConfig, plan, run
 from gradcomp.ncnet import _compiled as compiled
-from gradcomp.reference.ncnet import train_ncnet
 from gradcomp.ncnet._run import train
+from gradcomp.reference.ncnet import train_ncnet
 
 needs_cc = pytest.mark.skipif(not compiled.available(), reason="no C compiler for engine='c'")
 ROOT = Path(__file__).resolve().parents[1]

@@ -46,7 +46,6 @@ traced step where it is non-finite.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np

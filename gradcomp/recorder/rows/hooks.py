@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from gradcomp.gram import acc_dtype
 from gradcomp.recorder.rows.blocks import Split, Step, wanted
 from gradcomp.recorder.rows.registry import RowsModule, lookup
 from gradcomp.recorder.rows.spec import even_rows
 from gradcomp.recorder.shared import Layout
-from gradcomp.gram import acc_dtype
 from gradcomp.recorder.stats import param_stats
 
 __all__ = ["RowsHooks"]
