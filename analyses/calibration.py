@@ -60,9 +60,9 @@ import numpy as np
 import xarray as xr
 
 from gradcomp import summary as gsummary
-from gradcomp._dims import SEED, STEP, TASK
 from gradcomp.analyze import lagged
 from gradcomp.chsh import estimate
+from gradcomp.dims import SEED, STEP, TASK
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))

@@ -26,8 +26,8 @@ from pathlib import Path
 import xarray as xr
 
 from gradcomp import summary
-from gradcomp._dims import ALICE, BOB, SEED, STEP
 from gradcomp.commands import lora
+from gradcomp.dims import ALICE, BOB, SEED, STEP
 
 NAME = "lora_rank"
 SUMMARY = summary.ROOT / "analyses" / "summaries" / f"{NAME}.json"

@@ -36,11 +36,11 @@ import numpy as np
 import torch
 import xarray as xr
 
-from gradcomp import _dims, chsh, ncnet, summary
-from gradcomp._dims import ALICE, BOB, SEED, STEP, WIDTH
-from gradcomp._provenance import provenance
+from gradcomp import chsh, dims, ncnet, summary
 from gradcomp.analyze import correlate
+from gradcomp.dims import ALICE, BOB, SEED, STEP, WIDTH
 from gradcomp.graph import capacity_coord, competition
+from gradcomp.provenance import provenance
 
 LAYER = "hidden"
 NAME = "ncnet_competition"
@@ -109,7 +109,7 @@ def summarize(ds: xr.Dataset, n_boot: int = 999, min_share: float | None = None)
     slice_ = (
         slice_.sel(layer=LAYER)
         .drop_vars([c for c in slice_.coords if c not in slice_.dims])
-        .dropna(_dims.UNIT, how="all")
+        .dropna(dims.UNIT, how="all")
     )
 
     out = xr.Dataset(
@@ -122,7 +122,7 @@ def summarize(ds: xr.Dataset, n_boot: int = 999, min_share: float | None = None)
             "contested_end": contested_end,
             "s_seed": s_seed,
             **{v: est[v] for v in CHSH_VARS if v in est},
-            "critical_unit_gram": slice_.rename({_dims.UNIT: "critical_unit"}).astype(np.float64),
+            "critical_unit_gram": slice_.rename({dims.UNIT: "critical_unit"}).astype(np.float64),
             **corr.data_vars,
         }
     )
@@ -139,7 +139,7 @@ def summarize(ds: xr.Dataset, n_boot: int = 999, min_share: float | None = None)
         "step with most contested units",
         min_share="1/(2 n_units)" if min_share is None else float(min_share),
     )
-    return _dims.annotate(out, {**comp_labels(comp), **LABELS})
+    return dims.annotate(out, {**comp_labels(comp), **LABELS})
 
 
 def values(out: xr.Dataset) -> dict:

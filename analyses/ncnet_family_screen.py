@@ -39,7 +39,7 @@ import torch
 import xarray as xr
 
 from gradcomp import chsh, ncnet, summary
-from gradcomp._dims import STEP, WIDTH
+from gradcomp.dims import STEP, WIDTH
 
 NAME = "ncnet_family_screen"
 SUMMARY = summary.ROOT / "analyses" / "summaries" / f"{NAME}.json"

@@ -77,9 +77,10 @@ import torch
 import xarray as xr
 from scipy import signal, stats
 
-from gradcomp import _dims, chsh, ncnet
+from gradcomp import chsh, dims, ncnet
 from gradcomp import summary as gsummary
-from gradcomp._dims import (
+from gradcomp.analyze import conflict, correlate, lagged, oscillation, qvalues, sensing
+from gradcomp.dims import (
     ALICE,
     ANALYSIS,
     BOB,
@@ -93,8 +94,7 @@ from gradcomp._dims import (
     UNIT,
     WIDTH,
 )
-from gradcomp._provenance import provenance
-from gradcomp.analyze import conflict, correlate, lagged, oscillation, qvalues, sensing
+from gradcomp.provenance import provenance
 
 SHARED = "hidden"  # NCnet's shared layer
 CHSH_VARS = (  # taken from chsh.estimate when present (the newer estimate adds the last ones)
@@ -610,7 +610,7 @@ def _label(node: xr.Dataset) -> None:
     for name in node.variables:
         if name in LABELS:
             node[name].attrs.update(long_name=LABELS[name][0], units=LABELS[name][1])
-    _dims.annotate(node)
+    dims.annotate(node)
 
 
 def _f(x, nd: int = 3) -> float | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from gradcomp import chsh, summary
-from gradcomp._dims import ALICE, BOB, SEED, STEP
+from gradcomp.dims import ALICE, BOB, SEED, STEP
 from gradcomp.ncnet import NCnetConfig
 from gradcomp.scaleout import NCnetExperiment, sweep
 

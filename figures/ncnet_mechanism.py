@@ -32,7 +32,7 @@ import matplotlib.pyplot as plt
 import xarray as xr
 
 from gradcomp import summary
-from gradcomp._dims import WIDTH
+from gradcomp.dims import WIDTH
 from gradcomp.plot import mechanism as pm
 
 

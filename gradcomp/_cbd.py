@@ -15,8 +15,8 @@ import itertools
 
 import numpy as np
 
-from gradcomp._dims import CBD_MARGIN, HI, LO
 from gradcomp._exact import clopper_pearson, mean_bound, mean_pvalue
+from gradcomp.dims import CBD_MARGIN, HI, LO
 
 __all__ = [
     "CONFIGS",

@@ -10,7 +10,7 @@
   ``ancillary_variables`` naming those of its companions that the Dataset holds.
 
 The global attributes (``Conventions``, ``history``, versions) come from
-:func:`gradcomp._provenance.provenance`; :func:`gradcomp._dims.annotate` calls :func:`link`, so
+:func:`gradcomp.provenance.provenance`; :func:`gradcomp.dims.annotate` calls :func:`link`, so
 every Dataset builder gets both without code of its own.
 """
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from gradcomp._dims import ALICE, BOB, SEED
+from gradcomp.dims import ALICE, BOB, SEED
 
 __all__ = ["LABELS", "MAX_DIVERGED", "check_share", "diverged_share"]
 

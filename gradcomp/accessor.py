@@ -15,7 +15,7 @@ from typing import Any
 
 import xarray as xr
 
-from gradcomp._dims import LOSS
+from gradcomp.dims import LOSS
 
 __all__ = ["GradcompAccessor"]
 

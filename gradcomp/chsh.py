@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from gradcomp import _dims
+from gradcomp import dims
 from gradcomp._cbd import (
     CONFIGS,
     FLIPS,
@@ -69,7 +69,8 @@ from gradcomp._cbd import (
     shift_intervals,
 )
 from gradcomp._cbd import margin as cbd_margin
-from gradcomp._dims import (
+from gradcomp._exact import clopper_pearson, mcnemar_exact, mean_bound, mean_pvalue
+from gradcomp.dims import (
     ALICE,
     BOB,
     CBD_MARGIN,
@@ -85,8 +86,7 @@ from gradcomp._dims import (
     C,
     S,
 )
-from gradcomp._exact import clopper_pearson, mcnemar_exact, mean_bound, mean_pvalue
-from gradcomp._provenance import provenance
+from gradcomp.provenance import provenance
 
 __all__ = ["LABELS", "SHIFT", "SHIFTS", "bootstrap_means", "estimate"]
 
@@ -379,4 +379,4 @@ def estimate(
             f"{n_bad} of {valid.size} cell(s) have fewer than two seeds with finite outcomes; "
             "their statistics are NaN"
         )
-    return _dims.annotate(ds, LABELS)
+    return dims.annotate(ds, LABELS)

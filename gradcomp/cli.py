@@ -20,8 +20,8 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from gradcomp._provenance import command, package_version
 from gradcomp.commands._common import CommandError, one_line
+from gradcomp.provenance import command, package_version
 
 __all__ = ["COMMANDS", "Parser", "build_parser", "main"]
 

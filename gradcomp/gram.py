@@ -25,7 +25,7 @@ import torch
 import xarray as xr
 from torch import Tensor
 
-from gradcomp._dims import LAYER, TASK, TASK_J, UNIT, annotate
+from gradcomp.dims import LAYER, TASK, TASK_J, UNIT, annotate
 
 __all__ = [
     "acc_dtype",
@@ -160,7 +160,7 @@ def gram_dataset(
             ``None``.
         data: the family's other variables ``name -> (dims, values)`` (e.g. ``loss``, the
             outcomes ``a`` and ``b``), placed first.
-        labels: extra ``name -> (long_name, units)`` labels (``gradcomp._dims.annotate``).
+        labels: extra ``name -> (long_name, units)`` labels (``gradcomp.dims.annotate``).
 
     Returns:
         The Dataset, annotated (``long_name``, ``units``).

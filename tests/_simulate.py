@@ -54,8 +54,8 @@ def correlate_intervals(
     Returns:
         ``(lo, hi, p)``, one entry per replication.
     """
-    from gradcomp._dims import SEED, STEP
     from gradcomp.analyze import correlate
+    from gradcomp.dims import SEED, STEP
 
     g = np.random.default_rng(11)
     seeds, steps = (16, 60) if design == "seed" else (1, 200)
@@ -107,8 +107,8 @@ def sensing_runs(
     Seed effects and AR(1) noise, no common random numbers; ``shift = 0`` is the null (no trace
     depends on the remote setting). ``random_state`` = the replication.
     """
-    from gradcomp._dims import ALICE, BOB, SEED, STEP, TASK
     from gradcomp.analyze import sensing
+    from gradcomp.dims import ALICE, BOB, SEED, STEP, TASK
 
     traces = sensing_traces(np.random.default_rng(3), reps, seeds, steps, shift)
     coords = {SEED: np.arange(seeds), ALICE: [1, 2], BOB: [1, 2], STEP: np.arange(steps)}

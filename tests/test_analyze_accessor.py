@@ -9,8 +9,8 @@ import numpy as np
 import xarray as xr
 
 import gradcomp.accessor  # noqa: F401  (registers ds.gradcomp)
-from gradcomp._dims import ALICE, ALL, BOB, LAYER, SEED, STEP, TASK, TASK_J, WIDTH
 from gradcomp.analyze import conflict, correlate, lagged, oscillation, sensing
+from gradcomp.dims import ALICE, ALL, BOB, LAYER, SEED, STEP, TASK, TASK_J, WIDTH
 
 
 def small_ensemble() -> xr.Dataset:

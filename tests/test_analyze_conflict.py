@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from gradcomp._dims import ALL, LAYER, SEED, STEP, TASK, TASK_J, UNIT
 from gradcomp.analyze import conflict
+from gradcomp.dims import ALL, LAYER, SEED, STEP, TASK, TASK_J, UNIT
 
 
 def recording(grads: np.ndarray, units: int = 0) -> xr.Dataset:

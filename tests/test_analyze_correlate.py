@@ -8,10 +8,10 @@ import xarray as xr
 from _simulate import correlate_intervals, pair
 from scipy import stats
 
-from gradcomp._dims import SEED, STEP, WIDTH
 from gradcomp.analyze import correlate
 from gradcomp.analyze._serial import detrend, effective_n
 from gradcomp.analyze.correlate import _permutation_p
+from gradcomp.dims import SEED, STEP, WIDTH
 
 WIDTHS = [2, 3, 4, 6]
 

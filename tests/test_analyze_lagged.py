@@ -7,8 +7,8 @@ import pytest
 import xarray as xr
 from _simulate import lead, no_lead
 
-from gradcomp._dims import SEED, STEP
 from gradcomp.analyze import lagged
+from gradcomp.dims import SEED, STEP
 
 
 def pooled_loop(x: np.ndarray, y: np.ndarray, k: int) -> float:

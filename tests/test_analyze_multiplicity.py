@@ -7,8 +7,8 @@ import pytest
 import xarray as xr
 from scipy import stats
 
-from gradcomp._dims import STEP, TASK
 from gradcomp.analyze import qvalues
+from gradcomp.dims import STEP, TASK
 
 
 def bh_loop(p: list[float]) -> list[float]:

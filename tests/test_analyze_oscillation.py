@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import signal
 
-from gradcomp._dims import SEED, STEP, TASK
 from gradcomp.analyze import oscillation
+from gradcomp.dims import SEED, STEP, TASK
 
 
 def losses(values: np.ndarray, every: int = 1) -> xr.Dataset:

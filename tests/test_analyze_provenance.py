@@ -13,10 +13,10 @@ from torch import nn
 
 import gradcomp
 import gradcomp.accessor  # registers ds.gradcomp
-from gradcomp._dims import ALICE, BOB, SEED, STEP, TASK, WIDTH
-from gradcomp._provenance import OWN, SOURCE_PREFIX, derive, provenance
 from gradcomp.analyze import correlate, lagged, oscillation, sensing
+from gradcomp.dims import ALICE, BOB, SEED, STEP, TASK, WIDTH
 from gradcomp.graph import competition
+from gradcomp.provenance import OWN, SOURCE_PREFIX, derive, provenance
 
 
 def recording(**options) -> xr.Dataset:

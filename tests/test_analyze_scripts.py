@@ -9,7 +9,7 @@ import numpy as np
 import xarray as xr
 from _scripts import load_script
 
-from gradcomp._dims import WIDTH
+from gradcomp.dims import WIDTH
 from gradcomp.plot import mechanism as pm
 
 

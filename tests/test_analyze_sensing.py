@@ -8,10 +8,10 @@ import xarray as xr
 from _simulate import sensing_runs
 from scipy import stats
 
-from gradcomp._dims import ALICE, BOB, SEED, STEP, TASK, WIDTH
 from gradcomp.analyze import sensing
 from gradcomp.analyze._decoder import loso_correct
 from gradcomp.analyze._info import confusion_mi, miller_madow_bias
+from gradcomp.dims import ALICE, BOB, SEED, STEP, TASK, WIDTH
 
 
 def ensemble(n_seeds: int = 16, n_steps: int = 30, onset: int | None = None, size=0.8, rng=0):

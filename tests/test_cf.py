@@ -18,10 +18,10 @@ from torch import nn
 import gradcomp
 from gradcomp import chsh
 from gradcomp._cf import COMPANIONS, link
-from gradcomp._provenance import LIBRARIES
 from gradcomp.analyze import conflict
 from gradcomp.ncnet import NCnetConfig
 from gradcomp.ncnet._experiment import capacity
+from gradcomp.provenance import LIBRARIES
 
 cf_xarray = pytest.importorskip("cf_xarray")
 

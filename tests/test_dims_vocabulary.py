@@ -1,9 +1,9 @@
-"""The names in ``gradcomp._dims`` are the on-disk vocabulary: saved Datasets use these strings,
+"""The names in ``gradcomp.dims`` are the on-disk vocabulary: saved Datasets use these strings,
 so each is pinned here (renaming a constant must not rename a stored dimension or variable)."""
 
 from __future__ import annotations
 
-from gradcomp import _cf, _dims
+from gradcomp import _cf, dims
 from gradcomp.chsh import SHIFT
 
 ON_DISK = {
@@ -49,19 +49,19 @@ ON_DISK = {
 
 
 def test_names_are_the_stored_strings() -> None:
-    assert {k: getattr(_dims, k) for k in ON_DISK} == ON_DISK
-    assert (_dims.OUTCOME_A, _dims.OUTCOME_B) == _cf.OUTCOMES
-    assert (_dims.SE, _dims.LO, _dims.HI) == _cf.COMPANIONS
-    assert SHIFT == _dims.MARGINAL
+    assert {k: getattr(dims, k) for k in ON_DISK} == ON_DISK
+    assert (dims.OUTCOME_A, dims.OUTCOME_B) == _cf.OUTCOMES
+    assert (dims.SE, dims.LO, dims.HI) == _cf.COMPANIONS
+    assert SHIFT == dims.MARGINAL
 
 
 def test_bounded_labels() -> None:
-    assert _dims.bounded("r", "lagged correlation") == {
+    assert dims.bounded("r", "lagged correlation") == {
         "r": ("lagged correlation", "1"),
         "r_lo": ("lagged correlation, lower bound", "1"),
         "r_hi": ("lagged correlation, upper bound", "1"),
     }
-    assert _dims.bounded("information", "information (plug-in)", "bit", short="info") == {
+    assert dims.bounded("information", "information (plug-in)", "bit", short="info") == {
         "information": ("information (plug-in)", "bit"),
         "information_lo": ("info, lower bound", "bit"),
         "information_hi": ("info, upper bound", "bit"),

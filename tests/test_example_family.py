@@ -20,8 +20,8 @@ import xarray as xr
 from torch import nn
 
 from gradcomp import gram as core
-from gradcomp._dims import ALICE, BOB, SEED, STEP
 from gradcomp.chsh import estimate
+from gradcomp.dims import ALICE, BOB, SEED, STEP
 
 SEEDS, STEPS, RECORD = range(6), 30, (0, 10, 29)
 TASKS = ("A", "B")

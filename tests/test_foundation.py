@@ -9,8 +9,8 @@ import pytest
 import xarray as xr
 
 import gradcomp
-from gradcomp import _dims
-from gradcomp._provenance import provenance
+from gradcomp import dims
+from gradcomp.provenance import provenance
 from gradcomp.schedule import as_schedule, linear, logarithmic
 
 
@@ -41,12 +41,12 @@ def test_annotate_and_require() -> None:
     ds = xr.Dataset(
         {"loss": ("step", [1.0, 2.0]), "mine": ("step", [0, 1])}, coords={"step": [0, 1]}
     )
-    _dims.annotate(ds, {"mine": ("my quantity", "m")})
+    dims.annotate(ds, {"mine": ("my quantity", "m")})
     assert ds["loss"].attrs["long_name"] == "task loss"
     assert ds["mine"].attrs["units"] == "m"
     assert ds["step"].attrs["units"] == "1"  # UDUNITS: a step index is dimensionless
     with pytest.raises(ValueError, match=r"'gram'.*units=True"):
-        _dims.require(ds, ["loss", "gram"], hint="units=True")
+        dims.require(ds, ["loss", "gram"], hint="units=True")
 
 
 def test_provenance_is_netcdf_safe() -> None:

@@ -10,7 +10,7 @@ import torch
 import xarray as xr
 
 from gradcomp import gram as core
-from gradcomp._dims import LAYER, STEP, TASK, TASK_J, UNIT
+from gradcomp.dims import LAYER, STEP, TASK, TASK_J, UNIT
 
 
 def naive_gram(vectors: list[list[float]]) -> np.ndarray:

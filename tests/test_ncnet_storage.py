@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from gradcomp import _dims, chsh, ncnet
+from gradcomp import chsh, dims, ncnet
 from gradcomp._encoding import OUTCOME_FILL, encoding_for, is_outcome
 from gradcomp.analyze import conflict
 from gradcomp.ncnet._experiment import capacity
@@ -31,9 +31,9 @@ def _reopen(ds: xr.Dataset, path: Path, keep_bits: int | None = None) -> xr.Data
 
 def test_one_layer_that_is_also_all(small: xr.Dataset) -> None:
     assert small.layer.values.tolist() == ["hidden"]
-    assert _dims.layer(small, "all") == "hidden" and _dims.layer(small, "hidden") == "hidden"
+    assert dims.layer(small, "all") == "hidden" and dims.layer(small, "hidden") == "hidden"
     rec = xr.Dataset(coords={"layer": ["fc", "all"]})
-    assert _dims.layer(rec, "all") == "all"
+    assert dims.layer(rec, "all") == "all"
     from matplotlib import pyplot as plt
 
     from gradcomp.plot.record import grad_norm_over_steps

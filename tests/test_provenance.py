@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 import gradcomp
-from gradcomp import _provenance
-from gradcomp._provenance import provenance
+from gradcomp import provenance as prov_mod
+from gradcomp.provenance import provenance
 
 PACKAGE = Path(gradcomp.__file__).resolve().parent
 ROOT = PACKAGE.parent
@@ -86,7 +86,7 @@ def test_no_git_state_from_a_users_repository(tmp_path, package_at) -> None:
     commit is not gradcomp's."""
     pkg = _user_repo(tmp_path, package_at, "userproject")
     user_commit = _git(pkg, "rev-parse", "--short", "HEAD")
-    state = _provenance._git_state(str(pkg))
+    state = prov_mod._git_state(str(pkg))
     assert user_commit not in state
     assert state == ""
 
@@ -95,7 +95,7 @@ def test_no_git_state_from_a_users_repository(tmp_path, package_at) -> None:
 def test_no_git_state_from_a_users_repository_in_a_fresh_process(tmp_path) -> None:
     """The same through ``provenance()`` of the copied package, imported as a user would."""
     pkg = _user_repo(tmp_path, "venv/lib/python3/site-packages", "userproject")
-    code = "from gradcomp._provenance import provenance; print(repr(provenance()['git_state']))"
+    code = "from gradcomp.provenance import provenance; print(repr(provenance()['git_state']))"
     env = {**os.environ, "PYTHONPATH": str(pkg.parent), "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)  # fmt: skip
@@ -107,11 +107,11 @@ def test_no_git_state_from_a_users_repository_in_a_fresh_process(tmp_path) -> No
 def test_git_state_of_gradcomps_own_checkout(tmp_path) -> None:
     pkg = _user_repo(tmp_path, ".", "gradcomp")
     commit = _git(pkg, "rev-parse", "--short", "HEAD")
-    assert _provenance._git_state(str(pkg)).startswith(commit[:7])
+    assert prov_mod._git_state(str(pkg)).startswith(commit[:7])
     with open(pkg / "__init__.py", "a") as f:
         f.write("# an uncommitted change\n")
-    _provenance._git_state.cache_clear()  # looked up once per process and path
-    assert _provenance._git_state(str(pkg)).endswith("-dirty")
+    prov_mod._git_state.cache_clear()  # looked up once per process and path
+    assert prov_mod._git_state(str(pkg)).endswith("-dirty")
 
 
 @needs_git
@@ -126,10 +126,10 @@ def test_a_gradcomp_checkout_nested_in_another_repository(tmp_path) -> None:
     _git(outer, "init", "-q")
     _git(outer, "add", "-A")
     _git(outer, "commit", "-q", "-m", "vendored")
-    assert _provenance._git_state(str(inner / "gradcomp")) == ""
+    assert prov_mod._git_state(str(inner / "gradcomp")) == ""
 
 
 def test_no_git_state_without_a_pyproject(tmp_path) -> None:
     pkg = tmp_path / "site-packages" / "gradcomp"
     pkg.mkdir(parents=True)
-    assert _provenance._git_state(str(pkg)) == ""
+    assert prov_mod._git_state(str(pkg)) == ""

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import gradcomp
-from gradcomp import _dims
+from gradcomp import dims
 
 REFERENCE = Path(gradcomp.__file__).parent / "reference"
 FILES = sorted(REFERENCE.glob("*.py"))
@@ -39,17 +39,17 @@ def gradcomp_imports(tree: ast.AST) -> list[tuple[str, list[str], int]]:
 def violations(source: str) -> list[str]:
     """What in ``source`` imports gradcomp code other than ``gradcomp.reference``.
 
-    ``gradcomp._dims`` is allowed for its string constants (dimension and variable names) only.
+    ``gradcomp.dims`` is allowed for its string constants (dimension and variable names) only.
     """
     bad = []
     for module, names, line in gradcomp_imports(ast.parse(source)):
         if module == "gradcomp.reference" or module.startswith("gradcomp.reference."):
             continue
-        if module == "gradcomp._dims" and names:
+        if module == "gradcomp.dims" and names:
             bad += [
-                f"line {line}: gradcomp._dims.{n} is not a name constant"
+                f"line {line}: gradcomp.dims.{n} is not a name constant"
                 for n in names
-                if not isinstance(getattr(_dims, n, None), str)
+                if not isinstance(getattr(dims, n, None), str)
             ]
             continue
         bad.append(f"line {line}: imports {module} {names or ''}".rstrip())
@@ -74,8 +74,8 @@ def test_reference_modules_import_no_gradcomp_code(path: Path) -> None:
         "from gradcomp import ncnet",
         "from .. import chsh",
         "from ..ncnet import NCnetConfig",
-        "from gradcomp._dims import annotate",
-        "import gradcomp._dims",
+        "from gradcomp.dims import annotate",
+        "import gradcomp.dims",
         "def f():\n    from gradcomp.ncnet._fast import SETTING_PAIRS",
     ],
 )
@@ -88,7 +88,7 @@ def test_the_check_catches_imports_of_checked_code(source: str) -> None:
     [
         "from gradcomp.reference.grads import gram_reference",
         "from .grads import gram_reference",
-        "from gradcomp._dims import ALL, SEED",
+        "from gradcomp.dims import ALL, SEED",
         "import numpy as np\nimport torch",
     ],
 )

@@ -7,18 +7,18 @@ from typing import Any
 
 import xarray as xr
 
-from gradcomp import _dims
-from gradcomp._provenance import derive, describe, provenance
+from gradcomp import dims
+from gradcomp.provenance import derive, describe, provenance
 
 #: How to produce each variable an analyzer may need (the hint in the error message).
 HINTS: dict[str, str] = {
-    _dims.LOSS: "gradcomp.record(...) (every recording has it) or gradcomp.ncnet.run(...)",
-    _dims.GRAM: "gradcomp.record(...) or gradcomp.ncnet.run(...) with traces recorded",
-    _dims.COSINE: "gradcomp.record(...) or gradcomp.ncnet.run(...) with traces recorded",
-    _dims.GRAD_NORM: "gradcomp.record(...) or gradcomp.ncnet.run(...) with traces recorded",
-    _dims.UNIT_GRAM: "gradcomp.record(..., units=True) or NCnetConfig(units=True)",
-    _dims.OUTCOME_A: "gradcomp.ncnet.run(...) (ensemble outcomes)",
-    _dims.OUTCOME_B: "gradcomp.ncnet.run(...) (ensemble outcomes)",
+    dims.LOSS: "gradcomp.record(...) (every recording has it) or gradcomp.ncnet.run(...)",
+    dims.GRAM: "gradcomp.record(...) or gradcomp.ncnet.run(...) with traces recorded",
+    dims.COSINE: "gradcomp.record(...) or gradcomp.ncnet.run(...) with traces recorded",
+    dims.GRAD_NORM: "gradcomp.record(...) or gradcomp.ncnet.run(...) with traces recorded",
+    dims.UNIT_GRAM: "gradcomp.record(..., units=True) or NCnetConfig(units=True)",
+    dims.OUTCOME_A: "gradcomp.ncnet.run(...) (ensemble outcomes)",
+    dims.OUTCOME_B: "gradcomp.ncnet.run(...) (ensemble outcomes)",
 }
 
 
@@ -27,7 +27,7 @@ def need(ds: xr.Dataset, names: list[str] | tuple[str, ...]) -> None:
     missing = [n for n in names if n not in ds.variables]
     if missing:
         hint = "; ".join(f"{n!r}: {HINTS.get(n, 'see docs/data-model.md')}" for n in missing)
-        _dims.require(ds, names, hint=hint)
+        dims.require(ds, names, hint=hint)
 
 
 def need_dims(da: xr.DataArray, dims: tuple[str, ...], name: str) -> None:
@@ -52,7 +52,7 @@ def need_length(da: xr.DataArray, dim: str, minimum: int, what: str) -> None:
 
 def need_seeds(da: xr.DataArray, minimum: int, what: str) -> None:
     """Raise a ``ValueError`` unless ``da`` is an ensemble with at least ``minimum`` seeds."""
-    n = da.sizes.get(_dims.SEED, 0)
+    n = da.sizes.get(dims.SEED, 0)
     if n < minimum:
         raise ValueError(
             f"{what} needs an ensemble of at least {minimum} seeds, got {n} (a single run "
@@ -92,7 +92,7 @@ def finish(
     ``undefined_reason`` entries are also plain attrs (``undefined_reason`` only when some
     statistic is undefined); ``attrs["analysis"]`` names the analyzer and its parameters
     (:func:`analysis`). The input's attrs (``source``: the analysed Dataset or its attrs) are
-    kept as :func:`gradcomp._provenance.derive` says: its history lines come first, its
+    kept as :func:`gradcomp.provenance.derive` says: its history lines come first, its
     ``strategy``, ``shared_parameters``, ... stay, and its ``config`` and versions become
     ``source_config``, ``source_<library>_version`` where the analysis' differ.
     """
@@ -100,7 +100,7 @@ def finish(
         if var in ds.variables:
             ds[var].attrs.pop("long_name", None)
             ds[var].attrs.pop("units", None)
-    _dims.annotate(ds, labels)
+    dims.annotate(ds, labels)
     own = provenance({"analyzer": name, **config}, source=f"gradcomp.analyze.{name}")
     own["analysis"] = analysis(name, config)
     own.update({k: str(config[k]) for k in PLAIN if k in config and config[k] != ""})

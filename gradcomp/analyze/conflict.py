@@ -24,8 +24,8 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from gradcomp._dims import LAYER, STEP, TASK, TASK_J, UNIT
 from gradcomp.analyze._checks import finish, need, need_dims, need_length
+from gradcomp.dims import LAYER, STEP, TASK, TASK_J, UNIT
 from gradcomp.gram import cosine
 
 __all__ = ["conflict"]

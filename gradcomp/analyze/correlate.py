@@ -48,11 +48,11 @@ import numpy as np
 import xarray as xr
 from scipy import stats
 
-from gradcomp._dims import SEED, bounded
 from gradcomp.analyze import _serial
 from gradcomp.analyze._checks import finish
 from gradcomp.analyze._resample import MAX_UNITS, resampled_sums, unit_sums
 from gradcomp.analyze._serial import DETRENDS, autocorrelation
+from gradcomp.dims import SEED, bounded
 
 __all__ = ["correlate"]
 
@@ -265,7 +265,7 @@ def correlate(
             alpha: 1 - confidence level; random_state: seeds the resampling.
         source: the Dataset ``x`` and ``y`` come from: the result keeps its provenance attrs
             (``history``, ``strategy``, ``config`` as ``source_config``, ...; see
-            :func:`gradcomp._provenance.derive`). ``ds.gradcomp.correlate`` passes it.
+            :func:`gradcomp.provenance.derive`). ``ds.gradcomp.correlate`` passes it.
 
     Returns:
         Dataset with ``pearson``, ``spearman`` (each + ``_lo``, ``_hi``, ``_p``), ``n`` (finite

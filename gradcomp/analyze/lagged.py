@@ -27,10 +27,10 @@ import numpy as np
 import xarray as xr
 from scipy import stats
 
-from gradcomp._dims import LAG, SEED, STEP, bounded
 from gradcomp.analyze._checks import finish, need_length, need_seeds
 from gradcomp.analyze._resample import resampled_sums
 from gradcomp.analyze._serial import effective_n, lag1
+from gradcomp.dims import LAG, SEED, STEP, bounded
 
 __all__ = ["lagged"]
 
@@ -103,7 +103,7 @@ def lagged(
         difference: correlate first differences (so two trends do not look like a lead).
         n_boot, alpha, random_state: bootstrap resamples, 1 - confidence, generator seed.
         source: the Dataset ``x`` and ``y`` come from: the result keeps its provenance attrs
-            (see :func:`gradcomp._provenance.derive`). ``ds.gradcomp.lagged`` passes it.
+            (see :func:`gradcomp.provenance.derive`). ``ds.gradcomp.lagged`` passes it.
 
     Returns:
         Dataset with ``r``, ``r_lo``, ``r_hi``, ``n``, ``n_eff`` over ``lag`` and

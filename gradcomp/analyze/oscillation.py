@@ -32,8 +32,8 @@ import numpy as np
 import xarray as xr
 from scipy import signal
 
-from gradcomp._dims import FREQUENCY, LOSS, STEP, TASK
 from gradcomp.analyze._checks import finish, need, need_dims, need_length
+from gradcomp.dims import FREQUENCY, LOSS, STEP, TASK
 
 __all__ = ["oscillation"]
 

@@ -45,11 +45,11 @@ import numpy as np
 import xarray as xr
 from scipy import stats
 
-from gradcomp._dims import ALICE, BOB, LOSS, OWN, SEED, STEP, TASK, bounded
 from gradcomp.analyze._checks import finish, need, need_dims, need_length, need_seeds
 from gradcomp.analyze._decoder import loso_scores
 from gradcomp.analyze._info import confusion_mi, miller_madow_bias
 from gradcomp.analyze.multiplicity import qvalues
+from gradcomp.dims import ALICE, BOB, LOSS, OWN, SEED, STEP, TASK, bounded
 
 __all__ = ["sensing"]
 

@@ -110,7 +110,7 @@ def nonnegative_int(text: str) -> int:
 
 def check_device(device: str, *, flag: str = "--device") -> str:
     """``device`` if this process can use it, else a :class:`CommandError` naming ``flag``."""
-    from gradcomp._device import check_device as check
+    from gradcomp.device import check_device as check
 
     try:
         check(device)

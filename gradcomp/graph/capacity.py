@@ -29,7 +29,7 @@ import networkx as nx
 import numpy as np
 import xarray as xr
 
-from gradcomp import _dims
+from gradcomp import dims
 
 __all__ = ["capacity_coord", "lora_graph", "ncnet_graph", "shared_capacity"]
 
@@ -122,15 +122,15 @@ def capacity_coord(
     Returns:
         A DataArray named ``shared_capacity`` over ``width`` or ``rank``.
     """
-    if _dims.WIDTH in ds.coords:
-        dim = _dims.WIDTH
+    if dims.WIDTH in ds.coords:
+        dim = dims.WIDTH
         shared = not int(ds.attrs.get("unshared", 0))  # gradcomp.ncnet.run records the control
         values = [shared_capacity(ncnet_graph(int(w), shared), unit) for w in ds[dim].values]
-    elif _dims.RANK in ds.coords:
-        dim = _dims.RANK
-        if adapted_modules is None and _dims.LAYER in ds.coords:
+    elif dims.RANK in ds.coords:
+        dim = dims.RANK
+        if adapted_modules is None and dims.LAYER in ds.coords:
             # gradcomp.lora: one layer entry per adapted module, all on the shared encoder
-            adapted_modules = sum(str(v) != _dims.ALL for v in ds[_dims.LAYER].values)
+            adapted_modules = sum(str(v) != dims.ALL for v in ds[dims.LAYER].values)
         if adapted_modules is None or adapted_modules < 1:
             raise ValueError(
                 "a rank coordinate needs adapted_modules=k (the number of LoRA adapters both "

@@ -27,8 +27,8 @@ import networkx as nx
 import numpy as np
 import xarray as xr
 
-from gradcomp import _dims
-from gradcomp._provenance import derive, describe, provenance
+from gradcomp import dims
+from gradcomp.provenance import derive, describe, provenance
 
 __all__ = ["competition", "competition_graph", "unit_shares"]
 
@@ -47,31 +47,31 @@ LABELS = {
 
 def _select(data: xr.Dataset | xr.DataArray, layer: Hashable | None) -> xr.DataArray:
     if isinstance(data, xr.Dataset):
-        _dims.require(data, [_dims.UNIT_GRAM], hint="gradcomp.record(..., units=True)")
-        data = data[_dims.UNIT_GRAM]
-    for dim in (_dims.UNIT, _dims.TASK, _dims.TASK_J):
+        dims.require(data, [dims.UNIT_GRAM], hint="gradcomp.record(..., units=True)")
+        data = data[dims.UNIT_GRAM]
+    for dim in (dims.UNIT, dims.TASK, dims.TASK_J):
         if dim not in data.dims:
             raise ValueError(f"unit_gram needs dims (..., unit, task, task_j); it lacks {dim!r}.")
-    if _dims.TASK in data.coords and _dims.TASK_J in data.coords:
-        if list(data[_dims.TASK].values) != list(data[_dims.TASK_J].values):
+    if dims.TASK in data.coords and dims.TASK_J in data.coords:
+        if list(data[dims.TASK].values) != list(data[dims.TASK_J].values):
             raise ValueError("unit_gram's task and task_j coordinates must list the same tasks.")
-    if data.sizes[_dims.TASK] < 2:
+    if data.sizes[dims.TASK] < 2:
         raise ValueError("competition needs at least two tasks.")
-    if _dims.LAYER in data.dims:
+    if dims.LAYER in data.dims:
         if layer is None:
             finite = [
                 str(lay)
-                for lay in data[_dims.LAYER].values
-                if lay != _dims.ALL and bool(np.isfinite(data.sel({_dims.LAYER: lay})).any())
+                for lay in data[dims.LAYER].values
+                if lay != dims.ALL and bool(np.isfinite(data.sel({dims.LAYER: lay})).any())
             ]
             if len(finite) != 1:
                 raise ValueError(f"pick a layer with layer=…; layers with per-unit data: {finite}.")
             layer = finite[0]
-        known = [str(v) for v in data[_dims.LAYER].values]
+        known = [str(v) for v in data[dims.LAYER].values]
         if str(layer) not in known:
             raise ValueError(f"layer {layer!r} is not in the recording; layers: {known}.")
-        data = data.sel({_dims.LAYER: layer})
-    return data.transpose(..., _dims.UNIT, _dims.TASK, _dims.TASK_J).astype(np.float64)
+        data = data.sel({dims.LAYER: layer})
+    return data.transpose(..., dims.UNIT, dims.TASK, dims.TASK_J).astype(np.float64)
 
 
 def _diag(gram: xr.DataArray) -> np.ndarray:
@@ -94,9 +94,9 @@ def unit_shares(
     with np.errstate(invalid="ignore", divide="ignore"):
         share = np.where(total > 0, mass / np.where(total > 0, total, 1.0), 0.0)
     share = np.where(valid, share, np.nan)
-    dims = (*gram.dims[:-1],)
-    coords = {k: v for k, v in gram.coords.items() if _dims.TASK_J not in v.dims}
-    return xr.DataArray(share, dims=dims, coords=coords, name="share")
+    out_dims = (*gram.dims[:-1],)
+    coords = {k: v for k, v in gram.coords.items() if dims.TASK_J not in v.dims}
+    return xr.DataArray(share, dims=out_dims, coords=coords, name="share")
 
 
 def _threshold(n_units: np.ndarray, min_share: float | None) -> np.ndarray:
@@ -126,7 +126,7 @@ def competition(
         Dataset with ``share (…, unit, task)``, ``contested (…, unit)`` (int8),
         ``n_units``, ``n_contested``, ``contested_share``, ``n_components``, ``min_share``
         (…), ``contested_mass`` and ``n_owned`` (…, task); see the module docstring. A
-        Dataset's attrs are kept (:func:`gradcomp._provenance.derive`: its ``config`` as
+        Dataset's attrs are kept (:func:`gradcomp.provenance.derive`: its ``config`` as
         ``source_config``, its history lines first).
     """
     gram = _select(unit_gram, layer)
@@ -152,8 +152,8 @@ def competition(
     safe_share = np.nan_to_num(share, nan=0.0)
 
     outer = share_da.dims[:-2]
-    unit_dims = (*outer, _dims.UNIT)
-    task_dims = (*outer, _dims.TASK)
+    unit_dims = (*outer, dims.UNIT)
+    task_dims = (*outer, dims.TASK)
     coords = {k: v for k, v in share_da.coords.items()}
     n_contested = contested.sum(axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -178,7 +178,7 @@ def competition(
     own = provenance(config)
     own["analysis"] = describe("competition", {"layer": layer, "min_share": min_share})
     ds.attrs.update(derive(source, own))
-    return _dims.annotate(ds, LABELS)
+    return dims.annotate(ds, LABELS)
 
 
 def competition_graph(
@@ -193,24 +193,20 @@ def competition_graph(
     """
     gram = _select(unit_gram, layer)
     if gram.ndim != 3:
-        extra = [d for d in gram.dims if d not in (_dims.UNIT, _dims.TASK, _dims.TASK_J)]
+        extra = [d for d in gram.dims if d not in (dims.UNIT, dims.TASK, dims.TASK_J)]
         raise ValueError(f"select one slice first: unit_gram still has dims {extra}.")
     share = unit_shares(gram).values
     tasks = (
-        gram[_dims.TASK].values.tolist()
-        if _dims.TASK in gram.coords
-        else list(range(share.shape[1]))
+        gram[dims.TASK].values.tolist() if dims.TASK in gram.coords else list(range(share.shape[1]))
     )
     units = (
-        gram[_dims.UNIT].values.tolist()
-        if _dims.UNIT in gram.coords
-        else list(range(share.shape[0]))
+        gram[dims.UNIT].values.tolist() if dims.UNIT in gram.coords else list(range(share.shape[0]))
     )
     valid = [k for k in range(len(units)) if np.isfinite(share[k]).all()]
     tau = float(_threshold(np.asarray(len(valid)), min_share))
     g = nx.Graph(min_share=tau)
     for t in tasks:
-        g.add_node((_dims.TASK, t), bipartite=0)
+        g.add_node((dims.TASK, t), bipartite=0)
     for k in valid:
         act = [i for i in range(len(tasks)) if share[k, i] > 0 and share[k, i] >= tau]
         fight = any(float(gram.values[k, i, j]) < 0 for i in act for j in act if i != j)
@@ -218,7 +214,7 @@ def competition_graph(
         state = (
             "contested" if fight else "owned" if owner is not None else "shared" if act else "idle"
         )
-        g.add_node((_dims.UNIT, units[k]), bipartite=1, contested=fight, owner=owner, state=state)
+        g.add_node((dims.UNIT, units[k]), bipartite=1, contested=fight, owner=owner, state=state)
         for i in act:
-            g.add_edge((_dims.TASK, tasks[i]), (_dims.UNIT, units[k]), weight=float(share[k, i]))
+            g.add_edge((dims.TASK, tasks[i]), (dims.UNIT, units[k]), weight=float(share[k, i]))
     return g

@@ -15,10 +15,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import xarray as xr
 
-from gradcomp import _dims
-from gradcomp._provenance import provenance
+from gradcomp import dims
 from gradcomp.graph.convac import ConvAC, coefficient_tensor, matricization_rank
 from gradcomp.graph.mincut import blocks, convac_graph, min_cut_bound
+from gradcomp.provenance import provenance
 
 __all__ = ["design_bounds"]
 
@@ -27,8 +27,8 @@ LABELS = {
     "rank_bits": ("measured log2 rank [A]_{I,J} (random Gaussian weights)", "bit"),
     "n_params": ("weights in the ConvAC", "1"),
     "channels": ("channels after each 1×1 convolution", "1"),
-    _dims.BLOCK: ("partition block size in inputs (1: interleaved, N/2: left/right)", "1"),
-    _dims.LEVEL: ("pooling level", "1"),
+    dims.BLOCK: ("partition block size in inputs (1: interleaved, N/2: left/right)", "1"),
+    dims.LEVEL: ("pooling level", "1"),
 }
 
 
@@ -62,7 +62,7 @@ def design_bounds(
             for net in nets.values()
         ]
     )
-    profile, block, level = _dims.PROFILE, _dims.BLOCK, _dims.LEVEL
+    profile, block, level = dims.PROFILE, dims.BLOCK, dims.LEVEL
     ds = xr.Dataset(
         {
             "bits": ((profile, block), bits),
@@ -86,4 +86,4 @@ def design_bounds(
     config["measure_seed"] = str(measure_seed)
     ds.attrs.update(provenance(config))
     ds.attrs.update(n_inputs=int(n_inputs), m=int(m))
-    return _dims.annotate(ds, LABELS)
+    return dims.annotate(ds, LABELS)

@@ -36,7 +36,7 @@ from torch import nn
 from torch.func import functional_call
 
 from gradcomp import gram as core
-from gradcomp._dims import ALL
+from gradcomp.dims import ALL
 
 __all__ = [
     "Batches",

@@ -21,8 +21,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from gradcomp._dims import ALICE, BOB, RANK, SEED, STEP, TASK, annotate
-from gradcomp._provenance import provenance
+from gradcomp.dims import ALICE, BOB, RANK, SEED, STEP, TASK, annotate
 from gradcomp.gram import gram_dataset
 from gradcomp.lora.data import DEFAULT_LANGUAGES, DEFAULT_TASKS, WordData, encode, load_words
 from gradcomp.lora.ensemble import (
@@ -36,6 +35,7 @@ from gradcomp.lora.ensemble import (
     train_vmap,
 )
 from gradcomp.lora.model import ATTENTION_TARGETS, LoraHeads, add_lora, load_encoder, lora_layers
+from gradcomp.provenance import provenance
 from gradcomp.schedule import as_schedule
 
 __all__ = ["LABELS", "LoraExperiment", "run", "to_dataset"]

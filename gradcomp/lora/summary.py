@@ -21,10 +21,10 @@ from typing import Any
 import xarray as xr
 
 from gradcomp import chsh
-from gradcomp._dims import ALICE, ALL, BOB, LAYER, RANK, SEED, STEP, TASK, TASK_J, annotate
 from gradcomp._diverged import LABELS as DIVERGED_LABELS
 from gradcomp._diverged import MAX_DIVERGED, check_share, diverged_share
-from gradcomp._provenance import provenance
+from gradcomp.dims import ALICE, ALL, BOB, LAYER, RANK, SEED, STEP, TASK, TASK_J, annotate
+from gradcomp.provenance import provenance
 
 __all__ = ["LABELS", "summarize"]
 

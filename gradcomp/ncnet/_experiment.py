@@ -10,10 +10,10 @@ import numpy as np
 import torch
 import xarray as xr
 
-from gradcomp import _dims, chsh
-from gradcomp._dims import ALICE, BOB, STEP, WIDTH
+from gradcomp import chsh, dims
 from gradcomp._diverged import LABELS as DIVERGED_LABELS
 from gradcomp._diverged import MAX_DIVERGED, check_share, diverged_share
+from gradcomp.dims import ALICE, BOB, STEP, WIDTH
 from gradcomp.ncnet._config import NCnetConfig
 from gradcomp.ncnet._run import reject_removed, run
 
@@ -194,7 +194,7 @@ def capacity(
         }
         for name in cvars.data_vars:
             cvars[name].attrs = {}
-        out = xr.merge([out, _dims.annotate(cvars, labels)], combine_attrs="override")
+        out = xr.merge([out, dims.annotate(cvars, labels)], combine_attrs="override")
     return out
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from gradcomp import _dims
+from gradcomp import dims
 from gradcomp._encoding import KEEP_BITS, QUANTIZE_ATTR, bit_round, encoding_for
 from gradcomp.gram import cosine, grad_norm
 
@@ -47,13 +47,13 @@ PAIR = "task_pair"
 
 def _triu(var: xr.DataArray) -> xr.DataArray | None:
     """The upper triangle of a symmetric ``(..., task, task_j)`` variable, or None."""
-    if var.dims[-2:] != (_dims.TASK, _dims.TASK_J):
+    if var.dims[-2:] != (dims.TASK, dims.TASK_J):
         return None
     x = np.asarray(var.values)
     if not np.array_equal(x, np.swapaxes(x, -1, -2), equal_nan=True):
         return None
     i, j = np.triu_indices(x.shape[-1])
-    tasks = var[_dims.TASK].values
+    tasks = var[dims.TASK].values
     pairs = [f"{tasks[a]}|{tasks[b]}" for a, b in zip(i, j, strict=True)]
     return xr.DataArray(x[..., i, j], dims=(*var.dims[:-2], PAIR), attrs=var.attrs).assign_coords(
         {PAIR: pairs}
@@ -68,8 +68,7 @@ def _full(tri: xr.DataArray, n: int) -> xr.DataArray:
     full = np.empty((*x.shape[:-1], n, n), x.dtype)
     full[..., i, j] = x
     full[..., j, i] = x
-    dims = (*tri.dims[:-1], _dims.TASK, _dims.TASK_J)
-    return xr.DataArray(full, dims=dims, attrs=tri.attrs)
+    return xr.DataArray(full, dims=(*tri.dims[:-1], dims.TASK, dims.TASK_J), attrs=tri.attrs)
 
 
 def save(
@@ -125,7 +124,7 @@ def open_dataset(path: str | os.PathLike[str]) -> xr.Dataset:
     order = [str(v) for v in ds.data_vars]
     stored = [v for v in order if v.endswith(_TRIU) and PAIR in ds[v].dims]
     for tri_name in stored:
-        ds[tri_name.removesuffix(_TRIU)] = _full(ds[tri_name], ds.sizes[_dims.TASK])
+        ds[tri_name.removesuffix(_TRIU)] = _full(ds[tri_name], ds.sizes[dims.TASK])
     if stored:
         ds = ds.drop_vars([*stored, PAIR])
         ds = ds[[v.removesuffix(_TRIU) if v in stored else v for v in order]]
@@ -139,5 +138,5 @@ def open_dataset(path: str | os.PathLike[str]) -> xr.Dataset:
         }
         for name in names:
             ds[name] = made[name]
-        ds = _dims.annotate(ds)
+        ds = dims.annotate(ds)
     return ds

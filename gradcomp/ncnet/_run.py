@@ -11,8 +11,8 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from gradcomp import _dims
-from gradcomp._dims import (
+from gradcomp import dims
+from gradcomp.dims import (
     ALICE,
     ALL_IS,
     BOB,
@@ -22,13 +22,13 @@ from gradcomp._dims import (
     TASK,
     WIDTH,
 )
-from gradcomp._provenance import provenance
 from gradcomp.ensemble import chunks
 from gradcomp.gram import gram_dataset
 from gradcomp.ncnet._autograd import train_autograd
 from gradcomp.ncnet._config import NCnetConfig
 from gradcomp.ncnet._fast import train_fast
 from gradcomp.ncnet._plan import NCnetPlan, plan
+from gradcomp.provenance import provenance
 
 __all__ = [
     "ENGINES",
@@ -132,7 +132,7 @@ def run(
         ``acc``, ``heldout_acc`` (with holdout),
         ``gram``, ``grad_norm``, ``cosine`` (layer ``hidden`` only: NCnet's shared parameters are
         exactly the hidden layer, so layer ``"all"`` is the same data, stored once;
-        ``attrs["layer_all"] = "hidden"`` says so and :func:`gradcomp._dims.layer` maps ``"all"``
+        ``attrs["layer_all"] = "hidden"`` says so and :func:`gradcomp.dims.layer` maps ``"all"``
         to it) and ``unit_gram`` (with ``config.units``), labelled, with provenance in ``attrs``.
 
     Raises:
@@ -281,4 +281,4 @@ def _to_dataset(config, widths, seeds, tr) -> xr.Dataset:
     ds.attrs["bob_tasks"] = " ; ".join(config.bob)
     ds.attrs["unshared"] = int(config.unshared)
     ds.attrs[ALL_IS] = HIDDEN
-    return _dims.annotate(ds, LABELS)
+    return dims.annotate(ds, LABELS)

@@ -12,7 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from scipy import stats
 
-from gradcomp._dims import ALICE, BOB, CBD_MARGIN, DELTA, HI, LO, RANK, STEP, WIDTH, C, S
+from gradcomp.dims import ALICE, BOB, CBD_MARGIN, DELTA, HI, LO, RANK, STEP, WIDTH, C, S
 
 __all__ = ["capacity", "correlator_bounds", "correlators", "figure", "margin"]
 

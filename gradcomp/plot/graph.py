@@ -11,7 +11,7 @@ import xarray as xr
 from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 
-from gradcomp._dims import BLOCK, PROFILE, SEED, TASK, WIDTH
+from gradcomp.dims import BLOCK, PROFILE, SEED, TASK, WIDTH
 
 __all__ = ["competition_graph", "contested_vs_width", "convac_bounds"]
 

@@ -12,7 +12,7 @@ import numpy as np
 import xarray as xr
 from matplotlib.axes import Axes
 
-from gradcomp._dims import DELTA, HI, LO, RANK, STEP, S
+from gradcomp.dims import DELTA, HI, LO, RANK, STEP, S
 
 __all__ = ["conflict_vs_rank", "s_vs_generalization", "s_vs_rank"]
 

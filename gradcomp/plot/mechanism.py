@@ -14,7 +14,7 @@ import xarray as xr
 from matplotlib.axes import Axes
 from matplotlib.ticker import NullFormatter
 
-from gradcomp._dims import (
+from gradcomp.dims import (
     ALICE,
     ANALYSIS,
     BOB,

@@ -9,8 +9,8 @@ import numpy as np
 import xarray as xr
 from matplotlib.axes import Axes
 
-from gradcomp._dims import ALL, COSINE, GRAD_NORM, LAYER, STEP, TASK, TASK_J, require
-from gradcomp._dims import layer as layer_label
+from gradcomp.dims import ALL, COSINE, GRAD_NORM, LAYER, STEP, TASK, TASK_J, require
+from gradcomp.dims import layer as layer_label
 
 __all__ = ["cosine_over_steps", "grad_norm_over_steps"]
 
@@ -61,7 +61,7 @@ def grad_norm_over_steps(ds: xr.Dataset, ax: Axes, *, layer: str = ALL, log: boo
         ds: a recording with ``grad_norm``.
         ax: the axes to draw on.
         layer: the layer (default ``"all"``; in an NCnet Dataset that is layer ``"hidden"``, see
-            :func:`gradcomp._dims.layer`).
+            :func:`gradcomp.dims.layer`).
         log: logarithmic y axis (zeros are not drawn).
 
     Returns:

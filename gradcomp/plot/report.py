@@ -33,7 +33,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from gradcomp._dims import (
+from gradcomp._exact import clopper_pearson
+from gradcomp.dims import (
     ALICE,
     ALL,
     BOB,
@@ -55,7 +56,6 @@ from gradcomp._dims import (
     UNIT_GRAM,
     S,
 )
-from gradcomp._exact import clopper_pearson
 from gradcomp.plot.mechanism import _band, _colors, _line_band, _time_axis
 
 __all__ = [

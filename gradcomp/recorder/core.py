@@ -22,7 +22,7 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
-from gradcomp._dims import STEP
+from gradcomp.dims import STEP
 from gradcomp.recorder import rows as rows_mod
 from gradcomp.recorder._graph import reachable_leaves
 from gradcomp.recorder._inputs import check_losses, weighted_total

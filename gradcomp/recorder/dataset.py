@@ -11,9 +11,9 @@ import torch
 import xarray as xr
 from torch import Tensor
 
-from gradcomp._dims import LAYER, STEP, TASK, TASK_J
-from gradcomp._provenance import provenance
+from gradcomp.dims import LAYER, STEP, TASK, TASK_J
 from gradcomp.gram import gram_dataset
+from gradcomp.provenance import provenance
 from gradcomp.recorder.shared import Layout
 
 __all__ = [

@@ -31,8 +31,8 @@ import numpy as np
 import xarray as xr
 
 from gradcomp._atomic import atomic_write, replacing
-from gradcomp._dims import STEP
 from gradcomp._encoding import async_array, encode_zarr, encoding_for
+from gradcomp.dims import STEP
 from gradcomp.recorder.dataset import STEP_VARIABLES, Arrays
 
 __all__ = [

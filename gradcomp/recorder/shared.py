@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from gradcomp._dims import ALL
+from gradcomp.dims import ALL
 from gradcomp.recorder._graph import reachable_leaves
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 Each module here is written from the documented formulas only and imports nothing from the code
 it checks (no models, initialisers, setting tables or helpers of ``gradcomp``; only the dimension
-names of :mod:`gradcomp._dims`), so a shared mistake cannot hide in both; ``tests/
+names of :mod:`gradcomp.dims`), so a shared mistake cannot hide in both; ``tests/
 test_reference_independence.py`` enforces this. Use in float64. (The Cockpit / BackPACK habit: ship
 the slow reference with the package, so anyone can check a result.)
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from gradcomp._dims import ALL
+from gradcomp.dims import ALL
 
 __all__ = ["train_members"]
 

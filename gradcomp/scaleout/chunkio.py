@@ -11,14 +11,14 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from gradcomp._dims import ALICE, BOB, LABELS, SEED, STEP, annotate
+from gradcomp.dims import ALICE, BOB, LABELS, SEED, STEP, annotate
 from gradcomp.scaleout.grid import Chunk, Grid
 from gradcomp.scaleout.layout import DATA, Layout, open_layout
 from gradcomp.scaleout.store import FORMAT, Verify, check_chunk, read_meta
 
 __all__ = ["AXIS_LABELS", "decode", "encode", "open_store", "run_chunk"]
 
-#: labels of grid axes that are not in gradcomp._dims (hyperparameters)
+#: labels of grid axes that are not in gradcomp.dims (hyperparameters)
 AXIS_LABELS: dict[str, tuple[str, str]] = {
     "lr": ("learning rate", "1"),
     "init_scale": ("initialisation scale", "1"),

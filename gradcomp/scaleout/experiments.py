@@ -24,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import xarray as xr
 
-from gradcomp._dims import ALICE, BOB, SEED, SETTINGS, STEP, annotate
+from gradcomp.dims import ALICE, BOB, SEED, SETTINGS, STEP, annotate
 
 __all__ = [
     "PINNED_ENGINES",

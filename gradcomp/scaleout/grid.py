@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gradcomp._dims import SEED
+from gradcomp.dims import SEED
 
 __all__ = ["Chunk", "Grid"]
 

@@ -23,8 +23,8 @@ import numpy as np
 import xarray as xr
 
 from gradcomp._atomic import replacing
-from gradcomp._dims import SEED
 from gradcomp._encoding import async_array, encode_zarr
+from gradcomp.dims import SEED
 from gradcomp.scaleout.grid import Chunk
 
 __all__ = ["DATA", "Layout", "create", "open_layout"]

@@ -153,7 +153,7 @@ class ChunkStore:
         self._meta_written = True
 
     def _attrs(self, part: xr.Dataset) -> dict[str, Any]:
-        from gradcomp._provenance import provenance
+        from gradcomp.provenance import provenance
 
         attrs = {k: str(v) if isinstance(v, str) else v for k, v in part.attrs.items()}
         attrs.update(provenance(self.config))

@@ -227,7 +227,7 @@ def check_cells(experiment: Experiment, grid: Grid, *, local: bool = True) -> No
     Raises:
         ValueError: one line naming the first bad cell.
     """
-    from gradcomp._device import check_device
+    from gradcomp.device import check_device
 
     device = _device_of(experiment)
     if device is not None:
