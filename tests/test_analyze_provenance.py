@@ -13,8 +13,8 @@ from torch import nn
 
 import gradcomp
 import gradcomp.accessor  # registers ds.gradcomp
-from gradcomp.analyze import correlate, lagged, oscillation, sensing
-from gradcomp.dims import ALICE, BOB, SEED, STEP, TASK, WIDTH
+from gradcomp.analyze import conflict, correlate, lagged, oscillation, sensing
+from gradcomp.dims import ALICE, ALL, BOB, LAYER, SEED, STEP, TASK, TASK_J, WIDTH
 from gradcomp.graph import competition
 from gradcomp.provenance import OWN, SOURCE_PREFIX, derive, provenance
 
@@ -58,7 +58,16 @@ def ensemble() -> xr.Dataset:
     return ds.assign_attrs(recording_attrs())
 
 
+def with_gram(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with a Gram of random per-task gradients on one layer ``"all"``."""
+    grads = np.random.default_rng(2).normal(size=(*ds["loss"].shape[:-1], 2, 5))
+    gram = np.einsum("...id,...jd->...ij", grads, grads)[..., None, :, :]
+    dims = (*ds["loss"].dims[:-1], LAYER, TASK, TASK_J)
+    return ds.assign(gram=(dims, gram)).assign_coords({LAYER: [ALL], TASK_J: ["A", "B"]})
+
+
 ANALYSES = {
+    "conflict": lambda ds: conflict(with_gram(ds), window=4),
     "oscillation": lambda ds: oscillation(ds, window=8),
     "sensing": lambda ds: sensing(ds, window=8, n_permutations=39, n_boot=49),
     "correlate": lambda ds: correlate(

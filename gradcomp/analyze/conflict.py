@@ -142,4 +142,4 @@ def conflict(
         out["unit_conflict_frequency"] = _rolling_mean(_indicator(ucos, threshold), window)
         out["unit_conflict_strength"] = _rolling_mean((-ucos).clip(min=0.0), window)
     config = {"threshold": threshold, "window": window, "units": int("unit_cosine" in out)}
-    return finish(out, LABELS, "conflict", config)
+    return finish(out, LABELS, "conflict", config, source=ds)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from gradcomp.ncnet._expr import input_patterns, truth_table
-from gradcomp.schedule import log_steps
+from gradcomp.schedule import as_schedule, scheduled
 
 __all__ = ["ACTIVATIONS", "DEFAULT_ALICE", "DEFAULT_BOB", "NCnetConfig"]
 
@@ -127,23 +127,9 @@ class NCnetConfig:
 
     def trace_steps(self) -> list[int]:
         """The traced steps, sorted, always including the last step."""
-        every, last = self.trace_every, self.steps
-        if every is None:
-            if last == 0:
-                return [0]
-            return sorted(set(log_steps(1, last, 30)) | {0, last})
-        if isinstance(every, bool) or (isinstance(every, int) and every < 1):
-            raise ValueError(
-                f"trace_every must be a positive int, a tuple of steps or None, got {every!r}"
-            )
-        if isinstance(every, int):
-            return sorted(set(range(0, last + 1, every)) | {last})
-        if callable(every):
-            return sorted({s for s in range(last + 1) if every(s)} | {last})
-        bad = [s for s in every if not 0 <= s <= last]
-        if bad:
-            raise ValueError(f"trace steps {bad} are outside 0..{last}")
-        return sorted(set(every) | {last})
+        return scheduled(
+            as_schedule(self.trace_every, last=self.steps, name="trace_every"), self.steps
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a JSON-friendly dict (for provenance)."""
