@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from gradcomp.recorder.rows.blocks import Split
+from gradcomp.recorder.rows.fused import FusedWeightBias
 from gradcomp.recorder.rows.hooks import autocast_on
 from gradcomp.recorder.rows.registry import Sink, register_rows_module
 
@@ -94,7 +95,9 @@ def _split(
 def _fused(sink: Sink, name: str, module: Conv, x: Tensor) -> Tensor | None:
     if _lead(module, x) < 0 or autocast_on(x):
         return None
-    out: Tensor = FusedConv.apply(x, module.weight, module.bias, sink, name, module)
+    out: Tensor = FusedConv.apply(
+        x, module.weight, module.bias, sink, name, module, module._conv_forward
+    )
     return out
 
 
@@ -109,25 +112,9 @@ def conv_blocks(module: Conv, x: Tensor, g: Tensor, sp: Split) -> dict[str, Tens
     return {k: v for k, v in (("weight", w), ("bias", b)) if v is not None}
 
 
-class FusedConv(torch.autograd.Function):
+class FusedConv(FusedWeightBias):
     """The module's convolution whose backward forms the weight and bias gradients as sums of
     the per-task blocks."""
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        x: Tensor,
-        weight: Tensor,
-        bias: Tensor | None,
-        sink: Sink,
-        name: str,
-        module: Conv,
-    ) -> Tensor:
-        out: Tensor = module._conv_forward(x, weight, bias)
-        ctx.save_for_backward(x, weight)
-        ctx.sink, ctx.name, ctx.module = sink, name, module
-        ctx.has_bias = bias is not None
-        return out
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
@@ -152,4 +139,4 @@ class FusedConv(torch.autograd.Function):
             gx, w2, b2 = _backward(module, x, g, weight, rest)
             gw = w2 if gw is None else gw
             gb = b2 if gb is None else gb
-        return gx, gw, gb, None, None, None
+        return gx, gw, gb, None, None, None, None

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gradcomp.recorder.rows.blocks import Split
+from gradcomp.recorder.rows.fused import FusedWeightBias
 from gradcomp.recorder.rows.registry import Sink, register_rows_module
 
 __all__ = ["FusedLinear", "linear_blocks"]
@@ -36,7 +37,7 @@ def _split(x: Tensor, g: Tensor, sp: Split, dt: torch.dtype) -> tuple[Tensor, Te
 
 
 def _fused(sink: Sink, name: str, module: nn.Linear, x: Tensor) -> Tensor:
-    out: Tensor = FusedLinear.apply(x, module.weight, module.bias, sink, name, module)
+    out: Tensor = FusedLinear.apply(x, module.weight, module.bias, sink, name, module, F.linear)
     return out
 
 
@@ -47,24 +48,8 @@ def linear_blocks(module: nn.Linear, x: Tensor, g: Tensor, sp: Split) -> dict[st
     return {k: v for k, v in (("weight", raw), ("bias", bias)) if k in sp.want}
 
 
-class FusedLinear(torch.autograd.Function):
+class FusedLinear(FusedWeightBias):
     """``F.linear`` whose backward lets the recorder form the weight gradient from row blocks."""
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        x: Tensor,
-        weight: Tensor,
-        bias: Tensor | None,
-        sink: Sink,
-        name: str,
-        module: nn.Linear,
-    ) -> Tensor:
-        out = F.linear(x, weight, bias)
-        ctx.save_for_backward(x, weight)
-        ctx.sink, ctx.name, ctx.module = sink, name, module
-        ctx.has_bias = bias is not None
-        return out
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
@@ -96,4 +81,4 @@ class FusedLinear(torch.autograd.Function):
             gb = gb.to(ctx.module.bias.dtype)
         else:
             gb = None
-        return gx, gw, gb, None, None, None
+        return gx, gw, gb, None, None, None, None
