@@ -64,7 +64,7 @@ PAD = 64
 
 
 class _ExpConstants(NamedTuple):
-    """exp_fixed's constants for one dtype (the same literals as _kernel.c)."""
+    """exp_fixed's constants for one dtype (the same values as _kernel.c's literals)."""
 
     lo: float  #: clamp range [lo, hi]
     hi: float
@@ -78,15 +78,24 @@ class _ExpConstants(NamedTuple):
     poly: tuple[float, ...]  #: the polynomial's coefficients, highest power first
 
 
+def _exp_constants(
+    dtype: torch.dtype, itype: torch.dtype, lo: float, c1: float, c2: float, poly: tuple[float, ...]
+) -> _ExpConstants:
+    """The constants of ``dtype``: clamp range [lo, −lo]; magic, its bits, bias and mantissa
+    width from the format (``mant = −log2 eps``, ``bias = 2^(bits − mant − 2) − 1``)."""
+    info = torch.finfo(dtype)
+    mant = -int(math.log2(info.eps))
+    magic = 1.5 * 2.0**mant
+    magic_bits = int(torch.tensor(magic, dtype=dtype).view(itype).item())
+    bias = 2 ** (info.bits - mant - 2) - 1
+    return _ExpConstants(lo, -lo, magic, magic_bits, bias, mant, itype, c1, c2, poly)
+
+
 _EXP = {
-    torch.float32: _ExpConstants(
+    torch.float32: _exp_constants(
+        torch.float32,
+        torch.int32,
         lo=-87.0,
-        hi=87.0,
-        magic=12582912.0,
-        magic_bits=0x4B400000,
-        bias=127,
-        mant=23,
-        itype=torch.int32,
         c1=0.693359375,
         c2=-2.12194440e-4,
         poly=(
@@ -94,14 +103,10 @@ _EXP = {
             *(4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1),
         ),
     ),
-    torch.float64: _ExpConstants(
+    torch.float64: _exp_constants(
+        torch.float64,
+        torch.int64,
         lo=-708.0,
-        hi=708.0,
-        magic=6755399441055744.0,
-        magic_bits=0x4338000000000000,
-        bias=1023,
-        mant=52,
-        itype=torch.int64,
         c1=0.693145751953125,
         c2=1.42860682030941723212e-6,
         poly=tuple(1 / math.factorial(j) for j in range(13, 1, -1)),
