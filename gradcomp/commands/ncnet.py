@@ -25,6 +25,11 @@ HELP = (
 )
 
 DEFAULT_SEEDS = 500
+#: the options passed to NCnetConfig under their own name (besides --alice and --bob, as tuples)
+_CONFIG_OPTIONS = (
+    *("inputs", "activation", "lr", "steps", "init_scale", "unshared", "holdout"),
+    *("trace_every", "units", "dtype"),
+)
 
 
 def parse_widths(text: str) -> list[int]:
@@ -174,18 +179,9 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--n-boot must be at least 10, got {args.n_boot}", status=2)
     try:
         config = NCnetConfig(
-            inputs=args.inputs,
             alice=tuple(args.alice),
             bob=tuple(args.bob),
-            activation=args.activation,
-            lr=args.lr,
-            steps=args.steps,
-            init_scale=args.init_scale,
-            unshared=args.unshared,
-            holdout=args.holdout,
-            trace_every=args.trace_every,
-            units=args.units,
-            dtype=args.dtype,
+            **{name: getattr(args, name) for name in _CONFIG_OPTIONS},
         )
     except ValueError as err:
         raise CommandError(str(err), status=2) from None

@@ -140,16 +140,12 @@ def capacity(
             runs).
     """
     reject_removed("ncnet.capacity", removed)
-    label = "ncnet " + ("unshared" if config.unshared else "shared")
-    ds = run(
-        config,
-        widths,
-        seeds,
-        device=device,
-        chunk=chunk,
-        progress=f"{label} widths {widths[0]}..{widths[-1]}" if progress else False,
-        engine=engine,
-    )
+
+    def run_widths(cfg: NCnetConfig, label: str) -> xr.Dataset:
+        shown = f"{label} widths {widths[0]}..{widths[-1]}" if progress else False
+        return run(cfg, widths, seeds, device=device, chunk=chunk, progress=shown, engine=engine)
+
+    ds = run_widths(config, "ncnet " + ("unshared" if config.unshared else "shared"))
     share = diverged_share(ds.diverged)
     check_share(
         share.isel({STEP: -1}), max_diverged=max_diverged, lr=config.lr, what="ncnet", cell=WIDTH
@@ -162,15 +158,7 @@ def capacity(
     out.attrs["max_diverged"] = float(max_diverged)
     if control and not config.unshared:
         ctrl_cfg = replace(config, unshared=True, trace_every=(config.steps,), units=False)
-        ctrl = run(
-            ctrl_cfg,
-            widths,
-            seeds,
-            device=device,
-            chunk=chunk,
-            progress=f"control: unshared widths {widths[0]}..{widths[-1]}" if progress else False,
-            engine=engine,
-        )
+        ctrl = run_widths(ctrl_cfg, "control: unshared")
         ctrl = ctrl.isel({STEP: -1}, drop=True)
         cshare = diverged_share(ctrl.diverged)
         check_share(
