@@ -75,23 +75,14 @@ def stacks_from_jacobian(
 
 
 def batched(
-    losses: Sequence[Tensor],
-    weights: Sequence[float],
-    layout: Layout,
-    leaves: Sequence[Tensor] | None = None,
-    train: bool = True,
-) -> list[Tensor]:
+    losses: Sequence[Tensor], weights: Sequence[float], layout: Layout,
+    leaves: Sequence[Tensor] | None = None, train: bool = True,
+) -> list[Tensor]:  # fmt: skip
     """Per-task gradients of the shared parameters by one batched reverse pass.
 
-    Args:
-        losses: the T scalar task losses.
-        weights: their loss weights.
-        layout: the shared parameters.
-        leaves: every leaf the losses may reach (default: walk the graph to find them).
-        train: accumulate the training gradient into ``.grad``.
-
-    Returns:
-        ``[T, *shape]`` per shared parameter; ``.grad`` has received the training gradient.
+    Arguments and result as :func:`gradcomp.recorder.loop.loop` (``train``: accumulate the
+    training gradient into ``.grad``); only the computation differs: one reverse pass of the
+    stacked losses against the identity as grad outputs.
     """
     dtype = losses[0].dtype
     for loss in losses[1:]:

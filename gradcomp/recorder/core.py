@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from os import PathLike
 from types import TracebackType
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 import numpy as np
 import torch
@@ -64,6 +64,8 @@ __all__ = [
     "Recorder",
     "record",
 ]
+
+_T = TypeVar("_T")
 
 
 class NonfiniteLossWarning(RuntimeWarning):
@@ -148,6 +150,27 @@ def record(
     )  # fmt: skip
 
 
+class _Option(Generic[_T]):
+    """A read-only attribute of :class:`Recorder` that is the option of the same name in its
+    ``config``."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, rec: None, owner: type) -> _Option[_T]: ...
+    @overload
+    def __get__(self, rec: Recorder, owner: type) -> _T: ...
+    def __get__(self, rec: Recorder | None, owner: type) -> _Option[_T] | _T:
+        if rec is None:
+            return self
+        value: _T = getattr(rec.config, self.name)
+        return value
+
+    def __set__(self, rec: Recorder, value: object) -> None:
+        raise AttributeError(f"{self.name} is read-only (an option of rec.config)")
+
+
 class Recorder:
     """Context manager returned by :func:`record`; see there for the arguments.
 
@@ -155,22 +178,13 @@ class Recorder:
     (``rec.config``; :meth:`from_config` builds a recorder from one).
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        tasks: Sequence[str] | Mapping[str, float],
-        *,
-        shared: SharedSpec = None,
-        layers: str | Mapping[str, Sequence[str]] = "module",
-        every: Every = 1,
-        strategy: str = "auto",
-        units: bool = False,
-        store: str = "stats",
-        path: str | PathLike[str] | None = None,
-        flush_every: int | None = None,
-        on_nonfinite: str = "warn",
-        reduce: Reduce | None = None,
-    ) -> None:
+    def __init__(  # the options of :func:`record`, see there
+        self, model: nn.Module, tasks: Sequence[str] | Mapping[str, float], *,
+        shared: SharedSpec = None, layers: str | Mapping[str, Sequence[str]] = "module",
+        every: Every = 1, strategy: str = "auto", units: bool = False, store: str = "stats",
+        path: str | PathLike[str] | None = None, flush_every: int | None = None,
+        on_nonfinite: str = "warn", reduce: Reduce | None = None,
+    ) -> None:  # fmt: skip
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         config = RecordConfig(
@@ -221,33 +235,13 @@ class Recorder:
             self.layout = make_layout(model, resolve_shared(model, config.shared), config.layers)
 
     # -- options (read-only: ``self.config``) ---------------------------------------------------
-    @property
-    def strategy(self) -> str:
-        return self.config.strategy
-
-    @property
-    def units(self) -> bool:
-        return self.config.units
-
-    @property
-    def store(self) -> str:
-        return self.config.store
-
-    @property
-    def path(self) -> str | PathLike[str] | None:
-        return self.config.path
-
-    @property
-    def flush_every(self) -> int | None:
-        return self.config.flush_every
-
-    @property
-    def on_nonfinite(self) -> str:
-        return self.config.on_nonfinite
-
-    @property
-    def reduce(self) -> Reduce | None:
-        return self.config.reduce
+    strategy = _Option[str]()
+    units = _Option[bool]()
+    store = _Option[str]()
+    path = _Option["str | PathLike[str] | None"]()
+    flush_every = _Option["int | None"]()
+    on_nonfinite = _Option[str]()
+    reduce = _Option["Reduce | None"]()
 
     @property
     def _schedule(self) -> Schedule:
@@ -299,14 +293,11 @@ class Recorder:
         """
         self._step_call("backward", losses, step, features, rows)
 
-    def observe(
-        self,
-        losses: Mapping[str, Tensor],
-        *,
-        step: int | None = None,
+    def observe(  # the arguments of :meth:`backward`
+        self, losses: Mapping[str, Tensor], *, step: int | None = None,
         features: Tensor | Sequence[Tensor] | None = None,
         rows: Mapping[str, rows_mod.RowSpec] | None = None,
-    ) -> None:
+    ) -> None:  # fmt: skip
         """Record the statistics of ``losses`` without touching ``.grad``.
 
         For evaluation batches, or callbacks that must not replay a training step: the
