@@ -74,16 +74,15 @@ def _check_version() -> None:
 class GradcompLightningCallback(Callback):
     """Record per-task gradient statistics during ``Trainer.fit``.
 
+    ``tasks`` (names, or name -> loss weight) and ``**record_kwargs`` (any of its options) are
+    passed to :func:`gradcomp.record`.
+
     Args:
-        tasks: task names, or name -> loss weight (as :func:`gradcomp.record`).
         get_losses: ``(pl_module, batch) -> {task: loss}`` for the replay; default
             ``pl_module.task_losses``. Not used for a module with
             :class:`GradcompLightningMixin`.
         log_every: steps between the scalars sent to the Trainer's loggers; ``None``: the
             Trainer's ``log_every_n_steps``; ``0``: none.
-        **record_kwargs: any option of :func:`gradcomp.record` (``shared``, ``layers``,
-            ``every``, ``strategy``, ``units``, ``store``, ``path``, ``flush_every``,
-            ``on_nonfinite``, ``reduce``).
     """
 
     def __init__(

@@ -34,14 +34,10 @@ HEADS = ("A", "B")
 
 
 def train_members(
-    model: nn.Module,
-    init: Mapping[str, torch.Tensor],
-    data: Any,
-    groups: Mapping[str, Sequence[str]],
-    *,
-    lr: float,
+    model: nn.Module, init: Mapping[str, torch.Tensor], data: Any,
+    groups: Mapping[str, Sequence[str]], *, lr: float,
     schedule: Callable[[int], bool] = lambda t: True,
-) -> dict[str, Any]:
+) -> dict[str, Any]:  # fmt: skip
     """Train each member alone, with its own Adam.
 
     Args:
