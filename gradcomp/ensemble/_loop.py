@@ -17,9 +17,15 @@ __all__ = ["train_loop"]
 
 
 def train_loop(
-    problem: Problem, params: Mapping[str, torch.Tensor], data: Mapping[str, torch.Tensor], *,
-    steps: int, lr: float, trace_steps: Sequence[int], units: bool = False,
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:  # fmt: skip
+    problem: Problem,
+    params: Mapping[str, torch.Tensor],
+    data: Mapping[str, torch.Tensor],
+    *,
+    steps: int,
+    lr: float,
+    trace_steps: Sequence[int],
+    units: bool = False,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Same contract as :func:`gradcomp.ensemble.train`, computed run by run in a Python loop.
 
     ``traces["diverged"]`` is computed here on its own: run r is flagged from the first traced

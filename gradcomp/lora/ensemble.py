@@ -283,9 +283,15 @@ def train_vmap(
 
 
 def train_loop(
-    model: nn.Module, init: dict[str, torch.Tensor], data: Batches, groups: dict[str, list[str]],
-    *, lr: float = 1e-3, schedule: Callable[[int], bool] = lambda t: True, eval_chunk: int = 256,
-) -> Trace:  # fmt: skip
+    model: nn.Module,
+    init: dict[str, torch.Tensor],
+    data: Batches,
+    groups: dict[str, list[str]],
+    *,
+    lr: float = 1e-3,
+    schedule: Callable[[int], bool] = lambda t: True,
+    eval_chunk: int = 256,
+) -> Trace:
     """Fallback of :func:`train_vmap`: one member at a time, own Adam, no vmap."""
     traces = []
     for k in range(data.labels.shape[0]):

@@ -75,9 +75,12 @@ def stacks_from_jacobian(
 
 
 def batched(
-    losses: Sequence[Tensor], weights: Sequence[float], layout: Layout,
-    leaves: Sequence[Tensor] | None = None, train: bool = True,
-) -> list[Tensor]:  # fmt: skip
+    losses: Sequence[Tensor],
+    weights: Sequence[float],
+    layout: Layout,
+    leaves: Sequence[Tensor] | None = None,
+    train: bool = True,
+) -> list[Tensor]:
     """Per-task gradients of the shared parameters by one batched reverse pass.
 
     Arguments and result as :func:`gradcomp.recorder.loop.loop` (``train``: accumulate the

@@ -179,12 +179,21 @@ class Recorder:
     """
 
     def __init__(  # the options of :func:`record`, see there
-        self, model: nn.Module, tasks: Sequence[str] | Mapping[str, float], *,
-        shared: SharedSpec = None, layers: str | Mapping[str, Sequence[str]] = "module",
-        every: Every = 1, strategy: str = "auto", units: bool = False, store: str = "stats",
-        path: str | PathLike[str] | None = None, flush_every: int | None = None,
-        on_nonfinite: str = "warn", reduce: Reduce | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        model: nn.Module,
+        tasks: Sequence[str] | Mapping[str, float],
+        *,
+        shared: SharedSpec = None,
+        layers: str | Mapping[str, Sequence[str]] = "module",
+        every: Every = 1,
+        strategy: str = "auto",
+        units: bool = False,
+        store: str = "stats",
+        path: str | PathLike[str] | None = None,
+        flush_every: int | None = None,
+        on_nonfinite: str = "warn",
+        reduce: Reduce | None = None,
+    ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         config = RecordConfig(
@@ -294,10 +303,13 @@ class Recorder:
         self._step_call("backward", losses, step, features, rows)
 
     def observe(  # the arguments of :meth:`backward`
-        self, losses: Mapping[str, Tensor], *, step: int | None = None,
+        self,
+        losses: Mapping[str, Tensor],
+        *,
+        step: int | None = None,
         features: Tensor | Sequence[Tensor] | None = None,
         rows: Mapping[str, rows_mod.RowSpec] | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Record the statistics of ``losses`` without touching ``.grad``.
 
         For evaluation batches, or callbacks that must not replay a training step: the

@@ -22,9 +22,15 @@ __all__ = ["train_runs"]
 
 
 def train_runs(
-    problem: Any, params: Mapping[str, torch.Tensor], data: Mapping[str, torch.Tensor], *,
-    steps: int, lr: float, trace_steps: Sequence[int], units: bool = False,
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:  # fmt: skip
+    problem: Any,
+    params: Mapping[str, torch.Tensor],
+    data: Mapping[str, torch.Tensor],
+    *,
+    steps: int,
+    lr: float,
+    trace_steps: Sequence[int],
+    units: bool = False,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Train run r (row r of every ``params`` and ``data`` tensor) alone, for each r in turn.
 
     At each traced step (before that step's update) a run records its task losses, its metrics,

@@ -34,10 +34,14 @@ HEADS = ("A", "B")
 
 
 def train_members(
-    model: nn.Module, init: Mapping[str, torch.Tensor], data: Any,
-    groups: Mapping[str, Sequence[str]], *, lr: float,
+    model: nn.Module,
+    init: Mapping[str, torch.Tensor],
+    data: Any,
+    groups: Mapping[str, Sequence[str]],
+    *,
+    lr: float,
     schedule: Callable[[int], bool] = lambda t: True,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Train each member alone, with its own Adam.
 
     Args:
