@@ -130,6 +130,9 @@ def _old_chsh() -> ModuleType | str:
         ).stdout
     except (OSError, subprocess.SubprocessError) as err:
         return f"git show {BEFORE}:gradcomp/chsh.py failed: {err}"
+    # the dimension names' module was private then (gradcomp._dims); it is gradcomp.dims now
+    src = src.replace("from gradcomp import _dims", "from gradcomp import dims as _dims")
+    src = src.replace("gradcomp._dims", "gradcomp.dims")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "chsh_before.py"
         path.write_text(src)
