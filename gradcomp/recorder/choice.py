@@ -115,9 +115,8 @@ class StrategyChoice:
 
     # -- choice -------------------------------------------------------------------------------
     def context(
-        self, features: Any, rows: Any, device: torch.device, *, layout: Layout | None,
-        compiled: bool,
-    ) -> StepContext:  # fmt: skip
+        self, features: Any, rows: Any, device: torch.device, *, compiled: bool
+    ) -> StepContext:
         """The facts this step's choice depends on."""
         return StepContext(
             n_tasks=len(self.tasks),
@@ -128,7 +127,6 @@ class StrategyChoice:
             rows=rows is not None,
             rows_allowed=self.rows_allowed,
             rows_hooked=self.hooked,
-            sizes=() if layout is None else tuple(p.numel() for p in layout.params),
         )
 
     def choose(
@@ -148,7 +146,7 @@ class StrategyChoice:
             for arg, usage in self.instance(wanted).needs.items():
                 if given.get(arg) is None:
                     raise ValueError(f"strategy={wanted!r} needs backward(losses, {usage})")
-        ctx = self.context(features, rows, device, layout=layout, compiled=compiled)
+        ctx = self.context(features, rows, device, compiled=compiled)
         if wanted == "auto":
             if wants_rows_hooks(ctx):  # this step's forward ran without hooks: rows from the next
                 self._install("rows", layout, step)

@@ -64,7 +64,6 @@ class StepContext:
         rows_allowed: the recorder's options let ``"rows"`` run (no ``reduce``,
             ``store="stats"``, every task weight non-zero).
         rows_hooked: the ``"rows"`` hooks were in place for this step's forward.
-        sizes: the element count of each shared parameter (empty before they are known).
     """
 
     n_tasks: int
@@ -75,7 +74,6 @@ class StepContext:
     rows: bool = False
     rows_allowed: bool = True
     rows_hooked: bool = False
-    sizes: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
