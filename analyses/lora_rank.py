@@ -3,16 +3,18 @@
 Usage::
 
     python analyses/lora_rank.py --tiny            # seconds on a CPU (a test runs it)
-    python analyses/lora_rank.py --small           # the small CPU setting, a few minutes
+    python analyses/lora_rank.py --cpu             # the committed CPU measurement (about an hour)
     python analyses/lora_rank.py --device cuda     # the full setting (ranks 1-16, 50 seeds)
 
 Writes ``results/lora_rank.nc`` and ``results/lora_rank_summary.nc`` (``--out`` to change);
 ``figures/lora_rank.py`` draws the figure from them. Same options as ``gradcomp lora``.
-With ``--small`` (the committed run) it also writes the summary quoted in docs/lora.md and
+With ``--cpu`` (the committed run) it also writes the summary quoted in docs/lora.md and
 README.md, ``analyses/summaries/lora_rank.json`` (other settings: ``lora_rank.json`` in ``--out``):
-per rank at the last step S [interval], Δ, s_odd, the CbD margin, and per task (A1, A2, B1, B2)
-the held-out accuracy (mean and sd over the runs, i.e. seeds × the remote setting) and the share
-of +1 outcomes; and the word pool (size, split, each task's share of label 1).
+the calibrated thresholds; per adapter condition (shared, separate) and rank at the last step
+S [interval] with its half-width, Δ, s_odd, the CbD margin [interval], the flip fractions and
+the seed count; S at every recorded step; per task (A1, A2, B1, B2) the held-out accuracy (mean
+and sd over the runs, i.e. seeds × the remote setting) and the share of +1 outcomes per
+condition; the mechanism (conflict, sensing, the within-rank links); and the word pool.
 """
 
 from __future__ import annotations
@@ -27,36 +29,95 @@ import xarray as xr
 
 from gradcomp import summary
 from gradcomp.commands import lora
-from gradcomp.dims import ALICE, BOB, SEED, STEP
+from gradcomp.dims import ADAPTERS, ALICE, BOB, SEED, STEP
 
 NAME = "lora_rank"
 SUMMARY = summary.ROOT / "analyses" / "summaries" / f"{NAME}.json"
 #: the estimate's variables quoted per rank
-CHSH = ("S", "S_lo", "S_hi", "delta", "s_odd", "cbd_margin", "cbd_margin_lo", "cbd_margin_hi")
+CHSH = (
+    "S", "S_lo", "S_hi", "delta", "s_odd", "cbd_margin", "cbd_margin_lo", "cbd_margin_hi",
+    "alice_flip_fraction", "bob_flip_fraction", "n_seeds", "p_value",
+)  # fmt: skip
+LINKS = ("generalization", "conflict_cosine", "osc_amplitude")
 
 
-def values(ds: xr.Dataset, est: xr.Dataset) -> dict:
-    """Summary values of the last step: per rank, the CHSH variables and the per-task outcomes."""
-    end, est_end = ds.isel({STEP: -1}), est.isel({STEP: -1})
-    out: dict = {"ranks": end["rank"].values, "n_seeds": int(end.sizes[SEED])}
-    out.update({v: est_end[v].values for v in CHSH if v in est_end})
+def _conditions(ds: xr.Dataset) -> list[str | None]:
+    return list(ds[ADAPTERS].values) if ADAPTERS in ds.dims else [None]
+
+
+def _sel(ds: xr.Dataset, condition: str | None) -> xr.Dataset:
+    return ds if condition is None else ds.sel({ADAPTERS: condition}, drop=True)
+
+
+def chsh_values(est: xr.Dataset) -> dict:
+    """The CHSH variables at the last step per rank, the half-widths and S at every step."""
+    end = est.isel({STEP: -1})
+    out: dict = {v: end[v].values for v in CHSH if v in end}
+    half = (end.S_hi - end.S_lo) / 2
+    out["S_halfwidth"] = half.values
+    out["S_halfwidth_max"] = float(half.max())
+    out["S_over_steps"] = est["S"].values  # (rank, step)
+    out["delta_max"] = float(end.delta.max())
+    return out
+
+
+def task_values(end: xr.Dataset) -> dict:
+    """Per task: held-out accuracy (mean, sd over seeds × remote setting), share of +1."""
     tasks: dict = {}
     for head, own, remote, outcome in (("A", ALICE, BOB, "a"), ("B", BOB, ALICE, "b")):
         for setting in (1, 2):
             sel = end.sel({own: setting})
-            acc = sel["heldout_acc"].sel(task=head)
+            ok = sel[outcome].notnull()
+            acc = sel["heldout_acc"].sel(task=head).where(ok)
             tasks[f"{head}{setting}"] = {
                 "heldout_acc_mean": acc.mean((SEED, remote)).values,
                 "heldout_acc_sd": acc.std((SEED, remote), ddof=1).values,
-                "share_plus": (sel[outcome] == 1).mean((SEED, remote)).values,
+                "share_plus": (
+                    (sel[outcome] == 1).sum((SEED, remote)) / ok.sum((SEED, remote))
+                ).values,
             }
-    out["tasks"] = tasks
-    out["heldout_acc_mean_over_ranks"] = {
-        t: float(v["heldout_acc_mean"].mean()) for t, v in tasks.items()
+    return tasks
+
+
+def values(ds: xr.Dataset, est: xr.Dataset) -> dict:
+    """Summary values: thresholds, CHSH per condition and rank, tasks, mechanism."""
+    end = ds.isel({STEP: -1})
+    out: dict = {
+        "ranks": end["rank"].values,
+        "n_seeds": int(end.sizes[SEED]),
+        "steps": ds[STEP].values,
+        "thresholds": json.loads(ds.attrs["thresholds"]),
+        "thresholds_from": ds.attrs.get("thresholds_from", ""),
     }
-    out["delta_min"], out["delta_max"] = float(est_end.delta.min()), float(est_end.delta.max())
-    half = (est_end.S_hi - est_end.S_lo) / 2
-    out["S_halfwidth_min"], out["S_halfwidth_max"] = float(half.min()), float(half.max())
+    if "calibration" in ds.attrs:
+        cal = json.loads(ds.attrs["calibration"])
+        out["calibration"] = {
+            "n_seeds": len(cal["seeds"]),
+            "first_seed": cal["seeds"][0],
+            "rank": cal["rank"],
+            "share_reached": {t: v["share_reached"] for t, v in cal["tasks"].items()},
+        }
+    for c in _conditions(ds):
+        key = c or "shared"
+        out[key] = chsh_values(_sel(est, c))
+        out[key]["tasks"] = task_values(_sel(end, c))
+    shared = _sel(est, "shared" if ADAPTERS in est.dims else None).isel({STEP: -1})
+    mech = {}
+    for name in ("conflict_cosine", "conflict_frequency", "generalization"):
+        if name in est:
+            mech[name] = est[name].isel({STEP: -1}).values
+    if "sensing_accuracy" in est:
+        mech["sensing_accuracy"] = est["sensing_accuracy"].values  # (rank, task)
+    for name in LINKS:
+        for pre in ("r_S_", "rho_S_", "n_eff_S_"):
+            if f"{pre}{name}" in est:
+                mech[f"{pre}{name}"] = float(est[f"{pre}{name}"])
+        if f"r_S_{name}_lo" in est:
+            mech[f"r_S_{name}_lo"] = float(est[f"r_S_{name}_lo"])
+            mech[f"r_S_{name}_hi"] = float(est[f"r_S_{name}_hi"])
+    out["mechanism"] = mech
+    out["S_shared_max"] = float(shared.S.max())
+    out["any_S_lo_above_2"] = bool((shared.S_lo > 2).any())
     return out
 
 
@@ -83,15 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     data_file, summary_file = lora.outputs(argparse.Namespace(**{**vars(args), "force": True}))
     ds = xr.open_dataset(data_file, engine="h5netcdf").load()
     est = xr.open_dataset(summary_file, engine="h5netcdf").load()
-    committed = args.small and Path(args.out).resolve() == (summary.ROOT / "results").resolve()
+    committed = args.cpu and Path(args.out).resolve() == (summary.ROOT / "results").resolve()
     path = SUMMARY if committed else Path(data_file).with_suffix(".json")
     summary.write(
         path,
-        {
-            **values(ds, est),
-            "threshold": json.loads(ds.attrs["config"])["threshold"],
-            "pool": pool(lora.config_from_args(args)),
-        },
+        {**values(ds, est), "pool": pool(lora.config_from_args(args))},
         run_id=summary.new_run_id(),
         argv=["analyses/lora_rank.py", *(sys.argv[1:] if argv is None else argv)],
         timings={"wall_s": wall},

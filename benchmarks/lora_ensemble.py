@@ -1,85 +1,143 @@
-"""Seeds per second of the vectorised LoRA ensemble against the per-seed loop (same run).
+"""Members × steps per second of the LoRA ensemble paths, measured side by side in one run.
 
-One *seed* is four training runs (the four setting pairs, common random numbers). Both methods
-train the same members on the same words with the same schedule, on the bundled MiniLM (optionally
-truncated to its first layers); the table gives seeds/second and the speed-up over the loop
-measured in this run (timings on a shared machine are noisy: read the ratio). It also checks that
-both methods agree (max |difference| of the losses and Grams).
+One *member* is one training run (a seed in one setting pair). Every path trains the same members
+on the same words with the same schedule on the bundled MiniLM (all 6 layers by default):
 
-    python benchmarks/lora_ensemble.py                    # CPU, a minute or two
-    python benchmarks/lora_ensemble.py --device cuda --seeds 8 32 128 --num-layers 6
+- ``loop, all layers``: the per-member loop (``train_loop``), adapters on every layer, full
+  forward — the plain path;
+- ``vmap, all layers``: the vectorised ensemble (``train_vmap``) of the same model — the path
+  before this benchmark's changes;
+- ``vmap, last layer``: adapters on the last layer only (``layers=(-1,)``), full forward;
+- ``vmap, last layer, cached``: the same model fed the frozen layers' output computed once per
+  word (``Batches.hidden``) — the path of the committed CPU run.
+
+The last two train the same model, so their losses and Grams must agree (printed: max |diff|);
+ratios are against the loop measured in the same run (timings on a shared machine are noisy).
+
+    python benchmarks/lora_ensemble.py                     # CPU, a few minutes
+    python benchmarks/lora_ensemble.py --device cuda --seeds 64 --threads 1
+
+Writes ``benchmarks/summaries/lora_ensemble.json`` (``--no-save`` to skip).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import sys
 import time
 
 import numpy as np
 import torch
 
+from gradcomp import summary
 from gradcomp.lora import ensemble as ens
-from gradcomp.lora.experiment import LoraExperiment, _prepare
+from gradcomp.lora import experiment as ex
+from gradcomp.lora.experiment import LoraExperiment
 from gradcomp.lora.model import LoraHeads, add_lora, load_encoder, lora_layers
 from gradcomp.schedule import linear
 
+SUMMARY = summary.ROOT / "benchmarks" / "summaries" / "lora_ensemble.json"
 
-def main() -> None:
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[1, 4])
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--seeds", type=int, default=4, help="seeds (4 members each)")
+    p.add_argument("--loop-seeds", type=int, default=1, help="seeds of the (slow) loop")
+    p.add_argument("--steps", type=int, default=10)
     p.add_argument("--every", type=int, default=5)
     p.add_argument("--rank", type=int, default=4)
-    p.add_argument("--num-layers", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--num-layers", type=int, default=None, help="default: all 6")
+    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=6)
-    p.add_argument("--per-language", type=int, default=16)
+    p.add_argument("--per-language", type=int, default=40)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1)
-    args = p.parse_args()
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-save", action="store_true")
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    load0, t0 = summary.load_average(), time.perf_counter()
     encoder, tok = load_encoder(num_layers=args.num_layers)
-    model = LoraHeads(add_lora(encoder.to(device), args.rank)).to(device)
-    groups = lora_layers(model)
-    print(
-        f"device={device} threads={args.threads} MiniLM layers={args.num_layers} "
-        f"rank={args.rank} steps={args.steps} batch={args.batch_size} "
-        f"length={args.max_length} record every {args.every}"
+    encoder = encoder.to(device)
+    cfg = LoraExperiment(
+        n_seeds=args.seeds, steps=args.steps, batch_size=args.batch_size, threshold=0.5,
+        per_language=args.per_language, max_length=args.max_length,
+    )  # fmt: skip
+    words = cfg.words()
+    ids, mask = (t.to(device) for t in ex.encode(tok, words.words, cfg.max_length))
+    kw = dict(lr=1e-2, schedule=linear(args.every))
+
+    def setup(layers, n_seeds):
+        model = LoraHeads(add_lora(encoder, args.rank, layers=layers)).to(device).eval()
+        rows = ex.member_rows(range(n_seeds))
+        data = ex._prepare(cfg, words, ids, mask, rows)
+        return model, {n: v.to(device) for n, v in ex._inits(model, rows).items()}, data
+
+    def timed(fn):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return out, time.perf_counter() - start
+
+    paths = {}
+    model, init, data = setup(None, args.loop_seeds)
+    _, paths["loop, all layers"] = (
+        timed(lambda: ens.train_loop(model, init, data, lora_layers(model), **kw)),
+        4 * args.loop_seeds,
     )
-    print(
-        f"{'seeds':>5} {'members':>7} {'loop s':>8} {'vmap s':>8} {'loop seeds/s':>13} "
-        f"{'vmap seeds/s':>13} {'speed-up':>9} {'max |diff|':>11}"
+    model, init, data = setup(None, args.seeds)
+    _, paths["vmap, all layers"] = (
+        timed(lambda: ens.train_vmap(model, init, data, lora_layers(model), **kw)),
+        4 * args.seeds,
     )
-    for n_seeds in args.seeds:
-        cfg = LoraExperiment(
-            n_seeds=n_seeds, steps=args.steps, batch_size=args.batch_size,
-            per_language=args.per_language, max_length=args.max_length,
-        )  # fmt: skip
-        data = _prepare(cfg, tok, device)
-        table = ens.member_table(n_seeds)
-        inits = [ens.init_member(model, int(s)) for s, _, _ in table]
-        init = {n: torch.stack([d[n] for d in inits]) for n in inits[0]}
-        kw = dict(lr=1e-2, schedule=linear(args.every))
-        timings, traces = {}, {}
-        for name, fn in (("loop", ens.train_loop), ("vmap", ens.train_vmap)):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            traces[name] = fn(model, init, data, groups, **kw)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            timings[name] = time.perf_counter() - t0
-        diff = max(
-            float(np.abs(traces["loop"].loss - traces["vmap"].loss).max()),
-            float(np.abs(traces["loop"].gram - traces["vmap"].gram).max()),
+    model, init, data = setup((-1,), args.seeds)
+    full, paths["vmap, last layer"] = (
+        timed(lambda: ens.train_vmap(model, init, data, lora_layers(model), **kw)),
+        4 * args.seeds,
+    )
+
+    def cached():
+        hidden = model.frozen_input(data.ids, data.mask)  # counted: computed once per word
+        d = dataclasses.replace(data, hidden=hidden)
+        return ens.train_vmap(model, init, d, lora_layers(model), **kw)
+
+    fast, paths["vmap, last layer, cached"] = timed(cached), 4 * args.seeds
+    diff = max(
+        float(np.abs(full.loss - fast.loss).max()), float(np.abs(full.gram - fast.gram).max())
+    )
+    steps = args.steps + 1
+    rate = {name: members * steps / sec for name, ((_, sec), members) in paths.items()}
+    base = rate["loop, all layers"]
+    print(
+        f"device={device} threads={args.threads} MiniLM layers={encoder.config.num_hidden_layers} "
+        f"rank={args.rank} steps={args.steps} batch={args.batch_size} length={args.max_length} "
+        f"record every {args.every}; words {len(words.words)}"
+    )
+    print(f"{'path':<26} {'members':>7} {'seconds':>8} {'members x steps/s':>18} {'vs loop':>8}")
+    for name, ((_, sec), members) in paths.items():
+        print(f"{name:<26} {members:>7} {sec:8.2f} {rate[name]:18.2f} {rate[name] / base:7.2f}x")
+    print(f"max |difference| last layer full vs cached (loss, Gram): {diff:.2e}")
+    if not args.no_save:
+        summary.write(
+            SUMMARY,
+            {
+                "rate": rate,
+                "speedup": {k: v / base for k, v in rate.items()},
+                "max_abs_diff_cached": diff,
+                "config": vars(args),
+            },
+            run_id=summary.new_run_id(),
+            argv=["benchmarks/lora_ensemble.py", *(sys.argv[1:] if argv is None else argv)],
+            timings={"wall_s": time.perf_counter() - t0},
+            load_start=load0,
         )
-        lo, vm = timings["loop"], timings["vmap"]
-        print(
-            f"{n_seeds:>5} {4 * n_seeds:>7} {lo:8.2f} {vm:8.2f} {n_seeds / lo:13.3f} "
-            f"{n_seeds / vm:13.3f} {lo / vm:8.2f}x {diff:11.2e}"
-        )
+        print(f"wrote {SUMMARY}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

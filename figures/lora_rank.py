@@ -1,4 +1,5 @@
-"""Figure: S vs LoRA rank (with 2 / 2 + delta), conflict vs rank, S vs generalization.
+"""Figure: S vs LoRA rank (shared and separate adapters, 2 / 2 + delta), S over training,
+conflict vs rank, S vs generalization.
 
 Reads ``results/lora_rank_summary.nc`` (written by ``analyses/lora_rank.py`` or ``gradcomp lora``)
 and writes ``figures/lora_rank.png``::
@@ -16,7 +17,7 @@ import matplotlib.pyplot as plt
 import xarray as xr
 
 from gradcomp import summary as gsummary
-from gradcomp.plot.lora import conflict_vs_rank, s_vs_generalization, s_vs_rank
+from gradcomp.plot.lora import conflict_vs_rank, s_over_training, s_vs_generalization, s_vs_rank
 
 HERE = Path(__file__).resolve().parent
 
@@ -34,15 +35,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     plt.switch_backend("Agg")
     summary = xr.open_dataset(args.summary, engine="h5netcdf").load()
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), constrained_layout=True)
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.4), constrained_layout=True)
     s_vs_rank(summary, axes[0])
     axes[0].set_title("S at the end of training", fontsize="medium")
-    conflict_vs_rank(summary, axes[1])
-    axes[1].set_title("gradient conflict on the LoRA parameters", fontsize="medium")
-    s_vs_generalization(summary, axes[2])
-    seeds = int(summary["n_seeds"].max()) if "n_seeds" in summary else "?"
+    s_over_training(summary, axes[1])
+    axes[1].set_title("S over training (95% intervals shaded)", fontsize="medium")
+    conflict_vs_rank(summary, axes[2])
+    axes[2].set_title("gradient conflict on the shared LoRA parameters", fontsize="medium")
+    s_vs_generalization(summary, axes[3])
+    n = summary["n_seeds"]
+    if "adapters" in n.dims:
+        shared, control = (int(n.sel(adapters=a).max()) for a in ("shared", "separate"))
+        seeds = f"{shared} seeds (control: {control})"
+    else:
+        seeds = f"{int(n.max())} seeds"
     rule = summary.attrs.get("outcome_rule", "")
-    fig.suptitle(f"MiniLM + LoRA on wordfreq words: {seeds} seeds per setting pair; outcome {rule}")
+    fig.suptitle(
+        f"MiniLM + LoRA on wordfreq words, {seeds} per setting pair; outcome {rule}",
+        fontsize="medium",
+    )
     if args.stamp:
         gsummary.savefig(fig, args.out, args.stamp, dpi=args.dpi)
     else:

@@ -30,6 +30,8 @@ ALICE = "alice"  # Alice's setting, 1 or 2
 BOB = "bob"  # Bob's setting, 1 or 2
 WIDTH = "width"  # hidden width (NCnet capacity)
 RANK = "rank"  # LoRA rank (transformer capacity)
+COMPONENT = "component"  # rank component j of a LoRA adapter (row j of A, column j of B)
+ADAPTERS = "adapters"  # LoRA adapters shared by the heads, or one per head (the control)
 FREQUENCY = "frequency"  # spectral frequency of a trace, cycles per step
 LAG = "lag"  # lag of a cross-correlation, in traced steps
 OWN = "own"  # a head's own setting (sensing decodes the remote one)
@@ -53,6 +55,7 @@ GRAM = "gram"  # inner products of per-task gradients (STEP, LAYER, TASK, TASK_J
 GRAD_NORM = "grad_norm"  # per-task gradient norm (STEP, LAYER, TASK)
 COSINE = "cosine"  # cosine between per-task gradients (STEP, LAYER, TASK, TASK_J)
 UNIT_GRAM = "unit_gram"  # per-unit inner products (STEP, LAYER, UNIT, TASK, TASK_J)
+COMPONENT_GRAM = "component_gram"  # per LoRA rank component, all modules (COMPONENT, TASK, TASK_J)
 GRAD = "grad"  # full per-task gradients (store="full")
 
 # variables of an ensemble and of its CHSH estimate (gradcomp.chsh.estimate)
@@ -79,6 +82,9 @@ LABELS: dict[str, tuple[str, str]] = {
     SEED: ("seed", "1"),
     WIDTH: ("hidden width (number of hidden units)", "1"),
     RANK: ("LoRA rank", "1"),
+    COMPONENT: ("LoRA rank component", "1"),
+    ADAPTERS: ("LoRA adapters: shared by both heads, or separate (one per head)", "1"),
+    COMPONENT_GRAM: ("inner product of per-task gradients of one LoRA rank component", "1"),
     ALICE: ("Alice's setting", "1"),
     BOB: ("Bob's setting", "1"),
     UNIT: ("hidden unit", "1"),

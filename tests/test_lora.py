@@ -27,12 +27,12 @@ from gradcomp.lora.model import (
 from gradcomp.reference.lora import train_members
 
 
-def tiny_bert(dtype: torch.dtype = torch.float64, vocab: int = 50) -> BertModel:
+def tiny_bert(dtype: torch.dtype = torch.float64, vocab: int = 50, layers: int = 2) -> BertModel:
     torch.manual_seed(0)
     cfg = BertConfig(
         vocab_size=vocab,
         hidden_size=16,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         intermediate_size=32,
         max_position_embeddings=16,

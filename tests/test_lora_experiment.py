@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,9 @@ def test_tiny_summary_json_matches_the_dataset(tiny):
     v = doc["values"]
     assert doc["timings"]["wall_s"] > 0 and doc["machine"]["logical_cores"] >= 1
     assert v["pool"]["n_words"] == v["pool"]["n_train"] + v["pool"]["n_heldout"]
-    end = ds.isel(step=-1)
+    assert v["thresholds"] == json.loads(ds.attrs["thresholds"])
+    assert v["calibration"]["n_seeds"] == 2 and v["calibration"]["first_seed"] == 100_000
+    end = ds.isel(step=-1).sel(adapters="shared")
     for i, r in enumerate(ds["rank"].values):
         for head, own, remote, var in (("A", "alice", "bob", "a"), ("B", "bob", "alice", "b")):
             for x in (1, 2):
@@ -52,7 +55,7 @@ def test_tiny_summary_json_matches_the_dataset(tiny):
                         cell = end.sel(rank=r, seed=s, **{own: x, remote: y})
                         acc.append(float(cell["heldout_acc"].sel(task=head)))
                         plus.append(float(cell[var]) == 1)
-                task = v["tasks"][f"{head}{x}"]
+                task = v["shared"]["tasks"][f"{head}{x}"]
                 assert task["heldout_acc_mean"][i] == pytest.approx(np.mean(acc), abs=1e-3)
                 assert task["heldout_acc_sd"][i] == pytest.approx(np.std(acc, ddof=1), abs=1e-3)
                 assert task["share_plus"][i] == pytest.approx(np.mean(plus), abs=1e-3)
@@ -61,15 +64,24 @@ def test_tiny_summary_json_matches_the_dataset(tiny):
 def test_tiny_experiment_dataset(tiny):
     ds, _ = tiny
     assert ds.attrs["method"] == "vmap"
-    assert dict(ds["a"].sizes) == {"rank": 2, "seed": 2, "alice": 2, "bob": 2, "step": 5}
-    assert ds["gram"].dims == ("rank", "seed", "alice", "bob", "step", "layer", "task", "task_j")
+    assert dict(ds["a"].sizes) == {
+        "adapters": 2, "rank": 2, "seed": 2, "alice": 2, "bob": 2, "step": 5
+    }  # fmt: skip
+    assert list(ds["adapters"].values) == ["shared", "separate"]
+    assert ds["gram"].dims == (
+        "adapters", "rank", "seed", "alice", "bob", "step", "layer", "task", "task_j"
+    )  # fmt: skip
     assert list(ds["task"].values) == ["A", "B"] and ds["layer"].values[-1] == "all"
     assert set(np.unique(ds["a"].values)) <= {-1, 1} and ds["a"].dtype == np.float32
     assert ds["diverged"].dims == ds["a"].dims and not ds["diverged"].any()
-    # the outcome is the held-out accuracy rule at every step
-    assert ds.attrs["outcome_rule"] == "+1 when held-out accuracy >= 0.6"
-    rule = np.where(ds["heldout_acc"].sel(task="A") >= 0.6 - 1e-12, 1, -1)
-    np.testing.assert_array_equal(ds["a"].values, rule)
+    # the outcome: held-out accuracy against the calibrated threshold of the head's own task
+    theta = json.loads(ds.attrs["thresholds"])
+    assert ds.attrs["thresholds_from"] == "calibration seeds"
+    for head, own, var in (("A", "alice", "a"), ("B", "bob", "b")):
+        for x in (1, 2):
+            acc = ds["heldout_acc"].sel(task=head, **{own: x})
+            rule = np.where(acc >= theta[f"{head}{x}"], 1, -1)
+            np.testing.assert_array_equal(ds[var].sel(**{own: x}).values, rule)
     # "all" is the sum of the per-module Grams; Grams are symmetric PSD
     g = ds["gram"]
     np.testing.assert_allclose(
@@ -87,8 +99,11 @@ def test_tiny_experiment_dataset(tiny):
 def test_tiny_summary_and_figure(tiny, tmp_path):
     _, out = tiny
     summary = xr.open_dataset(out / "lora_rank_summary.nc", engine="h5netcdf").load()
-    for name in ("S", "S_lo", "S_hi", "delta", "generalization", "conflict_cosine"):
+    for name in ("S", "S_lo", "S_hi", "delta"):
+        assert summary[name].dims == ("adapters", "rank", "step"), name
+    for name in ("generalization", "conflict_cosine"):
         assert summary[name].dims == ("rank", "step"), name
+    assert (summary["delta"].sel(adapters="separate") == 0).all()
     assert (summary["S_lo"] <= summary["S"] + 1e-12).all()
     assert (np.abs(summary["S"]) <= 4).all()
     assert "sensing" in summary.attrs  # 2 seeds: skipped, and it says so
@@ -103,7 +118,10 @@ def test_huge_learning_rate_flags_members_and_summary_refuses():
     """lr = 1e30: every member's LoRA product overflows after the first Adam step."""
     from gradcomp.lora.summary import summarize
 
-    cfg = LoraExperiment.tiny(ranks=(1,), n_seeds=2, steps=2, every=1, per_language=8, lr=1e30)
+    cfg = LoraExperiment.tiny(
+        ranks=(1,), n_seeds=2, steps=2, every=1, per_language=8, lr=1e30, threshold=0.6,
+        control_seeds=0,
+    )  # fmt: skip
     ds = run(cfg)
     flags = ds["diverged"].sel(rank=1)
     assert not flags.sel(step=0).any() and flags.sel(step=2).all()
@@ -140,6 +158,7 @@ def test_bad_input_fails_before_training(monkeypatch):
         raise AssertionError("training started")
 
     monkeypatch.setattr(experiment_mod, "_train_rank", boom)
+    monkeypatch.setattr(experiment_mod, "_train", boom)
     with pytest.raises(ValueError, match="unknown language"):
         run(LoraExperiment.tiny(languages=("en", "zz")))
     with pytest.raises(ValueError, match="match no Linear"):
@@ -155,12 +174,12 @@ def test_vmap_failure_falls_back_to_the_loop_with_a_warning(monkeypatch):
         raise RuntimeError("vmap: data-dependent control flow")
 
     monkeypatch.setattr(experiment_mod, "train_vmap", broken)
-    cfg = LoraExperiment.tiny(ranks=(1,), n_seeds=1, steps=2, per_language=8)
+    cfg = LoraExperiment.tiny(ranks=(1,), n_seeds=1, steps=2, per_language=8, threshold=0.6)
     with pytest.warns(RuntimeWarning, match="one by one"):
         ds = run(cfg)
     assert ds.attrs["method"] == "loop" and ds.sizes["seed"] == 1
     with pytest.raises(RuntimeError, match="vmap"):
-        run(LoraExperiment.tiny(ranks=(1,), n_seeds=1, steps=2, per_language=8, method="vmap"))
+        run(cfg.__class__.tiny(ranks=(1,), n_seeds=1, steps=2, per_language=8, method="vmap"))
 
 
 def test_ensemble_gram_equals_gradcomp_record():
@@ -214,6 +233,7 @@ def test_ensemble_gram_equals_gradcomp_record():
     np.testing.assert_allclose(trace.loss[3], ref["loss"].values, rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_small_setting_end_to_end(tmp_path):
     """The small CPU setting (ranks 1-4, 5 seeds, 30 steps) end to end: about 2.5 min on 2 cores."""
     from gradcomp.cli import main
@@ -221,3 +241,63 @@ def test_small_setting_end_to_end(tmp_path):
     assert main(["lora", "--small", "--n-boot", "199", "--out", str(tmp_path)]) == 0
     s = xr.open_dataset(tmp_path / "lora_rank_summary.nc", engine="h5netcdf")
     assert list(s["rank"].values) == [1, 2, 4] and "sensing_accuracy" in s
+
+
+def test_cli_measurement_options_reach_the_config():
+    from gradcomp.cli import build_parser
+    from gradcomp.commands.lora import config_from_args
+
+    args = build_parser().parse_args(
+        ["lora", "--cpu", "--layers=-2,-1", "--calibration-seeds", "12", "--control-seeds", "3"]
+    )
+    cfg = config_from_args(args)
+    assert cfg.layers == (-2, -1) and cfg.n_calibration() == 12 and cfg.control_seeds == 3
+    assert cfg.n_seeds == 150 and cfg.ranks == (1, 2, 4, 8, 16)
+    assert cfg.tasks == experiment_mod.SCREENED_TASKS
+    fixed = config_from_args(build_parser().parse_args(["lora", "--cpu", "--threshold", "0.7"]))
+    assert fixed.n_calibration() == 0 and fixed.fixed_thresholds()["B2"] == 0.7
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["lora", "--layers", "x"])
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--threshold", "1.5"], "must lie in (0, 1)"),
+        (["--threshold", "0.6", "--calibration-seeds", "3"], "exactly one of"),
+        (["--seeds", "3", "--calibration-seeds", "2", "--control-seeds", "5"], "control_seeds"),
+    ],
+)
+def test_cli_bad_measurement_options_exit_with_one_line(argv, message, tmp_path, capsys):
+    from gradcomp.cli import main
+
+    assert main(["lora", "--tiny", *argv, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_crashed_run_resumes_from_its_finished_ranks(tmp_path, monkeypatch):
+    """With ``partial=``, every finished rank is kept; a rerun trains only what is missing."""
+    cfg = LoraExperiment.tiny(ranks=(1, 2), n_seeds=1, steps=2, per_language=8, threshold=0.6)
+    real, calls = experiment_mod._train_rank, []
+
+    def crash_at_rank_2(cfg_, encoder, rank, *a):
+        calls.append(rank)
+        if rank == 2 and len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(cfg_, encoder, rank, *a)
+
+    monkeypatch.setattr(experiment_mod, "_train_rank", crash_at_rank_2)
+    partial = tmp_path / "partial"
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, partial=partial)
+    assert (partial / "rank1.pkl").exists() and not (partial / "rank2.pkl").exists()
+    ds = run(cfg, partial=partial)
+    assert calls == [1, 2, 2] and not partial.exists()
+    plain = run(cfg)
+    xr.testing.assert_identical(ds.drop_attrs(), plain.drop_attrs())
+    other = LoraExperiment.tiny(ranks=(1,), n_seeds=1, steps=2, per_language=8, threshold=0.6)
+    partial.mkdir()
+    (partial / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="another configuration"):
+        run(other, partial=partial)

@@ -37,10 +37,22 @@ def _tasks(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _layers(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--layers takes comma-separated layer indices, e.g. -1 or 4,5; got {text!r}"
+        ) from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--tiny", action="store_true", help="smoke setting (under a minute, CPU)")
     size.add_argument("--small", action="store_true", help="small CPU setting (a few minutes)")
+    size.add_argument(
+        "--cpu", action="store_true", help="the committed CPU measurement (about an hour)"
+    )
     parser.add_argument("--model", help="local model directory (default: bundled MiniLM)")
     parser.add_argument(
         "--num-layers", type=positive_int, help="keep only the first N encoder layers"
@@ -54,7 +66,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=nonnegative_int, help="words per step (0: full batch)")
     parser.add_argument("--every", type=positive_int, help="record statistics every k steps")
     parser.add_argument(
-        "--threshold", type=finite_float, help="accuracy a head needs for outcome +1"
+        "--threshold",
+        type=finite_float,
+        help="accuracy every head needs for outcome +1 (default: calibrated per task)",
+    )
+    parser.add_argument(
+        "--calibration-seeds",
+        type=nonnegative_int,
+        help="calibrate each task's threshold on this many seeds from 100000 (default 40)",
+    )
+    parser.add_argument(
+        "--control-seeds",
+        type=nonnegative_int,
+        help="train the separate-adapter control on the first N seeds (default: all; 0: none)",
+    )
+    parser.add_argument(
+        "--layers",
+        type=_layers,
+        help="encoder layers to adapt, e.g. -1 or 4,5 (negative: from the end; default: all)",
     )
     parser.add_argument("--outcome-on", choices=["heldout", "train"], help="accuracy of outcome")
     parser.add_argument("--languages", nargs="+", help="wordfreq language codes")
@@ -88,6 +117,9 @@ def config_from_args(args: argparse.Namespace):  # -> LoraExperiment
         "batch_size": args.batch_size,
         "every": args.every,
         "threshold": args.threshold,
+        "calibration_seeds": args.calibration_seeds,
+        "control_seeds": args.control_seeds,
+        "layers": args.layers,
         "outcome_on": args.outcome_on,
         "languages": tuple(args.languages) if args.languages else None,
         "per_language": args.per_language,
@@ -105,6 +137,8 @@ def config_from_args(args: argparse.Namespace):  # -> LoraExperiment
         return LoraExperiment.tiny(**kw)
     if args.small:
         return LoraExperiment.small(**kw)
+    if args.cpu:
+        return LoraExperiment.cpu(**kw)
     return LoraExperiment(**kw)
 
 
@@ -151,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     if args.device is None or args.device == "cpu":
         torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     try:
-        ds = run_experiment(cfg, progress=True)
+        ds = run_experiment(cfg, progress=True, partial=Path(args.out) / "lora_rank.partial")
     except ValueError as err:  # the model, tasks and adapters are checked before training
         raise CommandError(str(err)) from None
     save(lambda p: ds.to_netcdf(p, engine="h5netcdf"), data_file, what="the ensemble", name="lora")
@@ -166,13 +200,19 @@ def run(args: argparse.Namespace) -> int:
         name="lora_summary",
     )
     end = summary.isel(step=-1)
-    print(f"{'rank':>5} {'S':>7} {'S_lo':>7} {'S_hi':>7} {'delta':>7} {'held-out acc':>13}")
-    for r in end["rank"].values:
-        e = end.sel(rank=r)
-        print(
-            f"{int(r):>5} {float(e.S):7.3f} {float(e.S_lo):7.3f} {float(e.S_hi):7.3f} "
-            f"{float(e.delta):7.3f} {float(e.generalization):13.3f}"
-        )
+    conditions = end["adapters"].values if "adapters" in end.dims else [None]
+    print(
+        f"{'adapters':>9} {'rank':>5} {'seeds':>5} {'S':>7} {'S_lo':>7} {'S_hi':>7} "
+        f"{'delta':>7} {'margin':>7} {'held-out acc':>13}"
+    )
+    for c in conditions:
+        for r in end["rank"].values:
+            e = end.sel(rank=r) if c is None else end.sel(rank=r, adapters=c)
+            print(
+                f"{c or 'shared'!s:>9} {int(r):>5} {int(e.n_seeds):>5} {float(e.S):7.3f} "
+                f"{float(e.S_lo):7.3f} {float(e.S_hi):7.3f} {float(e.delta):7.3f} "
+                f"{float(e.cbd_margin):7.3f} {float(e.generalization):13.3f}"
+            )
     print(f"method: {ds.attrs['method']}; config: {dataclasses.asdict(cfg)}", file=sys.stderr)
     print(f"wrote {data_file} and {summary_file}", file=sys.stderr)
     return 0

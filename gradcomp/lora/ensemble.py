@@ -52,7 +52,7 @@ __all__ = [
 
 TASKS = ("A", "B")
 #: the per-member arrays of a :class:`Trace`
-FIELDS = ("loss", "acc", "heldout_acc", "gram", "diverged")
+FIELDS = ("loss", "acc", "heldout_acc", "gram", "component_gram", "diverged")
 
 
 @dataclass
@@ -66,6 +66,9 @@ class Batches:
         order: ``(n_members, n_steps + 1, batch)`` training-word indices per step (the extra step
             is the batch the final statistics are computed on).
         n_train: number of training words.
+        hidden: ``(n_words, length, hidden)`` output of the frozen layers below the first
+            adapted one (:meth:`gradcomp.lora.model.LoraHeads.frozen_input`), or ``None``: the
+            model then runs its full forward on ``ids``.
     """
 
     ids: torch.Tensor
@@ -73,6 +76,18 @@ class Batches:
     labels: torch.Tensor
     order: torch.Tensor
     n_train: int
+    hidden: torch.Tensor | None = None
+
+    def inputs(self, words: torch.Tensor | slice) -> tuple[torch.Tensor, ...]:
+        """The model's inputs for these words: ``(ids, mask)`` or ``(ids, mask, hidden)``."""
+        out = (self.ids[words], self.mask[words])
+        return out if self.hidden is None else (*out, self.hidden[words])
+
+    def members(self, rows: slice) -> Batches:
+        """The same words for a block of members (their labels and data order)."""
+        return Batches(
+            self.ids, self.mask, self.labels[rows], self.order[rows], self.n_train, self.hidden
+        )
 
 
 @dataclass
@@ -80,8 +95,10 @@ class Trace:
     """What an ensemble run returns, member-major (``K`` members, ``S`` recorded steps).
 
     ``loss``, ``acc``, ``heldout_acc``: ``(K, S, 2)``; ``gram``: ``(K, S, n_layers, 2, 2)`` with
-    ``layers`` naming axis 2 (last entry ``"all"``); ``diverged``: ``(K, S)`` bool (see the
-    module docstring); ``steps``: the recorded step numbers.
+    ``layers`` naming axis 2 (last entry ``"all"``); ``component_gram``: ``(K, S, r, 2, 2)``, the
+    Gram of rank component j over every adapted module (:func:`component_gram`; the components
+    sum to the ``"all"`` Gram); ``diverged``: ``(K, S)`` bool (see the module docstring);
+    ``steps``: the recorded step numbers.
     """
 
     steps: list[int]
@@ -90,6 +107,7 @@ class Trace:
     acc: np.ndarray
     heldout_acc: np.ndarray
     gram: np.ndarray
+    component_gram: np.ndarray
     diverged: np.ndarray
 
 
@@ -135,16 +153,16 @@ def _fan_in(model: nn.Module, bias_name: str) -> int:
 
 
 def _losses_fn(model: nn.Module) -> Callable[..., torch.Tensor]:
-    def losses(params, ids, mask, y):  # y: (2, batch) -> (2,) task losses
-        out = functional_call(model, params, (ids, mask), strict=False)
+    def losses(params, y, *inputs):  # y: (2, batch) -> (2,) task losses
+        out = functional_call(model, params, inputs, strict=False)
         return torch.stack([nn.functional.cross_entropy(out[t], y[i]) for i, t in enumerate(TASKS)])
 
     return losses
 
 
 def _correct_fn(model: nn.Module) -> Callable[..., torch.Tensor]:
-    def correct(params, ids, mask, y):  # -> (2,) numbers of correct predictions
-        out = functional_call(model, params, (ids, mask), strict=False)
+    def correct(params, y, *inputs):  # -> (2,) numbers of correct predictions
+        out = functional_call(model, params, inputs, strict=False)
         return torch.stack([(out[t].argmax(-1) == y[i]).sum() for i, t in enumerate(TASKS)])
 
     return correct
@@ -164,6 +182,29 @@ def gram(grads: list[dict[str, torch.Tensor]], groups: dict[str, list[str]]) -> 
     return core.with_total(torch.stack(per_layer, dim=1), dim=1)
 
 
+def component_gram(grads: list[dict[str, torch.Tensor]], names: list[str]) -> torch.Tensor:
+    """Per-member Gram matrices ``(K, r, T, T)`` of each LoRA rank component.
+
+    Component j of an adapter ``ΔW = B A`` is row j of ``A`` and column j of ``B``; its Gram sums
+    ``<g_t, g_s>`` over those entries of every adapted module in ``names`` (other parameters, e.g.
+    the heads, are skipped). Summed over j it is the Gram of all LoRA parameters.
+    """
+    total = None
+    for n in names:
+        g = torch.stack([gr[n] for gr in grads], dim=1)  # (K, T, *shape)
+        g = g.to(core.acc_dtype(g.dtype))
+        if ".lora_A" in n:  # (K, T, r, in)
+            part = torch.einsum("ktri,ksri->krts", g, g)
+        elif ".lora_B" in n:  # (K, T, out, r)
+            part = torch.einsum("ktor,ksor->krts", g, g)
+        else:
+            continue
+        total = part if total is None else total + part
+    if total is None:
+        raise ValueError("no LoRA parameter (.lora_A / .lora_B) among the recorded parameters")
+    return total
+
+
 def _run(
     model: nn.Module,
     init: dict[str, torch.Tensor],
@@ -179,35 +220,30 @@ def _run(
     params = {n: v.detach().clone().requires_grad_(True) for n, v in init.items()}
     opt = torch.optim.Adam(params.values(), lr=lr, foreach=False)
     loss_fn, correct_fn = _losses_fn(model), _correct_fn(model)
+    n_inputs = len(data.inputs(slice(0, 1)))
     if vectorised:
         f_loss = torch.vmap(loss_fn)
-        f_correct = torch.vmap(correct_fn, in_dims=(0, None, None, 0))
+        f_correct = torch.vmap(correct_fn, in_dims=(0, 0, *[None] * n_inputs))
     else:  # one member: the same functions, called without vmap
 
-        def f_loss(p, ids, mask, y):
-            return loss_fn({n: v[0] for n, v in p.items()}, ids[0], mask[0], y[0])[None]
+        def f_loss(p, y, *inputs):
+            return loss_fn({n: v[0] for n, v in p.items()}, y[0], *(x[0] for x in inputs))[None]
 
-        def f_correct(p, ids, mask, y):
-            return correct_fn({n: v[0] for n, v in p.items()}, ids, mask, y[0])[None]
+        def f_correct(p, y, *inputs):
+            return correct_fn({n: v[0] for n, v in p.items()}, y[0], *inputs)[None]
 
     n_steps = data.order.shape[1] - 1
     steps = [t for t in range(n_steps) if schedule(t)] + [n_steps]
     recorded = set(steps)
-    rows: dict[str, list[torch.Tensor]] = {
-        "loss": [],
-        "acc": [],
-        "heldout_acc": [],
-        "gram": [],
-        "diverged": [],
-    }
+    rows: dict[str, list[torch.Tensor]] = {f: [] for f in FIELDS}
     names = list(params)
+    lora_names = [n for names_ in groups.values() for n in names_]
     leaves = [params[n] for n in names]
     bad_loss = torch.zeros(data.order.shape[0], dtype=torch.bool, device=data.order.device)
     for t in range(n_steps + 1):
         idx = data.order[:, t]  # (K, batch)
-        ids, mask = data.ids[idx], data.mask[idx]
         y = torch.gather(data.labels, 2, idx[:, None, :].expand(-1, 2, -1))
-        losses = f_loss(params, ids, mask, y)  # (K, 2)
+        losses = f_loss(params, y, *data.inputs(idx))  # (K, 2)
         bad_loss |= ~torch.isfinite(losses.detach()).all(1)  # every step: one small op
         if t in recorded:
             with torch.no_grad():
@@ -225,6 +261,7 @@ def _run(
                 )
             grads = [per_task[0][n] + per_task[1][n] for n in names]
             rows["gram"].append(gram(per_task, groups).detach())
+            rows["component_gram"].append(component_gram(per_task, lora_names).detach())
             rows["loss"].append(losses.detach())
             with torch.no_grad():
                 rows["acc"].append(_accuracy(f_correct, params, data, 0, data.n_train, eval_chunk))
@@ -250,7 +287,7 @@ def _zero_if_none(g: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
 
 def _accuracy(f_correct, params, data: Batches, lo: int, hi: int, chunk: int) -> torch.Tensor:
     counts = [
-        f_correct(params, data.ids[sl], data.mask[sl], data.labels[:, :, sl])
+        f_correct(params, data.labels[:, :, sl], *data.inputs(sl))
         for sl in (slice(a, min(hi, a + chunk)) for a in range(lo, hi, chunk))
     ]
     return torch.stack(counts).sum(0).to(torch.float64) / (hi - lo)
@@ -295,9 +332,7 @@ def train_loop(
     """Fallback of :func:`train_vmap`: one member at a time, own Adam, no vmap."""
     traces = []
     for k in range(data.labels.shape[0]):
-        one = Batches(
-            data.ids, data.mask, data.labels[k : k + 1], data.order[k : k + 1], data.n_train
-        )
+        one = data.members(slice(k, k + 1))
         traces.append(
             _run(
                 model,

@@ -12,16 +12,33 @@ the NCnet ensemble (``docs/data-model.md``) plus a leading ``rank`` dimension.
 from __future__ import annotations
 
 import dataclasses
+import json
+import pickle
+import shutil
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import xarray as xr
 
-from gradcomp.dims import ALICE, BOB, RANK, SEED, STEP, TASK, annotate
+from gradcomp._atomic import atomic_write
+from gradcomp.dims import (
+    ADAPTERS,
+    ALICE,
+    BOB,
+    COMPONENT,
+    COMPONENT_GRAM,
+    RANK,
+    SEED,
+    STEP,
+    TASK,
+    TASK_J,
+    annotate,
+)
 from gradcomp.gram import gram_dataset
 from gradcomp.lora.data import DEFAULT_LANGUAGES, DEFAULT_TASKS, WordData, encode, load_words
 from gradcomp.lora.ensemble import (
@@ -30,15 +47,25 @@ from gradcomp.lora.ensemble import (
     batch_order,
     concat,
     init_member,
-    member_table,
     train_loop,
     train_vmap,
 )
-from gradcomp.lora.model import ATTENTION_TARGETS, LoraHeads, add_lora, load_encoder, lora_layers
+from gradcomp.lora.model import (
+    ATTENTION_TARGETS,
+    LoraHeads,
+    SeparateHeads,
+    add_lora,
+    load_encoder,
+    lora_layers,
+    separate_init,
+)
 from gradcomp.provenance import provenance
 from gradcomp.schedule import as_schedule
 
-__all__ = ["LABELS", "LoraExperiment", "run", "to_dataset"]
+__all__ = ["LABELS", "LoraExperiment", "calibrate_threshold", "run", "to_dataset"]
+
+
+SETTINGS = ("A1", "A2", "B1", "B2")
 
 LABELS: dict[str, tuple[str, str]] = {
     "a": ("Alice's outcome (NaN: diverged)", "1"),
@@ -46,11 +73,27 @@ LABELS: dict[str, tuple[str, str]] = {
     "diverged": ("run diverged (non-finite loss or parameters at or before this step)", "1"),
     "acc": ("training accuracy", "1"),
     "heldout_acc": ("held-out accuracy", "1"),
+    "threshold": ("accuracy a head needs for outcome +1 in this setting", "1"),
 }
 
 
+#: the task set chosen by the screen (analyses/lora_screen.py, docs/lora.md), on calibration seeds
+SCREENED_TASKS: Mapping[str, str] = {
+    "A1": "lang:en,de",
+    "A2": "length",
+    "B1": "lang:en,fr",
+    "B2": "freq:4.3-4.9",
+}
+
 #: what the CPU presets (:meth:`LoraExperiment.tiny`, :meth:`LoraExperiment.small`) share
 _CPU: dict[str, Any] = dict(num_layers=2, batch_size=16, every=2, max_length=6, lr=1e-2)
+
+
+def _preset(cls: type, base: dict[str, Any], kw: dict[str, Any]) -> Any:
+    """A preset with overrides; a fixed threshold in ``kw`` replaces the preset's calibration."""
+    if kw.get("threshold") is not None or kw.get("thresholds") is not None:
+        base = {k: v for k, v in base.items() if k != "calibration_seeds"}
+    return cls(**{**base, **kw})
 
 
 @dataclass(frozen=True)
@@ -69,7 +112,15 @@ class LoraExperiment:
     lr: float = 3e-3
     batch_size: int | None = 32
     every: int = 10  # record statistics every k steps (the final step always)
-    threshold: float = 0.8  # held-out accuracy a head needs for outcome +1
+    # the outcome rule: +1 when the head's accuracy reaches its task's threshold. Exactly one of:
+    threshold: float | None = None  # one threshold for every task
+    thresholds: Mapping[str, float] | None = None  # per task, A1, A2, B1, B2
+    # calibrate per task on these many seeds, disjoint from the measured ones; None: 40 when
+    # no threshold is fixed, else 0
+    calibration_seeds: int | None = None
+    calibration_first_seed: int = 100_000
+    calibration_rank: int | None = None  # None: the middle of `ranks`
+    calibration_share: float = 0.5  # the share of calibration runs that reach their threshold
     outcome_on: str = "heldout"  # or "train"
     languages: tuple[str, ...] = DEFAULT_LANGUAGES
     tasks: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_TASKS))
@@ -78,6 +129,10 @@ class LoraExperiment:
     max_length: int = 8
     targets: tuple[str, ...] = ATTENTION_TARGETS
     ffn: bool = False
+    layers: tuple[int, ...] | None = None  # encoder layers with adapters (negative: from the end)
+    cache_frozen: bool = True  # compute the frozen layers below the first adapted one once
+    # the separate-adapter control on the first `control_seeds` measured seeds (None: all, 0: none)
+    control_seeds: int | None = None
     method: str = "auto"  # "vmap", "loop" or "auto" (vmap, falling back to the loop)
     chunk: int | None = None  # members per vmap call (memory); None: all
     device: str = "cpu"
@@ -86,22 +141,47 @@ class LoraExperiment:
     @classmethod
     def tiny(cls, **kw: Any) -> LoraExperiment:
         """A CPU smoke setting (well under a minute on 2 cores): 2 layers, 2 ranks, 2 seeds."""
-        base = dict(ranks=(1, 2), n_seeds=2, steps=8, per_language=12, threshold=0.6)
-        return cls(**{**_CPU, **base, **kw})
+        base = dict(ranks=(1, 2), n_seeds=2, steps=8, per_language=12, calibration_seeds=2)
+        return _preset(cls, {**_CPU, **base}, kw)
 
     @classmethod
     def small(cls, **kw: Any) -> LoraExperiment:
-        """The small CPU setting of the issue (minutes): ranks 1-4, few seeds, short training."""
+        """A small CPU setting (minutes): ranks 1-4, 5 seeds, 30 steps, the last layer adapted."""
         base = dict(
             ranks=(1, 2, 4),
             n_seeds=5,
             steps=30,
             per_language=40,
-            # between the held-out accuracies the tasks reach here (A1 ~0.76, A2 ~0.65, B1 ~0.78,
-            # B2 ~0.84), so that A1 and B1 outcomes vary across seeds (docs/lora.md)
-            threshold=0.78,
+            layers=(-1,),
+            calibration_seeds=5,
         )
-        return cls(**{**_CPU, **base, **kw})
+        return _preset(cls, {**_CPU, **base}, kw)
+
+    @classmethod
+    def cpu(cls, **kw: Any) -> LoraExperiment:
+        """The committed CPU measurement (about an hour on 2 cores, docs/lora.md).
+
+        All 6 pretrained MiniLM layers; adapters on the last layer only (``layers=(-1,)``), so the
+        five frozen layers below run once per word; ranks 1-16, 150 seeds; thresholds
+        calibrated per task on 40 calibration seeds at rank 4; the separate-adapter control on
+        the first 20 seeds. Tasks: :data:`SCREENED_TASKS`.
+        """
+        base = dict(
+            layers=(-1,),
+            ranks=(1, 2, 4, 8, 16),
+            n_seeds=150,
+            control_seeds=20,
+            steps=30,
+            batch_size=8,
+            every=15,
+            max_length=6,
+            per_language=40,
+            lr=1e-2,
+            calibration_seeds=40,
+            chunk=160,
+            tasks=dict(SCREENED_TASKS),
+        )
+        return _preset(cls, base, kw)
 
     def words(self) -> WordData:
         """The experiment's word pool: its languages, tasks, split and data seed."""
@@ -113,60 +193,125 @@ class LoraExperiment:
             seed=self.data_seed,
         )
 
+    def measured_seeds(self) -> range:
+        return range(self.first_seed, self.first_seed + self.n_seeds)
+
+    def control_seed_range(self) -> range:
+        """The measured seeds that the separate-adapter control also trains (the first ones)."""
+        n = self.n_seeds if self.control_seeds is None else self.control_seeds
+        return range(self.first_seed, self.first_seed + n)
+
+    def n_calibration(self) -> int:
+        if self.calibration_seeds is not None:
+            return int(self.calibration_seeds)
+        return 0 if self.threshold is not None or self.thresholds is not None else 40
+
+    def calibration_seed_range(self) -> range:
+        first = self.calibration_first_seed
+        return range(first, first + self.n_calibration())
+
+    def fixed_thresholds(self) -> dict[str, float] | None:
+        """Per-task thresholds fixed in the configuration (``None``: calibrated)."""
+        if self.threshold is not None:
+            return dict.fromkeys(SETTINGS, float(self.threshold))
+        if self.thresholds is not None:
+            return {k: float(v) for k, v in self.thresholds.items()}
+        return None
+
+    def middle_rank(self) -> int:
+        """The calibration rank: ``calibration_rank`` or the middle of the sorted ranks."""
+        ranks = sorted(int(r) for r in self.ranks)
+        return int(self.calibration_rank or ranks[(len(ranks) - 1) // 2])
+
     def validate(self) -> None:
         if not self.ranks or any(int(r) < 1 for r in self.ranks):
             raise ValueError(f"ranks must be positive integers, got {self.ranks}")
         if self.n_seeds < 1 or self.steps < 1:
             raise ValueError("n_seeds and steps must be at least 1")
+        rules = [self.threshold is not None, self.thresholds is not None, self.n_calibration() > 0]
+        if sum(rules) != 1:
+            raise ValueError(
+                "the outcome rule needs exactly one of threshold (every task), thresholds (per "
+                "task) or calibration_seeds > 0 (calibrated per task); got "
+                f"threshold={self.threshold}, thresholds={self.thresholds}, "
+                f"calibration_seeds={self.calibration_seeds}"
+            )
+        fixed = self.fixed_thresholds() or {}
+        if self.thresholds is not None and set(fixed) != set(SETTINGS):
+            raise ValueError(f"thresholds must name A1, A2, B1 and B2, got {sorted(fixed)}")
+        for task, theta in fixed.items():
+            if not 0.0 < theta < 1.0:
+                raise ValueError(f"threshold of {task} must lie in (0, 1), got {theta}")
+        if self.n_calibration() < 0:
+            raise ValueError(f"calibration_seeds must be >= 0, got {self.calibration_seeds}")
+        overlap = set(self.measured_seeds()) & set(self.calibration_seed_range())
+        if overlap:
+            raise ValueError(
+                f"calibration seeds {self.calibration_seed_range()} overlap the measured seeds "
+                f"{self.measured_seeds()} (e.g. {min(overlap)}): thresholds must be fixed on "
+                "seeds that are not measured"
+            )
+        if not 0.0 < self.calibration_share < 1.0:
+            raise ValueError(f"calibration_share must lie in (0, 1), got {self.calibration_share}")
+        if self.control_seeds is not None and not 0 <= self.control_seeds <= self.n_seeds:
+            raise ValueError(f"control_seeds must be in 0..n_seeds, got {self.control_seeds}")
+        if self.calibration_rank is not None and self.calibration_rank < 1:
+            raise ValueError(f"calibration_rank must be positive, got {self.calibration_rank}")
         if self.outcome_on not in ("heldout", "train"):
             raise ValueError(f"outcome_on must be 'heldout' or 'train', got {self.outcome_on!r}")
         if self.method not in ("auto", "vmap", "loop"):
             raise ValueError(f"method must be 'auto', 'vmap' or 'loop', got {self.method!r}")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold is an accuracy in [0, 1], got {self.threshold}")
 
 
-def _prepare(cfg: LoraExperiment, tokenizer: Any, device: torch.device) -> Batches:
-    words = cfg.words()
-    ids, mask = encode(tokenizer, words.words, cfg.max_length)
-    table = member_table(cfg.n_seeds)
+def member_rows(seeds: range | list[int], *, diagonal: bool = False) -> np.ndarray:
+    """``(K, 3)`` rows ``(seed, alice, bob)``; ``diagonal``: only the pairs with alice == bob."""
+    return np.array(
+        [(s, x, y) for s in seeds for x in (1, 2) for y in (1, 2) if not diagonal or x == y]
+    )
+
+
+def _prepare(
+    cfg: LoraExperiment, words: WordData, ids: torch.Tensor, mask: torch.Tensor, rows: np.ndarray
+) -> Batches:
     labels = torch.stack(
-        [torch.stack([words.labels[f"A{x}"], words.labels[f"B{y}"]]) for _, x, y in table]
+        [torch.stack([words.labels[f"A{x}"], words.labels[f"B{y}"]]) for _, x, y in rows]
     )
     order = torch.stack(
-        [
-            batch_order(words.n_train, cfg.steps, cfg.batch_size, cfg.first_seed + s)
-            for s, _, _ in table
-        ]
+        [batch_order(words.n_train, cfg.steps, cfg.batch_size, int(s)) for s, _, _ in rows]
     )
-    return Batches(
-        ids.to(device), mask.to(device), labels.to(device), order.to(device), words.n_train
-    )
+    device = ids.device
+    return Batches(ids, mask, labels.to(device), order.to(device), words.n_train)
 
 
-def _train_rank(
-    cfg: LoraExperiment, encoder: torch.nn.Module, rank: int, data: Batches
+def _model(cfg: LoraExperiment, encoder: torch.nn.Module, rank: int) -> LoraHeads:
+    adapted = add_lora(encoder, rank, targets=cfg.targets, ffn=cfg.ffn, layers=cfg.layers)
+    return LoraHeads(adapted).eval()
+
+
+def _train(
+    cfg: LoraExperiment,
+    model: torch.nn.Module,
+    init: dict[str, torch.Tensor],
+    data: Batches,
 ) -> tuple[Trace, str]:
-    model = LoraHeads(add_lora(encoder, rank, targets=cfg.targets, ffn=cfg.ffn)).eval()
+    """Train the members of ``data`` (vmap in chunks, or the loop) from ``init``."""
     groups = lora_layers(model)
-    table = member_table(cfg.n_seeds)
-    inits = [init_member(model, cfg.first_seed + s) for s, _, _ in table]
-    init = {n: torch.stack([d[n] for d in inits]) for n in inits[0]}
     schedule = as_schedule(cfg.every)
     if cfg.method == "loop":
         return train_loop(model, init, data, groups, lr=cfg.lr, schedule=schedule), "loop"
-    chunk = cfg.chunk or len(table)
+    n = data.labels.shape[0]
+    chunk = cfg.chunk or n
     try:
         parts = [
             train_vmap(
                 model,
-                {n: v[i : i + chunk] for n, v in init.items()},
-                _rows(data, slice(i, i + chunk)),
+                {k: v[i : i + chunk] for k, v in init.items()},
+                data.members(slice(i, i + chunk)),
                 groups,
                 lr=cfg.lr,
                 schedule=schedule,
             )
-            for i in range(0, len(table), chunk)
+            for i in range(0, n, chunk)
         ]
     except RuntimeError as err:
         if cfg.method == "vmap":
@@ -180,52 +325,221 @@ def _train_rank(
     return concat(parts), "vmap"
 
 
-def _rows(data: Batches, sl: slice) -> Batches:
-    return Batches(data.ids, data.mask, data.labels[sl], data.order[sl], data.n_train)
+def _inits(model: torch.nn.Module, rows: np.ndarray) -> dict[str, torch.Tensor]:
+    inits = [init_member(model, int(s)) for s, _, _ in rows]
+    return {n: torch.stack([d[n] for d in inits]) for n in inits[0]}
 
 
-def to_dataset(traces: dict[int, Trace], cfg: LoraExperiment) -> xr.Dataset:
-    """Assemble per-rank traces into the ensemble Dataset (``rank, seed, alice, bob, step``)."""
-    shape = (cfg.n_seeds, 2, 2)
-    per_rank = []
-    for rank, tr in traces.items():
-        coords = {
-            SEED: cfg.first_seed + np.arange(cfg.n_seeds),
-            ALICE: [1, 2],
-            BOB: [1, 2],
-            STEP: np.asarray(tr.steps),
-        }
-        member = (SEED, ALICE, BOB, STEP)
-
-        def r(x: np.ndarray) -> np.ndarray:
-            return x.reshape(*shape, *x.shape[1:])
-
-        acc_for_outcome = tr.heldout_acc if cfg.outcome_on == "heldout" else tr.acc
-        solved = np.where(r(acc_for_outcome) >= cfg.threshold - 1e-12, 1.0, -1.0)
-        diverged = r(tr.diverged)
-        solved = np.where(diverged[..., None], np.nan, solved).astype(np.float32)
-        ds = gram_dataset(
-            r(tr.gram),
-            member,
-            coords,
-            tasks=["A", "B"],
-            layers=tr.layers,
-            data={
-                "diverged": (member, diverged),
-                "a": (member, solved[..., 0]),
-                "b": (member, solved[..., 1]),
-                "loss": ((*member, TASK), r(tr.loss)),
-                "acc": ((*member, TASK), r(tr.acc)),
-                "heldout_acc": ((*member, TASK), r(tr.heldout_acc)),
-            },
-            labels=LABELS,
+def _with_frozen(cfg: LoraExperiment, model: LoraHeads, data: Batches) -> Batches:
+    """``data`` with the frozen layers' output when they can be computed once (else as it is)."""
+    if not cfg.cache_frozen or model.start is None:
+        return data
+    probe = slice(0, min(8, data.ids.shape[0]))
+    if not model.check_frozen_input(data.ids[probe], data.mask[probe]):
+        warnings.warn(
+            "the forward from the frozen layers' output differs from the full forward for "
+            f"{type(model.encoder).__name__}; running the full forward",
+            RuntimeWarning,
+            stacklevel=3,
         )
-        per_rank.append(ds.expand_dims({RANK: [rank]}))
-    ds = xr.concat(per_rank, dim=RANK, join="outer")
+        return data
+    hidden = torch.cat(
+        [
+            model.frozen_input(data.ids[i : i + 512], data.mask[i : i + 512])
+            for i in range(0, data.ids.shape[0], 512)
+        ]
+    )
+    return dataclasses.replace(data, hidden=hidden)
+
+
+Block = tuple[np.ndarray, Batches]  # member rows (seed, alice, bob) and their data
+
+
+def _train_rank(
+    cfg: LoraExperiment, encoder: torch.nn.Module, rank: int, shared: Block, diag: Block | None
+) -> tuple[dict[str, Trace], set[str]]:
+    """One rank: the shared-adapter members, and (``diag``) the separate-adapter control."""
+    model = _model(cfg, encoder, rank)
+    rows, data = shared
+    trace, method = _train(cfg, model, _inits(model, rows), _with_frozen(cfg, model, data))
+    traces, methods = {"shared": trace}, {method}
+    if diag is not None:
+        diag_rows, diag_data = diag
+        separate = SeparateHeads(model.encoder).eval()
+        init = separate_init(_inits(model, diag_rows))
+        trace, method = _train(cfg, separate, init, _with_frozen(cfg, separate, diag_data))
+        traces["separate"] = expand_diagonal(trace, rows, diag_rows)
+        methods.add(method)
+    return traces, methods
+
+
+def expand_diagonal(trace: Trace, rows: np.ndarray, diag_rows: np.ndarray) -> Trace:
+    """The separate-adapter control of every member ``(seed, x, y)`` from the pairs ``x == y``.
+
+    With separate adapters head A's run depends only on the seed and Alice's setting, and head B's
+    only on the seed and Bob's: member ``(s, x, y)``'s head A is head A of ``(s, x, x)`` and its
+    head B is head B of ``(s, y, y)`` — the same arithmetic, so half the members are trained (a
+    test checks this against training all four pairs). A member is ``diverged`` when either run
+    it is read from diverged. The A–B Gram entries are 0: the heads share no parameter. Members
+    of seeds the control did not train (``control_seeds``) are NaN (``diverged`` False).
+    """
+    where = {(int(s), int(x)): k for k, (s, x, _) in enumerate(diag_rows)}
+    ran = np.array([(int(s), int(x)) in where for s, x, _ in rows])
+    a = np.array([where.get((int(s), int(x)), 0) for s, x, _ in rows])
+    b = np.array([where.get((int(s), int(y)), 0) for s, _, y in rows])
+
+    def pick(v: np.ndarray) -> np.ndarray:
+        out = v.astype(np.result_type(v.dtype, np.float32), copy=True)
+        out[~ran] = np.nan
+        return out
+
+    fields = {}
+    for f in ("loss", "acc", "heldout_acc"):
+        v = getattr(trace, f)
+        fields[f] = pick(np.stack([v[a, ..., 0], v[b, ..., 1]], axis=-1))
+    for f in ("gram", "component_gram"):
+        v = getattr(trace, f)
+        g = np.zeros(v[a].shape, dtype=v.dtype)
+        g[..., 0, 0], g[..., 1, 1] = v[a][..., 0, 0], v[b][..., 1, 1]
+        fields[f] = pick(g)
+    fields["diverged"] = (trace.diverged[a] | trace.diverged[b]) & ran[:, None]
+    return Trace(trace.steps, trace.layers, **fields)
+
+
+def calibrate_threshold(acc: np.ndarray, share: float = 0.5) -> float:
+    """The threshold that the share ``share`` of these accuracies reaches, between attained values.
+
+    Candidates are the midpoints between consecutive distinct accuracies; the one whose share of
+    runs at or above it is closest to ``share`` wins (ties: the higher threshold).
+
+    Raises:
+        ValueError: every accuracy is the same value (nothing to split), or one is not finite.
+    """
+    acc = np.asarray(acc, dtype=float).ravel()
+    if not np.isfinite(acc).all():
+        raise ValueError("calibration accuracies must be finite (a calibration run diverged)")
+    values = np.unique(acc)
+    if len(values) < 2:
+        raise ValueError(
+            f"every calibration run reached the same accuracy {values[0]:.3f}: the task cannot "
+            "be calibrated (it is too easy or too hard at this rank; change the task or rank)"
+        )
+    mids = (values[1:] + values[:-1]) / 2
+    shares = np.array([(acc >= m).mean() for m in mids])
+    gap = np.abs(shares - share)
+    best = np.flatnonzero(gap == gap.min())[-1]
+    return float(mids[best])
+
+
+def _calibrate(
+    cfg: LoraExperiment, encoder: torch.nn.Module, block: Block
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Per-task thresholds from the calibration seeds at the middle rank (shared adapters)."""
+    model = _model(cfg, encoder, cfg.middle_rank())
+    rows, data = block
+    trace, _ = _train(cfg, model, _inits(model, rows), _with_frozen(cfg, model, data))
+    acc = trace.heldout_acc if cfg.outcome_on == "heldout" else trace.acc
+    last = acc[:, -1]  # (K, 2)
+    thresholds, record = {}, {}
+    for head, col, side in (("A", 0, 1), ("B", 1, 2)):
+        for setting in (1, 2):
+            task = f"{head}{setting}"
+            values = last[rows[:, side] == setting, col]
+            try:
+                thresholds[task] = calibrate_threshold(values, cfg.calibration_share)
+            except ValueError as err:
+                raise ValueError(f"calibrating task {task} ({cfg.tasks[task]!r}): {err}") from None
+            record[task] = {
+                "share_reached": float((values >= thresholds[task]).mean()),
+                "accuracy": [round(float(v), 6) for v in values],
+            }
+    info = {
+        "seeds": [int(s) for s in cfg.calibration_seed_range()],
+        "rank": cfg.middle_rank(),
+        "share": cfg.calibration_share,
+        "tasks": record,
+    }
+    return thresholds, info
+
+
+def to_dataset(
+    traces: Mapping[str, Mapping[int, Trace]],
+    cfg: LoraExperiment,
+    thresholds: Mapping[str, float],
+    calibration: Mapping[str, Any] | None = None,
+) -> xr.Dataset:
+    """Assemble the traces (``adapters -> rank -> Trace``) into the ensemble Dataset.
+
+    Dims ``adapters, rank, seed, alice, bob, step`` (``adapters`` only when the control ran).
+    Head A's outcome in setting x is +1 when its accuracy reaches ``thresholds["A<x>"]``.
+    """
+    shape = (cfg.n_seeds, 2, 2)
+    theta_a = np.array([thresholds["A1"], thresholds["A2"]])[None, :, None, None]
+    theta_b = np.array([thresholds["B1"], thresholds["B2"]])[None, None, :, None]
+    blocks = []
+    for adapters, per_rank_traces in traces.items():
+        per_rank = []
+        for rank, tr in per_rank_traces.items():
+            coords = {
+                SEED: np.asarray(cfg.measured_seeds()),
+                ALICE: [1, 2],
+                BOB: [1, 2],
+                STEP: np.asarray(tr.steps),
+            }
+            member = (SEED, ALICE, BOB, STEP)
+            components = {COMPONENT: np.arange(tr.component_gram.shape[2])}
+
+            def r(x: np.ndarray) -> np.ndarray:
+                return x.reshape(*shape, *x.shape[1:])
+
+            acc = r(tr.heldout_acc if cfg.outcome_on == "heldout" else tr.acc)
+            diverged = r(tr.diverged)
+            outcome = {  # NaN: diverged, or not trained (control seeds)
+                name: np.where(
+                    diverged | np.isnan(acc[..., col]),
+                    np.nan,
+                    np.where(acc[..., col] >= theta, 1.0, -1.0),
+                ).astype(np.float32)
+                for name, col, theta in (("a", 0, theta_a), ("b", 1, theta_b))
+            }
+            ds = gram_dataset(
+                r(tr.gram),
+                member,
+                coords,
+                tasks=["A", "B"],
+                layers=tr.layers,
+                data={
+                    "diverged": (member, diverged),
+                    "a": (member, outcome["a"]),
+                    "b": (member, outcome["b"]),
+                    "loss": ((*member, TASK), r(tr.loss)),
+                    "acc": ((*member, TASK), r(tr.acc)),
+                    "heldout_acc": ((*member, TASK), r(tr.heldout_acc)),
+                    COMPONENT_GRAM: ((*member, COMPONENT, TASK, TASK_J), r(tr.component_gram)),
+                },
+                labels=LABELS,
+            ).assign_coords(components)
+            per_rank.append(ds.expand_dims({RANK: [rank]}))
+        blocks.append(
+            xr.concat(per_rank, dim=RANK, join="outer").expand_dims({ADAPTERS: [adapters]})
+        )
+    ds = xr.concat(blocks, dim=ADAPTERS, join="outer")
+    if len(blocks) == 1:
+        ds = ds.squeeze(ADAPTERS, drop=True)
+    ds["threshold"] = xr.DataArray(
+        np.array([[thresholds["A1"], thresholds["B1"]], [thresholds["A2"], thresholds["B2"]]]),
+        dims=("setting", TASK),
+        coords={"setting": [1, 2], TASK: ["A", "B"]},
+    )
     ds.attrs.update(provenance(dataclasses.asdict(cfg)))
     where = "held-out" if cfg.outcome_on == "heldout" else "training"
     ds.attrs["experiment"] = "lora"
-    ds.attrs["outcome_rule"] = f"+1 when {where} accuracy >= {cfg.threshold}"
+    rule = ", ".join(f"{t} {thresholds[t]:.4f}" for t in SETTINGS)
+    ds.attrs["outcome_rule"] = f"+1 when the head's {where} accuracy >= its threshold: {rule}"
+    ds.attrs["thresholds"] = json.dumps({t: float(thresholds[t]) for t in SETTINGS})
+    ds.attrs["thresholds_from"] = "calibration seeds" if calibration else "the configuration"
+    if calibration:
+        ds.attrs["calibration"] = json.dumps(calibration)
     ds.attrs["tasks"] = ", ".join(f"{k}={v}" for k, v in cfg.tasks.items())
     ds.attrs["alice_tasks"] = f"{cfg.tasks['A1']} ; {cfg.tasks['A2']}"
     ds.attrs["bob_tasks"] = f"{cfg.tasks['B1']} ; {cfg.tasks['B2']}"
@@ -233,28 +547,93 @@ def to_dataset(traces: dict[int, Trace], cfg: LoraExperiment) -> xr.Dataset:
     return annotate(ds, LABELS)
 
 
-def run(cfg: LoraExperiment, *, progress: bool = False) -> xr.Dataset:
+def _resumable(
+    partial: Path | None, cfg: LoraExperiment
+) -> Callable[[str, Callable[[], Any]], Any]:
+    """``done(key, fn)``: ``fn()``'s result, kept in ``partial/key.pkl`` and reused on a rerun.
+
+    ``partial/config.json`` holds the configuration; results of another configuration are
+    refused, so a rerun after a crash continues where it stopped and never mixes settings.
+    """
+    if partial is None:
+        return lambda key, fn: fn()
+    partial.mkdir(parents=True, exist_ok=True)
+    config = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+    stamp = partial / "config.json"
+    if stamp.exists() and stamp.read_text() != config:
+        raise ValueError(
+            f"{partial} holds partial results of another configuration; remove it to start over"
+        )
+    stamp.write_text(config)
+
+    def done(key: str, fn: Callable[[], Any]) -> Any:
+        path = partial / f"{key}.pkl"
+        if path.exists():
+            return pickle.loads(path.read_bytes())
+        value = fn()
+        atomic_write(path, pickle.dumps(value))
+        return value
+
+    return done
+
+
+def run(
+    cfg: LoraExperiment, *, progress: bool = False, partial: str | Path | None = None
+) -> xr.Dataset:
     """Run the experiment: every bad input is rejected before training starts.
 
+    Order: calibrate the per-task thresholds on the calibration seeds (when no threshold is
+    fixed), then train the measured seeds at every rank with shared adapters and, on the
+    ``control_seeds``, with separate adapters. The thresholds are never touched again.
+
+    Args:
+        cfg: the experiment.
+        progress: show a progress bar over ranks.
+        partial: a directory that keeps each finished rank (and the calibration); a rerun with
+            the same configuration after a crash continues from there. Removed at the end.
+
     Returns:
-        The ensemble Dataset; ``attrs["method"]`` says whether the vmap or the loop trained it.
+        The ensemble Dataset; ``attrs["method"]`` says whether the vmap or the loop trained it,
+        ``attrs["thresholds"]`` and ``attrs["calibration"]`` what the outcome rule was fixed on.
     """
     cfg.validate()
     device = torch.device(cfg.device)
     encoder, tokenizer = load_encoder(cfg.model, num_layers=cfg.num_layers)
     encoder = encoder.to(device)
-    data = _prepare(cfg, tokenizer, device)
-    for rank in cfg.ranks:  # build every adapter first: bad LoRA configs fail before training
-        LoraHeads(add_lora(encoder, int(rank), targets=cfg.targets, ffn=cfg.ffn))
-    traces, methods = {}, set()
+    words = cfg.words()
+    ids, mask = (t.to(device) for t in encode(tokenizer, words.words, cfg.max_length))
+    for rank in {*cfg.ranks, cfg.middle_rank()}:  # bad LoRA configs fail before training
+        _model(cfg, encoder, int(rank))
+
+    def block(seeds: range, diagonal: bool = False) -> Block:
+        rows = member_rows(seeds, diagonal=diagonal)
+        return rows, _prepare(cfg, words, ids, mask, rows)
+
+    done = _resumable(None if partial is None else Path(partial), cfg)
+    thresholds, calibration = cfg.fixed_thresholds(), None
+    if thresholds is None:
+        thresholds, calibration = done(
+            "calibration", lambda: _calibrate(cfg, encoder, block(cfg.calibration_seed_range()))
+        )
+    shared = block(cfg.measured_seeds())
+    control = cfg.control_seed_range()
+    diag = block(control, diagonal=True) if len(control) else None
+    traces: dict[str, dict[int, Trace]] = {"shared": {}, **({"separate": {}} if diag else {})}
+    methods: set[str] = set()
     ranks = cfg.ranks
     if progress:
         from tqdm.auto import tqdm
 
         ranks = tqdm(ranks, desc="LoRA ranks")
     for rank in ranks:
-        traces[int(rank)], method = _train_rank(cfg, encoder, int(rank), data)
-        methods.add(method)
-    ds = to_dataset(traces, cfg)
+        per_adapters, used = done(
+            f"rank{int(rank)}", lambda r=int(rank): _train_rank(cfg, encoder, r, shared, diag)
+        )
+        for name, trace in per_adapters.items():
+            traces[name][int(rank)] = trace
+        methods |= used
+    ds = to_dataset(traces, cfg, thresholds, calibration)
     ds.attrs["method"] = ",".join(sorted(methods))
+    if partial is not None:
+        shutil.rmtree(partial, ignore_errors=True)
     return ds

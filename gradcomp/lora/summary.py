@@ -8,6 +8,10 @@ accuracy over seeds, settings and heads). Then the correlator (``gradcomp.analyz
 S to each of them over ``(rank, step)``, partialled on rank (x and y centred within each rank) with
 ``step`` as the serial dim — PAPER.md: S and generalization both move with capacity.
 
+With the separate-adapter control (dim ``adapters``: ``"shared"``, ``"separate"``), the CHSH
+variables and ``diverged_share`` are per adapter condition; the mechanism variables and links
+describe the shared adapters (the control's heads share no parameter, so there is no conflict).
+
 The project's reading: generalization is held-out accuracy; since the default outcome is read
 from held-out accuracy too, S and generalization share their input, so the partial (within-rank)
 correlation is the one to quote, and ``outcome_on="train"`` gives the link without that overlap.
@@ -46,6 +50,7 @@ LABELS: dict[str, tuple[str, str]] = {
     **DIVERGED_LABELS,
 }
 _RUNS = (SEED, ALICE, BOB)
+ADAPTERS = "adapters"
 
 
 def summarize(
@@ -89,11 +94,21 @@ def summarize(
     if share is not None:
         lr = json.loads(ds.attrs.get("config", "{}")).get("lr", float("nan"))
         last = share.isel({STEP: -1}) if STEP in share.dims else share
-        check_share(last, max_diverged=max_diverged, lr=float(lr), what="lora", cell=RANK)
+        for one in (
+            [last.sel({ADAPTERS: a}) for a in last[ADAPTERS].values]
+            if ADAPTERS in last.dims
+            else [last]
+        ):
+            check_share(one, max_diverged=max_diverged, lr=float(lr), what="lora", cell=RANK)
     out = chsh.estimate(ds["a"], ds["b"], n_boot=n_boot)
-    out = out.transpose(RANK, STEP, ...) if STEP in out.dims else out
+    lead = [d for d in (ADAPTERS, RANK, STEP) if d in out.dims]
+    out = out.transpose(*lead, ...)
     if share is not None:
         out["diverged_share"] = share
+    s_shared = out["S"]
+    if ADAPTERS in ds.dims:  # the mechanism: of the shared adapters
+        ds = ds.sel({ADAPTERS: "shared"}, drop=True)
+        s_shared = out["S"].sel({ADAPTERS: "shared"}, drop=True)
     alive = ~ds["diverged"] if "diverged" in ds else True
     out["generalization"] = ds["heldout_acc"].where(alive).mean((*_RUNS, TASK))
     out["generalization_gap"] = (ds["acc"] - ds["heldout_acc"]).where(alive).mean((*_RUNS, TASK))
@@ -117,7 +132,7 @@ def summarize(
         if name not in out:
             continue
         c = correlate(
-            out["S"], out[name], (RANK, STEP), control=out[RANK], serial=STEP, n_boot=n_boot
+            s_shared, out[name], (RANK, STEP), control=out[RANK], serial=STEP, n_boot=n_boot
         )
         for src, dst in (("pearson", "r"), ("spearman", "rho"), ("n_eff", "n_eff")):
             out[f"{dst}_S_{name}"] = c[src]

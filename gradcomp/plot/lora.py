@@ -12,9 +12,9 @@ import numpy as np
 import xarray as xr
 from matplotlib.axes import Axes
 
-from gradcomp.dims import DELTA, HI, LO, RANK, STEP, S
+from gradcomp.dims import ADAPTERS, DELTA, HI, LO, RANK, STEP, S
 
-__all__ = ["conflict_vs_rank", "s_vs_generalization", "s_vs_rank"]
+__all__ = ["conflict_vs_rank", "s_over_training", "s_vs_generalization", "s_vs_rank"]
 
 
 def _at(summary: xr.Dataset, step: int | None) -> xr.Dataset:
@@ -33,11 +33,24 @@ def s_vs_rank(summary: xr.Dataset, ax: Axes, step: int | None = None) -> Axes:
     """
     d = _at(summary, step)
     rank = d[RANK].values
-    s = d[S].values
-    err = np.vstack([s - d[S + LO].values, d[S + HI].values - s])
-    ax.errorbar(rank, s, yerr=err, fmt="o-", capsize=3, label="S (95% interval)")
+    control = ADAPTERS in d.dims
+    for name, fmt in (("shared", "o-"), ("separate", "s:")) if control else ((None, "o-"),):
+        c = d.sel({ADAPTERS: name}) if name else d
+        s = c[S].values
+        err = np.vstack([s - c[S + LO].values, c[S + HI].values - s])
+        label = f"S, {name} adapters (95% interval)" if name else "S (95% interval)"
+        ax.errorbar(
+            rank,
+            s,
+            yerr=err,
+            fmt=fmt,
+            capsize=3,
+            label=label,
+            alpha=1 if name != "separate" else 0.7,
+        )
+    shared = d.sel({ADAPTERS: "shared"}) if control else d
     ax.axhline(2.0, color="k", lw=1, label="2 (classical)")
-    ax.plot(rank, 2.0 + d[DELTA].values, "k--", lw=1, label="2 + Δ (signaling)")
+    ax.plot(rank, 2.0 + shared[DELTA].values, "k--", lw=1, label="2 + Δ (signaling, shared)")
     ax.axhline(2 * np.sqrt(2), color="0.6", lw=1, ls=":", label="2√2 (Tsirelson)")
     ax.set_xscale("log", base=2)
     ax.set_xticks(rank, [str(r) for r in rank])
@@ -69,6 +82,8 @@ def s_vs_generalization(summary: xr.Dataset, ax: Axes) -> Axes:
     """S against held-out accuracy, one point per (rank, recorded step), coloured by rank."""
     ranks = summary[RANK].values
     colors = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, len(ranks)))
+    if ADAPTERS in summary.dims:
+        summary = summary.sel({ADAPTERS: "shared"})
     for r, c in zip(ranks, colors, strict=True):
         d = summary.sel({RANK: r})
         ax.plot(d["generalization"].values, d[S].values, "o", color=c, ms=4, label=f"rank {r}")
@@ -81,5 +96,23 @@ def s_vs_generalization(summary: xr.Dataset, ax: Axes) -> Axes:
     ax.set_title(title, fontsize="medium")
     ax.set_xlabel("held-out accuracy")
     ax.set_ylabel("S")
+    ax.legend(fontsize="small", ncol=2)
+    return ax
+
+
+def s_over_training(summary: xr.Dataset, ax: Axes) -> Axes:
+    """S at every recorded step, one line per rank (shared adapters), with the 2 line."""
+    if ADAPTERS in summary.dims:
+        summary = summary.sel({ADAPTERS: "shared"})
+    ranks = summary[RANK].values
+    colors = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, len(ranks)))
+    steps = summary[STEP].values
+    for r, c in zip(ranks, colors, strict=True):
+        d = summary.sel({RANK: r})
+        ax.plot(steps, d[S].values, "o-", color=c, ms=3, label=f"rank {r}")
+        ax.fill_between(steps, d[S + LO].values, d[S + HI].values, color=c, alpha=0.12)
+    ax.axhline(2.0, color="k", lw=1)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("S (shared adapters)")
     ax.legend(fontsize="small", ncol=2)
     return ax

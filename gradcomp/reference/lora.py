@@ -10,7 +10,9 @@ parameters into the model through :func:`torch.func.functional_call`, and at eve
 - at recorded steps (``schedule(t)`` and the last step, before that step's update) records the
   losses, the training / held-out accuracies (all training words / all held-out words),
   ``gram[l, i, j] = Σ_{p ∈ layer l} ⟨∂L_i/∂p, ∂L_j/∂p⟩`` per layer by a loop over task pairs,
-  and for ``"all"`` the sum of the layers' Grams, and ``diverged`` (a task loss was non-finite
+  and for ``"all"`` the sum of the layers' Grams; ``component_gram[j, i, k]``, the same sum over
+  row j of every ``lora_A`` weight and column j of every ``lora_B`` weight, by a loop over j;
+  and ``diverged`` (a task loss was non-finite
   at this or an earlier step, or a trainable parameter is non-finite now).
 
 The model is the thing the ensemble trains, not the thing checked: it is called as it is.
@@ -85,7 +87,11 @@ def _member(
     names = list(params)
     opt = torch.optim.Adam([params[n] for n in names], lr=lr)
     labels = data.labels[k]  # (2, n_words)
-    rec: dict[str, list] = {f: [] for f in ("loss", "acc", "heldout_acc", "gram", "diverged")}
+    rec: dict[str, list] = {
+        f: [] for f in ("loss", "acc", "heldout_acc", "gram", "component_gram", "diverged")
+    }
+    lora = [n for members in groups.values() for n in members]
+    rank = next(int(params[n].shape[0]) for n in lora if ".lora_A" in n)
     bad_loss = False
     for t in range(steps[-1] + 1):
         words = data.order[k, t]
@@ -123,6 +129,28 @@ def _member(
                 for members in groups.values()
             ]
             rec["gram"].append([*layer_grams, np.sum(layer_grams, axis=0)])
+
+            def entries(g: dict[str, torch.Tensor], j: int) -> list[torch.Tensor]:
+                rows = [g[n][j] for n in lora if ".lora_A" in n]
+                return rows + [g[n][:, j] for n in lora if ".lora_B" in n]
+
+            rec["component_gram"].append(
+                [
+                    [
+                        [
+                            sum(
+                                float((x.double() * y.double()).sum())
+                                for x, y in zip(
+                                    entries(grads[i], j), entries(grads[k], j), strict=True
+                                )
+                            )
+                            for k in range(2)
+                        ]
+                        for i in range(2)
+                    ]
+                    for j in range(rank)
+                ]
+            )
             with torch.no_grad():
                 logits = functional_call(model, params, (data.ids, data.mask), strict=False)
                 right = [(logits[h].argmax(-1) == labels[i]).double() for i, h in enumerate(HEADS)]
