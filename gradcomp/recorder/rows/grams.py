@@ -1,0 +1,71 @@
+"""Gram entries of the per-task blocks of one ``"rows"`` step, with few and well-shaped products.
+
+For one parameter with per-task blocks ``B`` (``[T, P]`` flattened) the Gram is ``B Bᵀ``
+(:func:`gradcomp.gram.gram`). Two cases cost more than their arithmetic:
+
+- many small parameters (biases, LayerNorm, the layers of a small model): one product each is
+  dominated by the per-call overhead, so :func:`batched_grams` stacks the blocks of equal size
+  and takes one batched product ``[n, T, P] @ [n, P, T]`` per size;
+- a wide parameter at many tasks: a ``[T, P] @ [P, T]`` product runs far below the machine's
+  speed for a T × T output, and computes both triangles; :func:`block_gram` splits the tasks in
+  two halves ``A``, ``B`` and forms ``[[A Aᵀ, A Bᵀ], [(A Bᵀ)ᵀ, B Bᵀ]]`` (three products, 3/4 of
+  the multiply-adds).
+
+Both give the Gram of :func:`gradcomp.gram.gram` up to the order of summation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from gradcomp.gram import acc_dtype
+
+__all__ = ["SMALL", "batched_grams", "block_gram"]
+
+#: Blocks of at most this many elements (all tasks) wait for :func:`batched_grams`.
+SMALL = 1 << 17
+#: :func:`block_gram` splits the tasks from this many tasks and this many entries per task on.
+SPLIT_TASKS, SPLIT_SIZE = 8, 1 << 16
+
+
+def block_gram(flat: Tensor) -> Tensor:
+    """``flat @ flat.T`` ``[T, T]`` of ``[T, P]`` blocks, in :func:`acc_dtype`; from
+    :data:`SPLIT_TASKS` tasks and :data:`SPLIT_SIZE` entries on, as three products of halves."""
+    flat = flat.to(acc_dtype(flat.dtype))
+    t, p = flat.shape
+    if t < SPLIT_TASKS or p < SPLIT_SIZE:
+        return flat @ flat.T
+    h = t // 2
+    a, b = flat[:h], flat[h:]
+    ab = a @ b.T
+    return torch.cat([torch.cat([a @ a.T, ab], 1), torch.cat([ab.T, b @ b.T], 1)])
+
+
+def batched_grams(flats: Sequence[Tensor]) -> list[Tensor]:
+    """``[T, T]`` Gram of each ``[T, P_i]`` block (in :func:`acc_dtype`), one batched product per
+    group of equal ``P_i``, dtype and device.
+
+    Args:
+        flats: the flattened per-task blocks of several parameters.
+
+    Returns:
+        Their Grams, in the order of ``flats``.
+    """
+    groups: dict[tuple[int, int, torch.dtype, torch.device], list[int]] = {}
+    for k, f in enumerate(flats):
+        groups.setdefault((f.shape[0], f.shape[1], f.dtype, f.device), []).append(k)
+    out: list[Tensor | None] = [None] * len(flats)
+    for (_, _, dtype, _), idx in groups.items():
+        dt = acc_dtype(dtype)
+        if len(idx) == 1:
+            f = flats[idx[0]].to(dt)
+            out[idx[0]] = f @ f.T
+            continue
+        stack = torch.stack([flats[k] for k in idx]).to(dt)  # [n, T, P]
+        grams = torch.bmm(stack, stack.transpose(1, 2))
+        for j, k in enumerate(idx):
+            out[k] = grams[j]
+    return [g for g in out if g is not None]
