@@ -39,6 +39,22 @@ def test_block_gram_float32_accumulates_in_float32() -> None:
     np.testing.assert_allclose(got.numpy(), _naive(flat.float()), rtol=1e-4, atol=1e-2)
 
 
+def test_flat_blocks_of_views_keep_the_gram() -> None:
+    gen = torch.Generator().manual_seed(1)
+    base = torch.randn(4, 5, 3, dtype=torch.float64, generator=gen)
+    want = _naive(base.reshape(4, -1))
+    for view in (base, base.transpose(1, 2), base.permute(0, 2, 1)[:, :, :]):
+        flat = rows_grams.flat_blocks(view)
+        assert flat.shape == (4, 15)
+        np.testing.assert_allclose((flat @ flat.T).numpy(), want, rtol=1e-12, atol=1e-12)
+    assert rows_grams.flat_blocks(base.transpose(1, 2)).data_ptr() == base.data_ptr()  # no copy
+    sliced = base[:, ::2]  # not a permutation of contiguous memory: copied, same Gram
+    np.testing.assert_allclose(
+        (rows_grams.flat_blocks(sliced) @ rows_grams.flat_blocks(sliced).T).numpy(),
+        _naive(sliced.reshape(4, -1)), rtol=1e-12, atol=1e-12,
+    )  # fmt: skip
+
+
 def test_batched_grams_equal_naive_float64_in_order() -> None:
     gen = torch.Generator().manual_seed(0)
     sizes = [(4, 7), (4, 3), (4, 7), (4, 7), (2, 7), (4, 3), (4, 1)]
@@ -65,8 +81,7 @@ def test_rows_wide_and_small_grams_equal_loop_float64(
     d = 256
     assert d * d >= rows_grams.SPLIT_SIZE
     trunk = nn.Sequential(nn.Linear(6, d), nn.Tanh(), nn.Linear(d, d), nn.LayerNorm(d))
-    trunk.append(nn.Linear(d, 6))
-    trunk.append(nn.Linear(6, 6))
+    trunk.extend([nn.Linear(d, 2 * d), nn.Tanh(), nn.Linear(2 * d, 6), nn.Linear(6, 6)])
     heads = nn.ModuleDict({t: nn.Linear(6, 1) for t in tasks})
     m = nn.ModuleDict({"trunk": trunk, "heads": heads}).double()
     plain = copy.deepcopy(m)
@@ -98,12 +113,12 @@ def test_rows_wide_and_small_grams_equal_loop_float64(
         grads = per_task_gradients(list(losses.values()), params)
         m.zero_grad()
         rec.backward(losses, rows=rows)
-    assert (8, d * d) in shapes  # the wide weight: the split product
+    assert (8, d * d) in shapes and (8, 2 * d * d) in shapes  # wide weights: split products
     assert batched == [len(params) - len(shapes)]  # every other parameter: batched
     got = rec.to_dataset().gram.isel(step=0)
     np.testing.assert_allclose(got.sel(layer="all"), gram_reference(grads), 1e-10, 1e-12)
     names = [n for n, _ in trunk.named_parameters()]
-    for layer in ("0", "2", "3", "4", "5"):
+    for layer in ("0", "2", "3", "4", "6", "7"):
         idx = [i for i, n in enumerate(names) if n.rpartition(".")[0] == layer]
         want = gram_reference(grads, idx)
         np.testing.assert_allclose(got.sel(layer=f"trunk.{layer}"), want, 1e-10, 1e-12)

@@ -23,12 +23,26 @@ from torch import Tensor
 
 from gradcomp.gram import acc_dtype
 
-__all__ = ["SMALL", "batched_grams", "block_gram"]
+__all__ = ["SMALL", "batched_grams", "block_gram", "flat_blocks"]
 
 #: Blocks of at most this many elements (all tasks) wait for :func:`batched_grams`.
 SMALL = 1 << 17
 #: :func:`block_gram` splits the tasks from this many tasks and this many entries per task on.
 SPLIT_TASKS, SPLIT_SIZE = 8, 1 << 16
+
+
+def flat_blocks(stack: Tensor) -> Tensor:
+    """``[T, P]``: each task's block ``stack[t]`` flattened, without a copy when the block is a
+    permuted view of contiguous memory (e.g. the transpose of a product): the entries are then
+    taken in memory order, the same order for every task, which leaves every Gram entry
+    ``Σ_p B_t[p] B_s[p]`` unchanged."""
+    t = stack.shape[0]
+    if stack.ndim > 2 and not stack.is_contiguous():
+        order = sorted(range(1, stack.ndim), key=lambda d: -stack.stride(d))
+        perm = stack.permute(0, *order)
+        if perm.is_contiguous():
+            return perm.reshape(t, -1)
+    return stack.reshape(t, -1)
 
 
 def block_gram(flat: Tensor) -> Tensor:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from gradcomp.gram import acc_dtype, unit_gram
 from gradcomp.recorder.rows.blocks import Split, Step, wanted
-from gradcomp.recorder.rows.grams import SMALL, batched_grams, block_gram
+from gradcomp.recorder.rows.grams import SMALL, batched_grams, block_gram, flat_blocks
 from gradcomp.recorder.rows.registry import RowsModule, lookup
 from gradcomp.recorder.rows.spec import even_rows
 from gradcomp.recorder.shared import Layout
@@ -206,7 +206,7 @@ class RowsHooks:
             if i is None:
                 continue
             n_units = st.layout.units[i] if st.units else 0
-            flat = stack.reshape(stack.shape[0], -1)
+            flat = flat_blocks(stack)
             if not n_units and flat.numel() <= SMALL:
                 st.later.append((i, flat))
                 continue

@@ -28,7 +28,8 @@ def _to(t: Tensor, dt: torch.dtype) -> Tensor:
 
 
 def _split(x: Tensor, g: Tensor, sp: Split, dt: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Per-task ``G_tᵀ X_t`` ``[T, out, in]`` and ``Σ_rows G_t`` ``[T, out]`` in ``dt``."""
+    """Per-task ``G_tᵀ X_t`` ``[T, out, in]`` and ``Σ_rows G_t`` ``[T, out]`` in ``dt`` (for
+    ``out > in`` the blocks are the transposed view of ``X_tᵀ G_t``)."""
     n_tasks = len(sp.rows)
     if sp.even:
         cut = n_tasks * sp.even
@@ -36,6 +37,8 @@ def _split(x: Tensor, g: Tensor, sp: Split, dt: torch.dtype) -> tuple[Tensor, Te
             g, x = g[:cut], x[:cut]
         g3 = _to(g, dt).reshape(n_tasks, -1, g.shape[-1])
         x3 = _to(x, dt).reshape(n_tasks, -1, x.shape[-1])
+        if g3.shape[-1] > x3.shape[-1]:  # the faster product has the narrower side first
+            return torch.bmm(x3.transpose(1, 2), g3).transpose(1, 2), g3.sum(1)
         return torch.bmm(g3.transpose(1, 2), x3), g3.sum(1)
     gs = [_to(g[r], dt).reshape(-1, g.shape[-1]) for r in sp.rows]
     xs = [_to(x[r], dt).reshape(-1, x.shape[-1]) for r in sp.rows]
@@ -76,7 +79,7 @@ class FusedLinear(FusedWeightBias):
                 new["bias"] = _to(bias, sp.dtype)
             ctx.sink.add(ctx.name, new)
             if sp.full(g.shape[0]):
-                gw = raw.sum(0, dtype=sp.dtype) if need_w else None
+                gw = raw.sum(0, dtype=sp.dtype).contiguous() if need_w else None
                 gb = bias.sum(0, dtype=sp.dtype) if need_b else None
         if need_w:
             if gw is None:
