@@ -126,3 +126,13 @@ def test_rows_wide_and_small_grams_equal_loop_float64(
     sum(weights[t] * lp[t] for t in tasks).backward()
     for p, q in zip(trunk.parameters(), plain["trunk"].parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_linear_sum_of_transposed_blocks_equals_sum_float64() -> None:
+    from gradcomp.recorder.rows.modules.linear import _sum_tasks
+
+    base = torch.randn(3, 5, 4, dtype=torch.float64)
+    for raw in (base, base.transpose(1, 2)):
+        got = _sum_tasks(raw, torch.float64)
+        assert got.is_contiguous()
+        torch.testing.assert_close(got, raw.sum(0), rtol=1e-12, atol=1e-12)

@@ -46,6 +46,14 @@ def _split(x: Tensor, g: Tensor, sp: Split, dt: torch.dtype) -> tuple[Tensor, Te
     return raw, torch.stack([gt.sum(0) for gt in gs])
 
 
+def _sum_tasks(raw: Tensor, dt: torch.dtype) -> Tensor:
+    """``Σ_t raw[t]`` in ``dt``, contiguous; a transposed view is summed in memory order (a
+    reduction over the strided view is many times slower)."""
+    if not raw.is_contiguous() and raw.transpose(1, 2).is_contiguous():
+        return raw.transpose(1, 2).sum(0, dtype=dt).T.contiguous()
+    return raw.sum(0, dtype=dt)
+
+
 def _fused(sink: Sink, name: str, module: nn.Linear, x: Tensor) -> Tensor:
     out: Tensor = FusedLinear.apply(x, module.weight, module.bias, sink, name, module, F.linear)
     return out
@@ -79,7 +87,7 @@ class FusedLinear(FusedWeightBias):
                 new["bias"] = _to(bias, sp.dtype)
             ctx.sink.add(ctx.name, new)
             if sp.full(g.shape[0]):
-                gw = raw.sum(0, dtype=sp.dtype).contiguous() if need_w else None
+                gw = _sum_tasks(raw, sp.dtype) if need_w else None
                 gb = bias.sum(0, dtype=sp.dtype) if need_b else None
         if need_w:
             if gw is None:
