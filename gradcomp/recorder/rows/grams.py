@@ -38,7 +38,8 @@ def flat_blocks(stack: Tensor) -> Tensor:
     ``Σ_p B_t[p] B_s[p]`` unchanged."""
     t = stack.shape[0]
     if stack.ndim > 2 and not stack.is_contiguous():
-        order = sorted(range(1, stack.ndim), key=lambda d: -stack.stride(d))
+        strides = stack.stride()
+        order = sorted(range(1, stack.ndim), key=lambda d: -strides[d])
         perm = stack.permute(0, *order)
         if perm.is_contiguous():
             return perm.reshape(t, -1)
