@@ -1,6 +1,6 @@
 """The Gram products of the ``"rows"`` step (:mod:`gradcomp.recorder.rows.grams`): batched over
-small parameters and split in task halves for wide ones, each equal to ``B Bᵀ`` in float64, and
-a recording that takes both paths equals the per-task autograd loop."""
+small parameters, flattened without a copy from transposed blocks, each equal to ``B Bᵀ`` in
+float64, and a recording that takes both paths equals the per-task autograd loop."""
 
 from __future__ import annotations
 
@@ -21,22 +21,6 @@ def _naive(flat: torch.Tensor) -> np.ndarray:
     f = flat.double().numpy()
     t = f.shape[0]
     return np.array([[float(np.dot(f[i], f[j])) for j in range(t)] for i in range(t)])
-
-
-@pytest.mark.parametrize(("t", "p"), [(8, 1 << 16), (9, 70_000), (8, 100), (3, 1 << 16)])
-def test_block_gram_equals_naive_float64(t: int, p: int) -> None:
-    flat = torch.randn(t, p, dtype=torch.float64, generator=torch.Generator().manual_seed(t + p))
-    got = rows_grams.block_gram(flat)
-    assert got.dtype == torch.float64 and got.shape == (t, t)
-    np.testing.assert_allclose(got.numpy(), _naive(flat), rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(got.numpy(), got.T.numpy(), rtol=1e-12, atol=1e-9)
-
-
-def test_block_gram_float32_accumulates_in_float32() -> None:
-    flat = torch.randn(8, 1 << 16).to(torch.bfloat16)
-    got = rows_grams.block_gram(flat)
-    assert got.dtype == torch.float32
-    np.testing.assert_allclose(got.numpy(), _naive(flat.float()), rtol=1e-4, atol=1e-2)
 
 
 def test_flat_blocks_of_views_keep_the_gram() -> None:
@@ -73,13 +57,13 @@ def test_batched_grams_equal_naive_float64_in_order() -> None:
 def test_rows_wide_and_small_grams_equal_loop_float64(
     units: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """T = 8 tasks, a wide Linear (≥ SPLIT_SIZE weights: the split product) and small
-    parameters of equal sizes (the batched products): every layer's Gram equals the per-task
+    """T = 8 tasks, wide Linears (one with out > in: transposed blocks) and small parameters of
+    equal sizes (the batched products): every layer's Gram equals the per-task
     ``torch.autograd.grad`` loop, and ``.grad`` a plain backward, in float64."""
     tasks = [f"t{i}" for i in range(8)]
     torch.manual_seed(1)
     d = 256
-    assert d * d >= rows_grams.SPLIT_SIZE
+    assert 8 * d * d > rows_grams.SMALL
     trunk = nn.Sequential(nn.Linear(6, d), nn.Tanh(), nn.Linear(d, d), nn.LayerNorm(d))
     trunk.extend([nn.Linear(d, 2 * d), nn.Tanh(), nn.Linear(2 * d, 6), nn.Linear(6, 6)])
     heads = nn.ModuleDict({t: nn.Linear(6, 1) for t in tasks})
@@ -95,17 +79,17 @@ def test_rows_wide_and_small_grams_equal_loop_float64(
 
     shapes: list[tuple[int, ...]] = []
     batched: list[int] = []
-    block_gram, batched_grams = rows_hooks.block_gram, rows_hooks.batched_grams
+    gram, batched_grams = rows_hooks.gram, rows_hooks.batched_grams
 
-    def spy_block(flat: torch.Tensor) -> torch.Tensor:
+    def spy_gram(flat: torch.Tensor) -> torch.Tensor:
         shapes.append(tuple(flat.shape))
-        return block_gram(flat)
+        return gram(flat)
 
     def spy_batched(flats: list[torch.Tensor]) -> list[torch.Tensor]:
         batched.append(len(flats))
         return batched_grams(flats)
 
-    monkeypatch.setattr(rows_hooks, "block_gram", spy_block)
+    monkeypatch.setattr(rows_hooks, "gram", spy_gram)
     monkeypatch.setattr(rows_hooks, "batched_grams", spy_batched)
     params = list(trunk.parameters())
     with gradcomp.record(m, weights, strategy="rows", shared=trunk, units=units) as rec:
@@ -113,7 +97,7 @@ def test_rows_wide_and_small_grams_equal_loop_float64(
         grads = per_task_gradients(list(losses.values()), params)
         m.zero_grad()
         rec.backward(losses, rows=rows)
-    assert (8, d * d) in shapes and (8, 2 * d * d) in shapes  # wide weights: split products
+    assert (8, d * d) in shapes and (8, 2 * d * d) in shapes  # wide weights: one product each
     assert batched == [len(params) - len(shapes)]  # every other parameter: batched
     got = rec.to_dataset().gram.isel(step=0)
     np.testing.assert_allclose(got.sel(layer="all"), gram_reference(grads), 1e-10, 1e-12)

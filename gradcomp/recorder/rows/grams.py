@@ -1,17 +1,16 @@
-"""Gram entries of the per-task blocks of one ``"rows"`` step, with few and well-shaped products.
+"""Gram entries of the per-task blocks of one ``"rows"`` step, with few products.
 
 For one parameter with per-task blocks ``B`` (``[T, P]`` flattened) the Gram is ``B Bᵀ``
-(:func:`gradcomp.gram.gram`). Two cases cost more than their arithmetic:
+(:func:`gradcomp.gram.gram`). For many small parameters (biases, LayerNorm, the layers of a small
+model) one product each is dominated by the per-call overhead, so :func:`batched_grams` stacks
+the blocks of equal size and takes one batched product ``[n, T, P] @ [n, P, T]`` per size. Blocks
+that are a transposed view (a Linear with more outputs than inputs) are flattened in memory order
+without a copy (:func:`flat_blocks`). Both give the Gram of :func:`gradcomp.gram.gram` up to the
+order of summation.
 
-- many small parameters (biases, LayerNorm, the layers of a small model): one product each is
-  dominated by the per-call overhead, so :func:`batched_grams` stacks the blocks of equal size
-  and takes one batched product ``[n, T, P] @ [n, P, T]`` per size;
-- a wide parameter at many tasks: a ``[T, P] @ [P, T]`` product runs far below the machine's
-  speed for a T × T output, and computes both triangles; :func:`block_gram` splits the tasks in
-  two halves ``A``, ``B`` and forms ``[[A Aᵀ, A Bᵀ], [(A Bᵀ)ᵀ, B Bᵀ]]`` (three products, 3/4 of
-  the multiply-adds).
-
-Both give the Gram of :func:`gradcomp.gram.gram` up to the order of summation.
+(Splitting a wide parameter's tasks in halves, ``[[A Aᵀ, A Bᵀ], [·, B Bᵀ]]``, saves a quarter of
+the multiply-adds and is faster alone, but reads the blocks twice: slower inside a training step
+on this project's CPU, so not used.)
 """
 
 from __future__ import annotations
@@ -23,12 +22,10 @@ from torch import Tensor
 
 from gradcomp.gram import acc_dtype
 
-__all__ = ["SMALL", "batched_grams", "block_gram", "flat_blocks"]
+__all__ = ["SMALL", "batched_grams", "flat_blocks"]
 
 #: Blocks of at most this many elements (all tasks) wait for :func:`batched_grams`.
 SMALL = 1 << 17
-#: :func:`block_gram` splits the tasks from this many tasks and this many entries per task on.
-SPLIT_TASKS, SPLIT_SIZE = 8, 1 << 16
 
 
 def flat_blocks(stack: Tensor) -> Tensor:
@@ -44,19 +41,6 @@ def flat_blocks(stack: Tensor) -> Tensor:
         if perm.is_contiguous():
             return perm.reshape(t, -1)
     return stack.reshape(t, -1)
-
-
-def block_gram(flat: Tensor) -> Tensor:
-    """``flat @ flat.T`` ``[T, T]`` of ``[T, P]`` blocks, in :func:`acc_dtype`; from
-    :data:`SPLIT_TASKS` tasks and :data:`SPLIT_SIZE` entries on, as three products of halves."""
-    flat = flat.to(acc_dtype(flat.dtype))
-    t, p = flat.shape
-    if t < SPLIT_TASKS or p < SPLIT_SIZE:
-        return flat @ flat.T
-    h = t // 2
-    a, b = flat[:h], flat[h:]
-    ab = a @ b.T
-    return torch.cat([torch.cat([a @ a.T, ab], 1), torch.cat([ab.T, b @ b.T], 1)])
 
 
 def batched_grams(flats: Sequence[Tensor]) -> list[Tensor]:

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gradcomp.gram import acc_dtype, unit_gram
+from gradcomp.gram import acc_dtype, gram, unit_gram
 from gradcomp.recorder.rows.blocks import Split, Step, wanted
-from gradcomp.recorder.rows.grams import SMALL, batched_grams, block_gram, flat_blocks
+from gradcomp.recorder.rows.grams import SMALL, batched_grams, flat_blocks
 from gradcomp.recorder.rows.registry import RowsModule, lookup
 from gradcomp.recorder.rows.spec import even_rows
 from gradcomp.recorder.shared import Layout
@@ -211,14 +211,14 @@ class RowsHooks:
                 st.later.append((i, flat))
                 continue
             unit = unit_gram(stack.reshape(stack.shape[0], n_units, -1)) if n_units else None
-            self._store(i, block_gram(flat), unit)
+            self._store(i, gram(flat), unit)
 
     def _flush(self) -> None:
         st = self._step
         assert st is not None
         grams = batched_grams([flat for _, flat in st.later])
-        for (i, _), gram in zip(st.later, grams, strict=True):
-            self._store(i, gram, None)
+        for (i, _), g in zip(st.later, grams, strict=True):
+            self._store(i, g, None)
         st.later.clear()
 
     def _store(self, i: int, gram: Tensor, unit: Tensor | None) -> None:
