@@ -25,7 +25,7 @@ from gradcomp.gram import acc_dtype
 __all__ = ["SMALL", "batched_grams", "flat_blocks"]
 
 #: Blocks of at most this many elements (all tasks) wait for :func:`batched_grams`.
-SMALL = 1 << 17
+SMALL = 1 << 14
 
 
 def flat_blocks(stack: Tensor) -> Tensor:
