@@ -18,13 +18,13 @@ dropped; small blocks wait until the end of the backward, where the Grams of all
 size take one batched product (:mod:`.grams`). Where a module has no instance ``forward`` of its
 own, a fused ``autograd.Function`` forms its parameter gradients as the sum of those blocks (no
 extra product); otherwise a forward hook captures input and output gradient and the ordinary
-backward runs. Shared parameters of other
-modules (and modules called outside their ``forward``, or whose input is not batch-sized) fall
-back to one vmapped VJP. A new module type is added with :func:`register_rows_module`
-(:mod:`.registry`). The training gradient is that of the one backward (up to summation order in
-the fused paths). Assumptions (the user's promise when passing ``rows=``): row independence, rows
-along dimension 0 of every hooked input (batch first), non-zero loss weights, and shared
-parameters used only inside their module's forward (no tied weights used elsewhere).
+backward runs. Shared parameters of other modules (and modules called outside their ``forward``,
+or whose input is not batch-sized) fall back to one vmapped VJP. A new module type is added with
+:func:`register_rows_module` (:mod:`.registry`). The training gradient is that of the one backward
+(up to summation order in the fused paths). Assumptions (the user's promise when passing
+``rows=``): row independence, rows along dimension 0 of every hooked input (batch first), non-zero
+loss weights, and shared parameters used only inside their module's forward (no tied weights used
+elsewhere).
 
 Layout: :mod:`.spec` (``rows=`` validation), :mod:`.registry` (module types), :mod:`.blocks`
 (step state), :mod:`.hooks` (:class:`RowsHooks`), :mod:`.grams` (the Gram products),
