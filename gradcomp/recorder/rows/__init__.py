@@ -14,19 +14,21 @@ per-task gradient blocks from its task's rows (:mod:`.modules`, one file per typ
 - ``nn.Conv1d``, ``nn.Conv2d``: the weight gradient of the task's sample slice.
 
 Each module's per-task blocks are reduced to Gram entries as soon as its gradient arrives and then
-dropped. Where a module has no instance ``forward`` of its own, a fused ``autograd.Function``
-forms its parameter gradients as the sum of those blocks (no extra product); otherwise a forward
-hook captures input and output gradient and the ordinary backward runs. Shared parameters of other
-modules (and modules called outside their ``forward``, or whose input is not batch-sized) fall
-back to one vmapped VJP. A new module type is added with :func:`register_rows_module`
-(:mod:`.registry`). The training gradient is that of the one backward (up to summation order in
-the fused paths). Assumptions (the user's promise when passing ``rows=``): row independence, rows
-along dimension 0 of every hooked input (batch first), non-zero loss weights, and shared
-parameters used only inside their module's forward (no tied weights used elsewhere).
+dropped; small blocks wait until the end of the backward, where the Grams of all blocks of one
+size take one batched product (:mod:`.grams`). Where a module has no instance ``forward`` of its
+own, a fused ``autograd.Function`` forms its parameter gradients as the sum of those blocks (no
+extra product); otherwise a forward hook captures input and output gradient and the ordinary
+backward runs. Shared parameters of other modules (and modules called outside their ``forward``,
+or whose input is not batch-sized) fall back to one vmapped VJP. A new module type is added with
+:func:`register_rows_module` (:mod:`.registry`). The training gradient is that of the one backward
+(up to summation order in the fused paths). Assumptions (the user's promise when passing
+``rows=``): row independence, rows along dimension 0 of every hooked input (batch first), non-zero
+loss weights, and shared parameters used only inside their module's forward (no tied weights used
+elsewhere).
 
 Layout: :mod:`.spec` (``rows=`` validation), :mod:`.registry` (module types), :mod:`.blocks`
-(step state), :mod:`.hooks` (:class:`RowsHooks`), :mod:`.check` (``rows=`` against the graph),
-:mod:`.step` (one recorded step).
+(step state), :mod:`.hooks` (:class:`RowsHooks`), :mod:`.grams` (the Gram products),
+:mod:`.check` (``rows=`` against the graph), :mod:`.step` (one recorded step).
 """
 
 from gradcomp.recorder.rows import modules  # registers the built-in module types

@@ -35,6 +35,9 @@ class Step:
     index: dict[str, int] = field(default_factory=dict)
     outer: Tensor | None = None  # scale[t] * scale[s] (float64), None when every scale is 1
     want: dict[int, frozenset[str]] = field(default_factory=dict)
+    covers: dict[int, bool] = field(default_factory=dict)  # n_rows -> the rows cover the batch
+    on: dict[torch.device, list[slice | Tensor]] = field(default_factory=dict)  # rows by device
+    later: list[tuple[int, Tensor]] = field(default_factory=list)  # small blocks, one Gram pass
     arrived: dict[str, int] = field(default_factory=dict)
     blocks: dict[str, dict[str, Any]] = field(default_factory=dict)
     done: dict[int, tuple[Tensor, Tensor | None]] = field(default_factory=dict)
@@ -49,12 +52,14 @@ class Split:
         even: rows per task when task t owns rows ``[t·even, (t+1)·even)``, else 0.
         dtype: the dtype to accumulate blocks in (float64 stays float64, else float32).
         want: the module's supported parameters that exist and require grad.
+        covers: cache of :meth:`full` (shared by the step's splits).
     """
 
     rows: list[slice | Tensor]
     even: int
     dtype: torch.dtype
     want: frozenset[str]
+    covers: dict[int, bool] = field(default_factory=dict, compare=False)
 
     @property
     def n_tasks(self) -> int:
@@ -65,13 +70,18 @@ class Split:
         """``[T, even, *rest]`` view of the tasks' rows of ``t`` when :attr:`even`, else None."""
         if not self.even:
             return None
-        cut = self.n_tasks * self.even
-        return t[:cut].reshape(self.n_tasks, self.even, *t.shape[1:])
+        cut = len(self.rows) * self.even
+        return (t if t.shape[0] == cut else t[:cut]).reshape(
+            len(self.rows), self.even, *t.shape[1:]
+        )
 
     def full(self, n_rows: int) -> bool:
         """Whether the (disjoint) tasks' rows cover all ``n_rows`` batch rows, so that the sum of
         the blocks over tasks is the gradient of the whole batch."""
-        return sum(n_selected(r, n_rows) for r in self.rows) == n_rows
+        full = self.covers.get(n_rows)
+        if full is None:
+            full = self.covers[n_rows] = sum(n_selected(r, n_rows) for r in self.rows) == n_rows
+        return full
 
 
 def wanted(module: nn.Module, params: tuple[str, ...], st: Step) -> frozenset[str]:

@@ -18,12 +18,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gradcomp.gram import acc_dtype
+from gradcomp.gram import acc_dtype, gram, unit_gram
 from gradcomp.recorder.rows.blocks import Split, Step, wanted
+from gradcomp.recorder.rows.grams import SMALL, batched_grams, flat_blocks
 from gradcomp.recorder.rows.registry import RowsModule, lookup
 from gradcomp.recorder.rows.spec import even_rows
 from gradcomp.recorder.shared import Layout
-from gradcomp.recorder.stats import param_stats
 
 __all__ = ["RowsHooks"]
 
@@ -153,6 +153,7 @@ class RowsHooks:
                 torch.autograd.grad(total, want, retain_graph=True, allow_unused=True)
             for name in list(self._step.blocks):
                 self._finish(name)
+            self._flush()
             return self._step.done
         finally:
             self._step = None
@@ -168,8 +169,11 @@ class RowsHooks:
         if st is None or name not in st.covered:
             return None
         want = wanted(module, self._entries[name].params(module), st)
-        rows = [r.to(g.device) if isinstance(r, Tensor) else r for r in st.rows]
-        return Split(rows, st.even, acc_dtype(g.dtype), want)
+        rows = st.on.get(g.device)
+        if rows is None:
+            rows = [r.to(g.device) if isinstance(r, Tensor) else r for r in st.rows]
+            st.on[g.device] = rows
+        return Split(rows, st.even, acc_dtype(g.dtype), want, st.covers)
 
     def _on_grad(self, name: str, module: nn.Module, x: Tensor, g: Tensor) -> None:
         sp = self.split(name, module, g)
@@ -189,6 +193,8 @@ class RowsHooks:
             self._finish(name)
 
     def _finish(self, name: str) -> None:
+        """Gram entries of module ``name``'s parameters from its blocks; small blocks wait for
+        :meth:`_flush` (one batched product per size for the whole step)."""
         st = self._step
         assert st is not None
         blocks = st.blocks.pop(name, {})
@@ -197,13 +203,32 @@ class RowsHooks:
         for local, value in blocks.items():
             stack = finish(value) if finish is not None else value
             i = st.index.get(prefix + local)
-            if i is not None:
-                gram, unit = param_stats(stack, st.layout.units[i] if st.units else 0)
-                if st.outer is not None:  # blocks of Σ_t w_t L_t: gram[t, s] / (w_t w_s)
-                    outer = st.outer.to(gram.device, gram.dtype)
-                    gram = gram * outer
-                    unit = None if unit is None else unit * outer
-                st.done[i] = (gram, unit)
+            if i is None:
+                continue
+            n_units = st.layout.units[i] if st.units else 0
+            flat = flat_blocks(stack)
+            if not n_units and flat.numel() <= SMALL:
+                st.later.append((i, flat))
+                continue
+            unit = unit_gram(stack.reshape(stack.shape[0], n_units, -1)) if n_units else None
+            self._store(i, gram(flat), unit)
+
+    def _flush(self) -> None:
+        st = self._step
+        assert st is not None
+        grams = batched_grams([flat for _, flat in st.later])
+        for (i, _), g in zip(st.later, grams, strict=True):
+            self._store(i, g, None)
+        st.later.clear()
+
+    def _store(self, i: int, gram: Tensor, unit: Tensor | None) -> None:
+        st = self._step
+        assert st is not None
+        if st.outer is not None:  # blocks of Σ_t w_t L_t: gram[t, s] / (w_t w_s)
+            outer = st.outer.to(gram.device, gram.dtype)
+            gram = gram * outer
+            unit = None if unit is None else unit * outer
+        st.done[i] = (gram, unit)
 
 
 def autocast_on(x: Tensor) -> bool:

@@ -104,6 +104,8 @@ class FusedLayerNorm(torch.autograd.Function):
             if sums is None:
                 lead = tuple(range(g.ndim - len(ctx.shape)))
                 sums = gxhat.sum(lead), g.sum(lead)
-            gw = sums[0].to(weight.dtype) if ctx.needs_input_grad[1] else None
-            gb = sums[1].to(bias.dtype) if ctx.needs_input_grad[2] else None
+            if ctx.needs_input_grad[1]:
+                gw = sums[0] if sums[0].dtype == weight.dtype else sums[0].to(weight.dtype)
+            if ctx.needs_input_grad[2]:
+                gb = sums[1] if sums[1].dtype == bias.dtype else sums[1].to(bias.dtype)
         return gx, gw, gb, None, None, None

@@ -23,17 +23,35 @@ from gradcomp.recorder.rows.registry import Sink, register_rows_module
 __all__ = ["FusedLinear", "linear_blocks"]
 
 
+def _to(t: Tensor, dt: torch.dtype) -> Tensor:
+    return t if t.dtype == dt else t.to(dt)
+
+
 def _split(x: Tensor, g: Tensor, sp: Split, dt: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Per-task ``G_tᵀ X_t`` ``[T, out, in]`` and ``Σ_rows G_t`` ``[T, out]`` in ``dt``."""
-    g3, x3 = sp.stacked(g), sp.stacked(x)
-    if g3 is not None and x3 is not None:
-        g3 = g3.to(dt).reshape(sp.n_tasks, -1, g.shape[-1])
-        x3 = x3.to(dt).reshape(sp.n_tasks, -1, x.shape[-1])
+    """Per-task ``G_tᵀ X_t`` ``[T, out, in]`` and ``Σ_rows G_t`` ``[T, out]`` in ``dt`` (for
+    ``out > in`` the blocks are the transposed view of ``X_tᵀ G_t``)."""
+    n_tasks = len(sp.rows)
+    if sp.even:
+        cut = n_tasks * sp.even
+        if g.shape[0] != cut:
+            g, x = g[:cut], x[:cut]
+        g3 = _to(g, dt).reshape(n_tasks, -1, g.shape[-1])
+        x3 = _to(x, dt).reshape(n_tasks, -1, x.shape[-1])
+        if g3.shape[-1] > x3.shape[-1]:  # the faster product has the narrower side first
+            return torch.bmm(x3.transpose(1, 2), g3).transpose(1, 2), g3.sum(1)
         return torch.bmm(g3.transpose(1, 2), x3), g3.sum(1)
-    gs = [g[r].to(dt).reshape(-1, g.shape[-1]) for r in sp.rows]
-    xs = [x[r].to(dt).reshape(-1, x.shape[-1]) for r in sp.rows]
+    gs = [_to(g[r], dt).reshape(-1, g.shape[-1]) for r in sp.rows]
+    xs = [_to(x[r], dt).reshape(-1, x.shape[-1]) for r in sp.rows]
     raw = torch.stack([gt.T @ xt for gt, xt in zip(gs, xs, strict=True)])
     return raw, torch.stack([gt.sum(0) for gt in gs])
+
+
+def _sum_tasks(raw: Tensor, dt: torch.dtype) -> Tensor:
+    """``Σ_t raw[t]`` in ``dt``, contiguous; a transposed view is summed in memory order (a
+    reduction over the strided view is many times slower)."""
+    if not raw.is_contiguous() and raw.transpose(1, 2).is_contiguous():
+        return raw.transpose(1, 2).sum(0, dtype=dt).T.contiguous()
+    return raw.sum(0, dtype=dt)
 
 
 def _fused(sink: Sink, name: str, module: nn.Linear, x: Tensor) -> Tensor:
@@ -55,30 +73,28 @@ class FusedLinear(FusedWeightBias):
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         cd = g.dtype  # the forward's compute dtype (bf16 under autocast)
-        gx = g.matmul(weight.to(cd)) if ctx.needs_input_grad[0] else None
+        gx = g.matmul(_to(weight, cd)) if ctx.needs_input_grad[0] else None
         need_w = ctx.needs_input_grad[1]
         need_b = ctx.has_bias and ctx.needs_input_grad[2]
         gw = gb = None
         sp = ctx.sink.split(ctx.name, ctx.module, g) if need_w or need_b else None
         if sp is not None:
             raw, bias = _split(x, g, sp, cd)  # in the compute dtype, as the plain backward
-            ctx.sink.add(
-                ctx.name,
-                {k: v.to(sp.dtype) for k, v in (("weight", raw), ("bias", bias)) if k in sp.want},
-            )
+            new = {}
+            if "weight" in sp.want:
+                new["weight"] = _to(raw, sp.dtype)
+            if "bias" in sp.want:
+                new["bias"] = _to(bias, sp.dtype)
+            ctx.sink.add(ctx.name, new)
             if sp.full(g.shape[0]):
-                gw = raw.sum(0, dtype=sp.dtype)
-                gb = bias.sum(0, dtype=sp.dtype)
+                gw = _sum_tasks(raw, sp.dtype) if need_w else None
+                gb = bias.sum(0, dtype=sp.dtype) if need_b else None
         if need_w:
             if gw is None:
-                gw = g.reshape(-1, g.shape[-1]).T @ x.to(cd).reshape(-1, x.shape[-1])
-            gw = gw.to(weight.dtype)
-        else:
-            gw = None
+                gw = g.reshape(-1, g.shape[-1]).T @ _to(x, cd).reshape(-1, x.shape[-1])
+            gw = _to(gw, weight.dtype)
         if need_b:
             if gb is None:
                 gb = g.reshape(-1, g.shape[-1]).sum(0)
-            gb = gb.to(ctx.module.bias.dtype)
-        else:
-            gb = None
+            gb = _to(gb, ctx.module.bias.dtype)
         return gx, gw, gb, None, None, None, None
