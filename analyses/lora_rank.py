@@ -57,7 +57,12 @@ def chsh_values(est: xr.Dataset) -> dict:
     out["S_halfwidth"] = half.values
     out["S_halfwidth_max"] = float(half.max())
     out["S_over_steps"] = est["S"].values  # (rank, step)
-    out["delta_max"] = float(end.delta.max())
+    out["S_min"], out["S_max"] = float(end.S.min()), float(end.S.max())
+    out["S_hi_max"], out["S_lo_min"] = float(end.S_hi.max()), float(end.S_lo.min())
+    out["delta_min"], out["delta_max"] = float(end.delta.min()), float(end.delta.max())
+    out["cbd_margin_min"] = float(end.cbd_margin.min())
+    out["cbd_margin_max"] = float(end.cbd_margin.max())
+    out["cbd_margin_hi_max"] = float(end.cbd_margin_hi.max())
     return out
 
 
@@ -132,26 +137,95 @@ def pool(cfg) -> dict:  # cfg: LoraExperiment
     }
 
 
+def add_seeds(
+    ds: xr.Dataset, n: int, *, n_boot: int, partial: Path
+) -> tuple[xr.Dataset, xr.Dataset, float]:
+    """``ds`` with ``n`` more measured seeds (shared adapters), trained now, and its summary.
+
+    The new seeds follow the last one; the configuration is ``ds``'s, so the calibration (same
+    calibration seeds and rank) gives the same thresholds, which is checked. A seed's run depends
+    only on (configuration, rank, seed): the result is the run with the larger seed count, except
+    that the control keeps its seeds.
+    """
+    import dataclasses
+
+    from gradcomp.lora import LoraExperiment, run
+    from gradcomp.lora.summary import summarize
+
+    cfg = json.loads(ds.attrs["config"])
+    fields = {f.name for f in dataclasses.fields(LoraExperiment)}
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k in fields}
+    first = int(ds[SEED].values[-1]) + 1
+    kw.update(first_seed=first, n_seeds=n, control_seeds=0)
+    start = time.perf_counter()
+    extra = run(LoraExperiment(**kw), progress=True, partial=partial)
+    wall = time.perf_counter() - start
+    if extra.attrs["thresholds"] != ds.attrs["thresholds"]:
+        raise ValueError("the calibration of the added seeds gave other thresholds")
+    if ADAPTERS in ds.dims:
+        extra = extra.expand_dims({ADAPTERS: ["shared"]})
+    merged = xr.concat(
+        [ds, extra], dim=SEED, join="outer", combine_attrs="override", data_vars="all"
+    )
+    merged["diverged"] = merged["diverged"].fillna(False).astype(bool)
+    cfg["n_seeds"] = int(merged.sizes[SEED])
+    cfg["control_seeds"] = (
+        int(ds.sizes[SEED]) if cfg.get("control_seeds") is None else cfg["control_seeds"]
+    )
+    merged.attrs["config"] = json.dumps(cfg)
+    merged.attrs["seed_blocks"] = (
+        f"seeds {int(ds[SEED][0])}-{first - 1} and {first}-{first + n - 1} trained in two runs"
+    )
+    return merged, summarize(merged, n_boot=n_boot), wall
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=lora.HELP)
     lora.add_arguments(parser)
+    parser.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="rewrite the JSON summary from the files in --out (no training; timings kept)",
+    )
+    parser.add_argument(
+        "--add-seeds",
+        type=int,
+        default=0,
+        help="train N more seeds onto the run in --out and rewrite its files (the committed "
+        "--cpu run: 150 seeds, then --add-seeds 50)",
+    )
     args = parser.parse_args(argv)
     load0, t0 = summary.load_average(), time.perf_counter()
-    status = lora.run(args)
-    if status:
-        return status
-    wall = time.perf_counter() - t0
     data_file, summary_file = lora.outputs(argparse.Namespace(**{**vars(args), "force": True}))
-    ds = xr.open_dataset(data_file, engine="h5netcdf").load()
-    est = xr.open_dataset(summary_file, engine="h5netcdf").load()
     committed = args.cpu and Path(args.out).resolve() == (summary.ROOT / "results").resolve()
     path = SUMMARY if committed else Path(data_file).with_suffix(".json")
+    walls, command = {}, ["analyses/lora_rank.py", *(sys.argv[1:] if argv is None else argv)]
+    if args.summary_only:  # the summary of the run that made the files: its command, timings
+        ds = xr.open_dataset(data_file, engine="h5netcdf").load()
+        est = xr.open_dataset(summary_file, engine="h5netcdf").load()
+        before = summary.read(path)
+        walls, command = before["timings"], before["command"].split()[1:]
+    elif args.add_seeds:
+        ds = xr.open_dataset(data_file, engine="h5netcdf").load()
+        ds, est, walls["added_seeds_wall_s"] = add_seeds(
+            ds, args.add_seeds, n_boot=args.n_boot, partial=Path(args.out) / "lora_rank.extra"
+        )
+        ds.to_netcdf(data_file, engine="h5netcdf")
+        est.to_netcdf(summary_file, engine="h5netcdf")
+        walls["wall_s"] = summary.read(path)["timings"]["wall_s"] if path.exists() else 0.0
+    else:
+        status = lora.run(args)
+        if status:
+            return status
+        walls["wall_s"] = time.perf_counter() - t0
+        ds = xr.open_dataset(data_file, engine="h5netcdf").load()
+        est = xr.open_dataset(summary_file, engine="h5netcdf").load()
     summary.write(
         path,
         {**values(ds, est), "pool": pool(lora.config_from_args(args))},
         run_id=summary.new_run_id(),
-        argv=["analyses/lora_rank.py", *(sys.argv[1:] if argv is None else argv)],
-        timings={"wall_s": wall},
+        argv=command,
+        timings=walls,
         load_start=load0,
     )
     print(f"wrote {path}")

@@ -83,20 +83,29 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.synchronize()
         return out, time.perf_counter() - start
 
-    paths = {}
+    paths: dict[str, tuple[float, int]] = {}  # name -> (seconds, members)
+    traces = {}
+
+    def measure(name, fn, members):
+        traces[name], sec = timed(fn)
+        paths[name] = (sec, members)
+
     model, init, data = setup(None, args.loop_seeds)
-    _, paths["loop, all layers"] = (
-        timed(lambda: ens.train_loop(model, init, data, lora_layers(model), **kw)),
+    measure(
+        "loop, all layers",
+        lambda: ens.train_loop(model, init, data, lora_layers(model), **kw),
         4 * args.loop_seeds,
     )
     model, init, data = setup(None, args.seeds)
-    _, paths["vmap, all layers"] = (
-        timed(lambda: ens.train_vmap(model, init, data, lora_layers(model), **kw)),
+    measure(
+        "vmap, all layers",
+        lambda: ens.train_vmap(model, init, data, lora_layers(model), **kw),
         4 * args.seeds,
     )
     model, init, data = setup((-1,), args.seeds)
-    full, paths["vmap, last layer"] = (
-        timed(lambda: ens.train_vmap(model, init, data, lora_layers(model), **kw)),
+    measure(
+        "vmap, last layer",
+        lambda: ens.train_vmap(model, init, data, lora_layers(model), **kw),
         4 * args.seeds,
     )
 
@@ -105,12 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         d = dataclasses.replace(data, hidden=hidden)
         return ens.train_vmap(model, init, d, lora_layers(model), **kw)
 
-    fast, paths["vmap, last layer, cached"] = timed(cached), 4 * args.seeds
+    measure("vmap, last layer, cached", cached, 4 * args.seeds)
+    full, fast = traces["vmap, last layer"], traces["vmap, last layer, cached"]
     diff = max(
         float(np.abs(full.loss - fast.loss).max()), float(np.abs(full.gram - fast.gram).max())
     )
     steps = args.steps + 1
-    rate = {name: members * steps / sec for name, ((_, sec), members) in paths.items()}
+    rate = {name: members * steps / sec for name, (sec, members) in paths.items()}
     base = rate["loop, all layers"]
     print(
         f"device={device} threads={args.threads} MiniLM layers={encoder.config.num_hidden_layers} "
@@ -118,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         f"record every {args.every}; words {len(words.words)}"
     )
     print(f"{'path':<26} {'members':>7} {'seconds':>8} {'members x steps/s':>18} {'vs loop':>8}")
-    for name, ((_, sec), members) in paths.items():
+    for name, (sec, members) in paths.items():
         print(f"{name:<26} {members:>7} {sec:8.2f} {rate[name]:18.2f} {rate[name] / base:7.2f}x")
     print(f"max |difference| last layer full vs cached (loss, Gram): {diff:.2e}")
     if not args.no_save:

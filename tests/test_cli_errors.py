@@ -37,6 +37,7 @@ def _no_work(monkeypatch):
 
     monkeypatch.setattr(ncnet_exp, "capacity", boom)
     monkeypatch.setattr(lora_exp, "_train_rank", boom)
+    monkeypatch.setattr(lora_exp, "_train", boom)  # the calibration trains too
     monkeypatch.setattr(sweep_mod, "connect", boom)
 
 
@@ -340,7 +341,12 @@ LORA_BAD = [
     (["--steps", "0"], r"--steps.*>= 1"),
     (["--lr", "nan"], r"--lr.*not a finite number"),
     (["--lr", "-0.1"], r"--lr.*> 0"),
-    (["--threshold", "2"], r"threshold is an accuracy"),
+    (["--threshold", "2"], r"threshold of A1 must lie in \(0, 1\)"),
+    (["--threshold", "0.5", "--calibration-seeds", "4"], r"exactly one of"),
+    (["--seeds", "100001"], r"calibration seeds .* overlap the measured seeds"),
+    (["--control-seeds", "9"], r"control_seeds must be in 0..n_seeds"),
+    (["--layers=9"], r"layers \[9\] out of range"),
+    (["--ranks", "400"], r"rank 400 exceeds the adapted dimension"),
     (["--n-boot", "3"], r"n-boot"),
     (["--task", "C1=lang:en"], r"--task takes A1=SPEC"),
     (["--languages", "en", "zz"], r"unknown language code"),

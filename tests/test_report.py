@@ -63,7 +63,9 @@ def lora_run(tmp_path_factory) -> Path:
     from gradcomp.lora import LoraExperiment
     from gradcomp.lora import run as run_lora
 
-    cfg = LoraExperiment.tiny(ranks=(1,), n_seeds=2, steps=2, every=1, per_language=8)
+    cfg = LoraExperiment.tiny(
+        ranks=(1,), n_seeds=2, steps=2, every=1, per_language=8, threshold=0.6, control_seeds=0
+    )
     out = tmp_path_factory.mktemp("lora") / "lora_rank.nc"
     run_lora(cfg).to_netcdf(out, engine="h5netcdf")
     return out

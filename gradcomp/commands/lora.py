@@ -162,6 +162,7 @@ def check(cfg) -> None:  # cfg: LoraExperiment
     try:
         cfg.validate()
         validate_languages(list(cfg.languages))
+        cfg.check_model()
     except ValueError as err:
         raise CommandError(str(err), status=2) from None
 

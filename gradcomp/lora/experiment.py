@@ -12,6 +12,7 @@ the NCnet ensemble (``docs/data-model.md``) plus a leading ``rank`` dimension.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pickle
 import shutil
@@ -55,6 +56,8 @@ from gradcomp.lora.model import (
     LoraHeads,
     SeparateHeads,
     add_lora,
+    encoder_shape,
+    layer_indices,
     load_encoder,
     lora_layers,
     separate_init,
@@ -223,6 +226,26 @@ class LoraExperiment:
         ranks = sorted(int(r) for r in self.ranks)
         return int(self.calibration_rank or ranks[(len(ranks) - 1) // 2])
 
+    def check_model(self) -> None:
+        """Layer and rank choices against the encoder's config (cheap: no weights are loaded).
+
+        Raises:
+            ValueError: ``layers`` outside the encoder, or a rank above its hidden size (the
+                smaller dimension of every adapted BERT projection).
+        """
+        shape = encoder_shape(self.model, self.num_layers)
+        if shape is None:
+            return
+        n, d = shape
+        if self.layers is not None:
+            layer_indices(n, self.layers)
+        too_big = [int(r) for r in self.ranks if int(r) > d]
+        if too_big:
+            raise ValueError(
+                f"rank {too_big[0]} exceeds the adapted dimension {d} (the encoder's hidden size; "
+                "a rank-r update of a d_out x d_in weight needs r <= min(d_out, d_in))"
+            )
+
     def validate(self) -> None:
         if not self.ranks or any(int(r) < 1 for r in self.ranks):
             raise ValueError(f"ranks must be positive integers, got {self.ranks}")
@@ -330,7 +353,7 @@ def _inits(model: torch.nn.Module, rows: np.ndarray) -> dict[str, torch.Tensor]:
     return {n: torch.stack([d[n] for d in inits]) for n in inits[0]}
 
 
-def _with_frozen(cfg: LoraExperiment, model: LoraHeads, data: Batches) -> Batches:
+def _with_frozen(cfg: LoraExperiment, model: LoraHeads | SeparateHeads, data: Batches) -> Batches:
     """``data`` with the frozen layers' output when they can be computed once (else as it is)."""
     if not cfg.cache_frozen or model.start is None:
         return data
@@ -597,6 +620,7 @@ def run(
         ``attrs["thresholds"]`` and ``attrs["calibration"]`` what the outcome rule was fixed on.
     """
     cfg.validate()
+    cfg.check_model()
     device = torch.device(cfg.device)
     encoder, tokenizer = load_encoder(cfg.model, num_layers=cfg.num_layers)
     encoder = encoder.to(device)
@@ -627,7 +651,8 @@ def run(
         ranks = tqdm(ranks, desc="LoRA ranks")
     for rank in ranks:
         per_adapters, used = done(
-            f"rank{int(rank)}", lambda r=int(rank): _train_rank(cfg, encoder, r, shared, diag)
+            f"rank{int(rank)}",
+            functools.partial(_train_rank, cfg, encoder, int(rank), shared, diag),
         )
         for name, trace in per_adapters.items():
             traces[name][int(rank)] = trace

@@ -29,6 +29,7 @@ __all__ = [
     "add_lora",
     "check_tokenizer",
     "default_model_path",
+    "encoder_shape",
     "layer_indices",
     "load_encoder",
     "lora_layers",
@@ -93,8 +94,11 @@ def load_encoder(
         ``(encoder, tokenizer)``; the encoder uses eager attention so that it can be vmapped.
     """
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     path = _resolve(name_or_path)
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a local load needs no bar; errors stay one line
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModel.from_pretrained(
@@ -103,6 +107,9 @@ def load_encoder(
     except OSError as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ValueError(f"cannot load {path!r} offline ({first}). {_HOW}") from err
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
     if num_layers is not None:
         layers = _layer_list(model)
         if not 1 <= num_layers <= len(layers):
@@ -111,6 +118,26 @@ def load_encoder(
         model.config.num_hidden_layers = num_layers
     check_tokenizer(tokenizer, model)
     return model, tokenizer
+
+
+def encoder_shape(
+    name_or_path: str | os.PathLike[str] | None = None, num_layers: int | None = None
+) -> tuple[int, int] | None:
+    """``(number of layers, hidden size)`` from the model's config alone (no weights loaded).
+
+    ``None`` when the config cannot be read or names neither; :func:`load_encoder` then reports
+    the problem. Lets bad layer and rank choices fail in well under a second.
+    """
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(_resolve(name_or_path), local_files_only=True)
+    except (OSError, ValueError):
+        return None
+    n, d = getattr(config, "num_hidden_layers", None), getattr(config, "hidden_size", None)
+    if not isinstance(n, int) or not isinstance(d, int):
+        return None
+    return (min(n, num_layers) if num_layers else n), d
 
 
 def _transformers_at_least(version: str) -> bool:
@@ -201,7 +228,7 @@ def add_lora(
             if "attention" not in n and n not in names
         ]
     if layers is not None:
-        keep = layer_indices(encoder, layers)
+        keep = layer_indices(len(_layer_list(encoder)), layers)
         names = [n for n in names if _layer_of(encoder, n) in keep]
         if not names:
             raise ValueError(
@@ -229,13 +256,12 @@ def add_lora(
         return get_peft_model(copy.deepcopy(encoder), config)
 
 
-def layer_indices(encoder: nn.Module, layers: Sequence[int]) -> set[int]:
-    """Non-negative indices of ``layers`` (negative ones count from the end) in the encoder.
+def layer_indices(n: int, layers: Sequence[int]) -> set[int]:
+    """Non-negative indices of ``layers`` (negative ones count from the end) among ``n`` layers.
 
     Raises:
         ValueError: an index outside the encoder's layers, or no index at all.
     """
-    n = len(_layer_list(encoder))
     if not len(layers):
         raise ValueError("layers is empty: it adapts nothing; name at least one encoder layer")
     bad = [i for i in layers if not -n <= int(i) < n]
@@ -370,14 +396,19 @@ class SeparateHeads(nn.Module):
         self.copies = nn.ModuleDict(
             {t: LoraHeads(copy.deepcopy(adapted), n_classes, heads=t) for t in "AB"}
         )
-        self.start = self.copies["A"].start
-        self.dtype = self.copies["A"].dtype
+        self.start = self._copy("A").start
+        self.dtype = self._copy("A").dtype
+
+    def _copy(self, head: str) -> LoraHeads:
+        copy_ = self.copies[head]
+        assert isinstance(copy_, LoraHeads)
+        return copy_
 
     def frozen_input(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.copies["A"].frozen_input(input_ids, attention_mask)
+        return self._copy("A").frozen_input(input_ids, attention_mask)
 
     def check_frozen_input(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> bool:
-        return all(c.check_frozen_input(input_ids, attention_mask) for c in self.copies.values())
+        return all(self._copy(t).check_frozen_input(input_ids, attention_mask) for t in "AB")
 
     def forward(
         self,

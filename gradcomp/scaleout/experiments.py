@@ -214,7 +214,10 @@ class LoraSweepExperiment:
     Grid axes: ``rank`` (required) and any scalar field of ``LoraExperiment`` (e.g. ``lr``). A chunk
     runs ``base`` with ``ranks=(rank,)`` and its block of seeds (``first_seed``, ``n_seeds``); this
     relies on the LoRA ensemble's contract that a seed's run depends only on (config, rank, seed)
-    (per-seed generators for initialisation and data order).
+    (per-seed generators for initialisation and data order). Calibrated thresholds are the same in
+    every chunk: each chunk calibrates on the base's calibration seeds at the base's calibration
+    rank (deterministic; fix ``thresholds`` in the base to skip the repeated calibration), and the
+    control runs on the chunk's share of the base's ``control_seeds``.
 
     Args:
         base: the base ``gradcomp.lora.LoraExperiment`` (its ``ranks``/``n_seeds``/``first_seed``
@@ -243,6 +246,12 @@ class LoraSweepExperiment:
         if "rank" not in cell:
             raise ValueError("the LoRA experiment needs a 'rank' grid axis")
         overrides = {k: v for k, v in cell.items() if k != "rank"}
+        base = dataclasses.replace(self.base, **overrides)
+        if base.control_seeds is not None:  # the chunk's share of the base's control seeds
+            end = base.first_seed + base.control_seeds
+            overrides["control_seeds"] = max(0, min(len(seeds), end - seeds.start))
+        if base.fixed_thresholds() is None:
+            overrides["calibration_rank"] = base.middle_rank()
         cfg = dataclasses.replace(
             self.base,
             ranks=(int(cell["rank"]),),
