@@ -183,12 +183,14 @@ def test_lora_run(tmp_path) -> None:
 
     out, err = io.StringIO(), io.StringIO()
     argv = ["lora", "--tiny", "--ranks", "1", "--steps", "2", "--n-boot", "99",
-            "--out", str(tmp_path)]  # fmt: skip
+            "--threshold", "0.6", "--out", str(tmp_path)]  # fmt: skip
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        assert main(argv) == 0
+        assert main(argv) == 0, err.getvalue()
     lines = out.getvalue().strip().splitlines()
-    assert lines[0].split() == ["rank", "S", "S_lo", "S_hi", "delta", "held-out", "acc"]
-    assert len(lines) == 2 and lines[1].split()[0] == "1"
+    assert lines[0].split() == [
+        "adapters", "rank", "seeds", "S", "S_lo", "S_hi", "delta", "margin", "held-out", "acc"
+    ]  # fmt: skip
+    assert [line.split()[:2] for line in lines[1:]] == [["shared", "1"], ["separate", "1"]]
     assert "wrote" in err.getvalue() and "method:" in err.getvalue()
     ds = xr.load_dataset(tmp_path / "lora_rank.nc", engine="h5netcdf")
     check_cf(ds)

@@ -77,6 +77,7 @@ LABELS: dict[str, tuple[str, str]] = {
     "acc": ("training accuracy", "1"),
     "heldout_acc": ("held-out accuracy", "1"),
     "threshold": ("accuracy a head needs for outcome +1 in this setting", "1"),
+    "setting": ("the head's own setting (1 or 2) that a threshold belongs to", "1"),
 }
 
 
