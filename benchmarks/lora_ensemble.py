@@ -70,9 +70,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def setup(layers, n_seeds):
         model = LoraHeads(add_lora(encoder, args.rank, layers=layers)).to(device).eval()
-        rows = ex.member_rows(range(n_seeds))
+        rows = ens.member_rows(range(n_seeds))
         data = ex._prepare(cfg, words, ids, mask, rows)
-        return model, {n: v.to(device) for n, v in ex._inits(model, rows).items()}, data
+        return model, {n: v.to(device) for n, v in ens.init_members(model, rows).items()}, data
 
     def timed(fn):
         if device.type == "cuda":

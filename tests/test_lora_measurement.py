@@ -241,3 +241,15 @@ def test_control_on_some_seeds_shows_no_signaling_and_s_at_most_2():
     assert (g.sel(task="A", task_j="B") == 0).all() and (g.sel(task="A", task_j="A") > 0).any()
     # component coordinate per rank, component Grams present on both conditions
     assert ds["component_gram"].sizes["component"] == 2
+
+
+def test_a_frozen_cache_that_disagrees_warns_and_runs_the_full_forward(monkeypatch):
+    """The cache's self-check failing is loud (a warning) and both conditions fall back."""
+    monkeypatch.setattr(LoraHeads, "check_frozen_input", lambda self, ids, mask: False)
+    cfg = LoraExperiment.tiny(ranks=(1,), n_seeds=1, steps=2, per_language=8, threshold=0.6)
+    with pytest.warns(RuntimeWarning, match="running the full forward") as record:
+        ds = ex.run(dataclasses.replace(cfg, layers=(-1,)))
+    names = {str(w.message).split("for ")[1].split(";")[0] for w in record}
+    assert names == {"LoraHeads", "SeparateHeads"}
+    plain = ex.run(dataclasses.replace(cfg, layers=(-1,), cache_frozen=False))
+    np.testing.assert_array_equal(ds["loss"].values, plain["loss"].values)

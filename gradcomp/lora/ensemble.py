@@ -45,6 +45,8 @@ __all__ = [
     "concat",
     "gram",
     "init_member",
+    "init_members",
+    "member_rows",
     "member_table",
     "train_loop",
     "train_vmap",
@@ -111,9 +113,16 @@ class Trace:
     diverged: np.ndarray
 
 
+def member_rows(seeds: range | list[int], *, diagonal: bool = False) -> np.ndarray:
+    """``(K, 3)`` rows ``(seed, alice, bob)`` in the member order (``diagonal``: alice == bob)."""
+    return np.array(
+        [(s, x, y) for s in seeds for x in (1, 2) for y in (1, 2) if not diagonal or x == y]
+    )
+
+
 def member_table(n_seeds: int) -> np.ndarray:
     """``(K, 3)`` rows ``(seed index, alice, bob)`` in the member order, ``K = 4 * n_seeds``."""
-    return np.array([(s, x, y) for s in range(n_seeds) for x in (1, 2) for y in (1, 2)])
+    return member_rows(range(n_seeds))
 
 
 def batch_order(n_train: int, n_steps: int, batch: int | None, seed: int) -> torch.Tensor:
@@ -145,6 +154,12 @@ def init_member(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
             nn.init.uniform_(t, -bound, bound, generator=g)
         out[name] = t.to(p.device)
     return out
+
+
+def init_members(model: nn.Module, rows: np.ndarray) -> dict[str, torch.Tensor]:
+    """:func:`init_member` of each row's seed, stacked: parameter name -> ``(K, *shape)``."""
+    inits = [init_member(model, int(s)) for s, _, _ in rows]
+    return {n: torch.stack([d[n] for d in inits]) for n in inits[0]}
 
 
 def _fan_in(model: nn.Module, bias_name: str) -> int:

@@ -47,7 +47,8 @@ from gradcomp.lora.ensemble import (
     Trace,
     batch_order,
     concat,
-    init_member,
+    init_members,
+    member_rows,
     train_loop,
     train_vmap,
 )
@@ -287,13 +288,6 @@ class LoraExperiment:
             raise ValueError(f"method must be 'auto', 'vmap' or 'loop', got {self.method!r}")
 
 
-def member_rows(seeds: range | list[int], *, diagonal: bool = False) -> np.ndarray:
-    """``(K, 3)`` rows ``(seed, alice, bob)``; ``diagonal``: only the pairs with alice == bob."""
-    return np.array(
-        [(s, x, y) for s in seeds for x in (1, 2) for y in (1, 2) if not diagonal or x == y]
-    )
-
-
 def _prepare(
     cfg: LoraExperiment, words: WordData, ids: torch.Tensor, mask: torch.Tensor, rows: np.ndarray
 ) -> Batches:
@@ -349,11 +343,6 @@ def _train(
     return concat(parts), "vmap"
 
 
-def _inits(model: torch.nn.Module, rows: np.ndarray) -> dict[str, torch.Tensor]:
-    inits = [init_member(model, int(s)) for s, _, _ in rows]
-    return {n: torch.stack([d[n] for d in inits]) for n in inits[0]}
-
-
 def _with_frozen(cfg: LoraExperiment, model: LoraHeads | SeparateHeads, data: Batches) -> Batches:
     """``data`` with the frozen layers' output when they can be computed once (else as it is)."""
     if not cfg.cache_frozen or model.start is None:
@@ -362,7 +351,7 @@ def _with_frozen(cfg: LoraExperiment, model: LoraHeads | SeparateHeads, data: Ba
     if not model.check_frozen_input(data.ids[probe], data.mask[probe]):
         warnings.warn(
             "the forward from the frozen layers' output differs from the full forward for "
-            f"{type(model.encoder).__name__}; running the full forward",
+            f"{type(model).__name__}; running the full forward",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -385,12 +374,12 @@ def _train_rank(
     """One rank: the shared-adapter members, and (``diag``) the separate-adapter control."""
     model = _model(cfg, encoder, rank)
     rows, data = shared
-    trace, method = _train(cfg, model, _inits(model, rows), _with_frozen(cfg, model, data))
+    trace, method = _train(cfg, model, init_members(model, rows), _with_frozen(cfg, model, data))
     traces, methods = {"shared": trace}, {method}
     if diag is not None:
         diag_rows, diag_data = diag
         separate = SeparateHeads(model.encoder).eval()
-        init = separate_init(_inits(model, diag_rows))
+        init = separate_init(init_members(model, diag_rows))
         trace, method = _train(cfg, separate, init, _with_frozen(cfg, separate, diag_data))
         traces["separate"] = expand_diagonal(trace, rows, diag_rows)
         methods.add(method)
@@ -461,7 +450,7 @@ def _calibrate(
     """Per-task thresholds from the calibration seeds at the middle rank (shared adapters)."""
     model = _model(cfg, encoder, cfg.middle_rank())
     rows, data = block
-    trace, _ = _train(cfg, model, _inits(model, rows), _with_frozen(cfg, model, data))
+    trace, _ = _train(cfg, model, init_members(model, rows), _with_frozen(cfg, model, data))
     acc = trace.heldout_acc if cfg.outcome_on == "heldout" else trace.acc
     last = acc[:, -1]  # (K, 2)
     thresholds, record = {}, {}
