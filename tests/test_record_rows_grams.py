@@ -79,7 +79,7 @@ def test_rows_wide_and_small_grams_equal_loop_float64(
 
     shapes: list[tuple[int, ...]] = []
     batched: list[int] = []
-    gram, batched_grams = rows_hooks.gram, rows_hooks.batched_grams
+    gram, batched_grams = rows_hooks.block_gram, rows_hooks.batched_grams
 
     def spy_gram(flat: torch.Tensor) -> torch.Tensor:
         shapes.append(tuple(flat.shape))
@@ -89,7 +89,7 @@ def test_rows_wide_and_small_grams_equal_loop_float64(
         batched.append(len(flats))
         return batched_grams(flats)
 
-    monkeypatch.setattr(rows_hooks, "gram", spy_gram)
+    monkeypatch.setattr(rows_hooks, "block_gram", spy_gram)
     monkeypatch.setattr(rows_hooks, "batched_grams", spy_batched)
     params = list(trunk.parameters())
     with gradcomp.record(m, weights, strategy="rows", shared=trunk, units=units) as rec:

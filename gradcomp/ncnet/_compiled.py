@@ -2,10 +2,11 @@
 
 The C source ships with the package and is compiled on first use with the system C compiler
 (``$CC``, default ``cc``) into ``$GRADCOMP_CACHE`` (default ``~/.cache/gradcomp``), once per
-source, flags and machine; it is loaded with :mod:`ctypes`. No compiler is a clear error: use
-``engine="torch"``. :func:`try_load` is what ``engine="auto"`` uses: a build or load that fails
-(a compiler without OpenMP, a platform the flags don't fit) returns the reason instead of raising,
-and is not retried for the same compiler and cache in this process.
+source, flags and machine (:mod:`gradcomp._cbuild`); it is loaded with :mod:`ctypes`. No
+compiler is a clear error: use ``engine="torch"``. :func:`try_load` is what ``engine="auto"``
+uses: a build or load that fails (a compiler without OpenMP, a platform the flags don't fit)
+returns the reason instead of raising, and is not retried for the same compiler and cache in this
+process.
 
 The kernel takes one argument, a pointer to ``struct ncnet_args``. :data:`ARGS_FIELDS` is its one
 Python description (a :class:`ctypes.Structure` is built from it); on load the library's own
@@ -18,19 +19,14 @@ more by the kernel (return code ``-2``), so a stale caller never makes it read p
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
 import platform
-import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from gradcomp._atomic import replacing
+from gradcomp._cbuild import build, cache_dir, compiler
 
 __all__ = [
     "ARGS_FIELDS",
@@ -151,7 +147,7 @@ def check_layout(lib: ctypes.CDLL, args: type[ctypes.Structure]) -> None:
 
 
 def _compiler() -> str | None:
-    return shutil.which(os.environ.get("CC", "cc"))
+    return compiler()
 
 
 def available() -> bool:
@@ -159,39 +155,9 @@ def available() -> bool:
     return SOURCE.exists() and _compiler() is not None and platform.system() != "Windows"
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("GRADCOMP_CACHE", Path.home() / ".cache" / "gradcomp"))
-
-
 def _build(real: str) -> Path:
-    cc = _compiler()
-    if cc is None:
-        raise RuntimeError(
-            "engine='c' needs a C compiler (set $CC or install gcc); use engine='torch'"
-        )
     flags = [*FLAGS, f"-DREAL={real}", *(["-DREAL_DOUBLE"] if real == "double" else [])]
-    key = hashlib.sha256(
-        SOURCE.read_bytes()
-        + " ".join([cc, *flags, *LINK, platform.machine(), platform.node()]).encode()
-    ).hexdigest()[:16]
-    cache = _cache_dir()
-    target = cache / f"ncnet_kernel_{real}_{key}.so"
-    if not target.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        # atomic: concurrent builders never see half a file
-        with tempfile.TemporaryDirectory(dir=cache) as tmp, replacing(target) as out:
-            obj = Path(tmp) / "kernel.o"
-            for cmd in (
-                [cc, *flags, "-c", "-o", str(obj), str(SOURCE)],
-                [cc, *LINK, "-o", str(out), str(obj), "-lm"],
-            ):
-                proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-                if proc.returncode != 0:
-                    raise RuntimeError(
-                        f"building {SOURCE.name} failed ({' '.join(cmd)}); use engine='torch'."
-                        f"\n{proc.stderr}"
-                    )
-    return target
+    return build(SOURCE, f"ncnet_kernel_{real}", flags, LINK, "use engine='torch'")
 
 
 def load(dtype: torch.dtype) -> Kernel:
@@ -224,7 +190,7 @@ def try_load(dtype: torch.dtype) -> str | None:
     A failure is remembered for this dtype, compiler and cache directory (no rebuild on every
     ``run``).
     """
-    key = (str(dtype), str(_compiler()), str(_cache_dir()))
+    key = (str(dtype), str(_compiler()), str(cache_dir()))
     if key in _FAILED:
         return _FAILED[key]
     try:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from gradcomp.recorder.rows.pool import BlockPool
 from gradcomp.recorder.rows.spec import n_selected
 from gradcomp.recorder.shared import Layout
 
@@ -53,6 +54,7 @@ class Split:
         dtype: the dtype to accumulate blocks in (float64 stays float64, else float32).
         want: the module's supported parameters that exist and require grad.
         covers: cache of :meth:`full` (shared by the step's splits).
+        pool: where :meth:`empty` takes block buffers from (:mod:`.pool`).
     """
 
     rows: list[slice | Tensor]
@@ -60,6 +62,13 @@ class Split:
     dtype: torch.dtype
     want: frozenset[str]
     covers: dict[int, bool] = field(default_factory=dict, compare=False)
+    pool: BlockPool | None = field(default=None, compare=False)
+
+    def empty(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """An uninitialised buffer for blocks (reused from step to step on the CPU)."""
+        if self.pool is None:
+            return torch.empty(shape, dtype=dtype, device=device)
+        return self.pool.empty(shape, dtype, device)
 
     @property
     def n_tasks(self) -> int:

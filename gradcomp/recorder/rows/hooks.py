@@ -18,9 +18,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gradcomp.gram import acc_dtype, gram, unit_gram
+from gradcomp.gram import acc_dtype, unit_gram
 from gradcomp.recorder.rows.blocks import Split, Step, wanted
+from gradcomp.recorder.rows.cgram import block_gram
 from gradcomp.recorder.rows.grams import SMALL, batched_grams, flat_blocks
+from gradcomp.recorder.rows.pool import BlockPool
 from gradcomp.recorder.rows.registry import RowsModule, lookup
 from gradcomp.recorder.rows.spec import even_rows
 from gradcomp.recorder.shared import Layout
@@ -44,6 +46,7 @@ class RowsHooks:
         self._calls: dict[str, int] = {}
         self._sizes: dict[str, set[int]] = {}
         self._step: Step | None = None
+        self._pool = BlockPool()
         self.armed = False  # capture activations in forward (the next step is scheduled)
         self.only: set[str] | None = None  # modules that own shared parameters, once known
         self.batch_size = 0  # leading size of the first captured input
@@ -72,6 +75,7 @@ class RowsHooks:
         self._calls.clear()
         self._sizes.clear()
         self.outputs.clear()
+        self._pool.clear()
 
     def _live(self, name: str) -> bool:
         return self.armed and torch.is_grad_enabled() and (self.only is None or name in self.only)
@@ -173,7 +177,7 @@ class RowsHooks:
         if rows is None:
             rows = [r.to(g.device) if isinstance(r, Tensor) else r for r in st.rows]
             st.on[g.device] = rows
-        return Split(rows, st.even, acc_dtype(g.dtype), want, st.covers)
+        return Split(rows, st.even, acc_dtype(g.dtype), want, st.covers, self._pool)
 
     def _on_grad(self, name: str, module: nn.Module, x: Tensor, g: Tensor) -> None:
         sp = self.split(name, module, g)
@@ -211,7 +215,8 @@ class RowsHooks:
                 st.later.append((i, flat))
                 continue
             unit = unit_gram(stack.reshape(stack.shape[0], n_units, -1)) if n_units else None
-            self._store(i, gram(flat), unit)
+            self._store(i, block_gram(flat), unit)
+            self._pool.give(stack)  # the blocks are done with (if the pool lent them)
 
     def _flush(self) -> None:
         st = self._step

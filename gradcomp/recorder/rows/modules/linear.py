@@ -37,9 +37,12 @@ def _split(x: Tensor, g: Tensor, sp: Split, dt: torch.dtype) -> tuple[Tensor, Te
             g, x = g[:cut], x[:cut]
         g3 = _to(g, dt).reshape(n_tasks, -1, g.shape[-1])
         x3 = _to(x, dt).reshape(n_tasks, -1, x.shape[-1])
-        if g3.shape[-1] > x3.shape[-1]:  # the faster product has the narrower side first
-            return torch.bmm(x3.transpose(1, 2), g3).transpose(1, 2), g3.sum(1)
-        return torch.bmm(g3.transpose(1, 2), x3), g3.sum(1)
+        n_out, n_in = g3.shape[-1], x3.shape[-1]
+        if n_out > n_in:  # the faster product has the narrower side first
+            buf = sp.empty((n_tasks, n_in, n_out), dt, g.device)
+            return torch.bmm(x3.transpose(1, 2), g3, out=buf).transpose(1, 2), g3.sum(1)
+        buf = sp.empty((n_tasks, n_out, n_in), dt, g.device)
+        return torch.bmm(g3.transpose(1, 2), x3, out=buf), g3.sum(1)
     gs = [_to(g[r], dt).reshape(-1, g.shape[-1]) for r in sp.rows]
     xs = [_to(x[r], dt).reshape(-1, x.shape[-1]) for r in sp.rows]
     raw = torch.stack([gt.T @ xt for gt, xt in zip(gs, xs, strict=True)])
@@ -80,15 +83,15 @@ class FusedLinear(FusedWeightBias):
         sp = ctx.sink.split(ctx.name, ctx.module, g) if need_w or need_b else None
         if sp is not None:
             raw, bias = _split(x, g, sp, cd)  # in the compute dtype, as the plain backward
+            if sp.full(g.shape[0]):  # before the blocks go (their buffer may be reused)
+                gw = _sum_tasks(raw, sp.dtype) if need_w else None
+                gb = bias.sum(0, dtype=sp.dtype) if need_b else None
             new = {}
             if "weight" in sp.want:
                 new["weight"] = _to(raw, sp.dtype)
             if "bias" in sp.want:
                 new["bias"] = _to(bias, sp.dtype)
             ctx.sink.add(ctx.name, new)
-            if sp.full(g.shape[0]):
-                gw = _sum_tasks(raw, sp.dtype) if need_w else None
-                gb = bias.sum(0, dtype=sp.dtype) if need_b else None
         if need_w:
             if gw is None:
                 gw = g.reshape(-1, g.shape[-1]).T @ _to(x, cd).reshape(-1, x.shape[-1])
