@@ -53,14 +53,14 @@ static void tile(const float *F, long T, long ld, long i0, long j0, long n, doub
     for (int k = 0; k < 8; k++) acc[k] += s[k];
 }
 
-/* out: T*T doubles (row-major, symmetric). Returns 0, or -1 when memory is short. */
-int gram_f32(const float *F, long T, long P, long ld, double *out, int threads) {
+/* out: T*T floats (row-major, symmetric), summed in double. Returns 0, or -1 when memory is
+ * short. */
+int gram_f32(const float *F, long T, long P, long ld, float *out, int threads) {
     long chunks = (P + CH - 1) / CH;
     long parts = chunks < PARTS ? chunks : PARTS;
-    memset(out, 0, sizeof(double) * T * T);
-    if (parts == 0) return 0;
-    double *part = calloc((size_t)(parts * T * T), sizeof(double));
+    double *part = calloc((size_t)((parts + 1) * T * T), sizeof(double));
     if (part == NULL) return -1;
+    double *sum = part + parts * T * T;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (long q = 0; q < parts; q++) {
         double *g = part + q * T * T;
@@ -73,14 +73,15 @@ int gram_f32(const float *F, long T, long P, long ld, double *out, int threads) 
                     tile(F + p0, T, ld, i0, j0, n, acc);
                     for (int i = 0; i < 4; i++)
                         for (int j = 0; j < 2; j++)
-                            if (i0 + i < T && j0 + j <= i0 + i) g[(i0 + i) * T + j0 + j] += acc[i * 2 + j];
+                            if (i0 + i < T && j0 + j <= i0 + i)
+                                g[(i0 + i) * T + j0 + j] += acc[i * 2 + j];
                 }
         }
     }
     for (long q = 0; q < parts; q++)
-        for (long k = 0; k < T * T; k++) out[k] += part[q * T * T + k];
-    free(part);
+        for (long k = 0; k < T * T; k++) sum[k] += part[q * T * T + k];
     for (long t = 0; t < T; t++)
-        for (long s = t + 1; s < T; s++) out[t * T + s] = out[s * T + t];
+        for (long s = 0; s <= t; s++) out[t * T + s] = out[s * T + t] = (float)sum[t * T + s];
+    free(part);
     return 0;
 }
