@@ -187,3 +187,19 @@ def test_the_hooks_reuse_block_buffers_from_step_to_step(monkeypatch: pytest.Mon
             h = lin(torch.randn(8, 64))
             rec.backward({t: heads[t](h[r]).sum() for t, r in rows.items()}, step=step, rows=rows)
     assert seen == [((2, 64, 256), False), ((2, 64, 256), True), ((2, 64, 256), True)]
+
+
+@needs_kernel
+def test_the_gram_benchmark_runs_and_checks_both_products(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "benchmarks" / "rows_gram.py"
+    spec = importlib.util.spec_from_file_location("rows_gram_bench", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--tasks", "4", "--reps", "5", "--no-save"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n  4 ") == len(bench.SIZES) and "below MIN_WORK" in out
