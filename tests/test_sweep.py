@@ -198,13 +198,15 @@ def test_sigint_to_the_cli_then_rerun(client, tmp_path) -> None:
     cmd = [
         sys.executable, "-m", "gradcomp", "sweep", "--experiment", "toy", "--store", str(store),
         "--axis", "width=2,3", "--axis", "lr=0.0,0.5", "--seeds", "0:160",
-        "--seeds-per-chunk", "8", "--set", "sleep=0.1", "--no-progress",
+        "--seeds-per-chunk", "8", "--set", "sleep=0.5", "--no-progress",
         "--scheduler", client.scheduler.address,
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while n_done(store) < 3 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
+    # 80 chunks of 0.5 s on 2 workers take 20 s: a sweep that ended first would test nothing
+    assert proc.poll() is None, "the sweep ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
