@@ -195,8 +195,15 @@ def test_killed_worker_loses_nothing(client, tmp_path) -> None:
 
 def test_sigint_to_the_cli_then_rerun(client, tmp_path) -> None:
     store = tmp_path / "s"
+    # The CLI as a user's shell starts it, with Ctrl-C delivered: a child inherits an ignored or
+    # blocked SIGINT from the test process (exec keeps both), which would make the test vacuous.
+    ctrl_c = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT]); sys.argv[0] = 'gradcomp'; "
+        "runpy.run_module('gradcomp', run_name='__main__')"
+    )
     cmd = [
-        sys.executable, "-m", "gradcomp", "sweep", "--experiment", "toy", "--store", str(store),
+        sys.executable, "-c", ctrl_c, "sweep", "--experiment", "toy", "--store", str(store),
         "--axis", "width=2,3", "--axis", "lr=0.0,0.5", "--seeds", "0:160",
         "--seeds-per-chunk", "8", "--set", "sleep=0.5", "--no-progress",
         "--scheduler", client.scheduler.address,
@@ -209,7 +216,8 @@ def test_sigint_to_the_cli_then_rerun(client, tmp_path) -> None:
     assert proc.poll() is None, "the sweep ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    here = signal.getsignal(signal.SIGINT), signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    assert proc.returncode == 130, f"{err!r}; SIGINT in the test process: {here}"
     assert "interrupted" in err
     done = n_done(store)
     assert 3 <= done < 4 * 20
