@@ -146,13 +146,9 @@ def check_layout(lib: ctypes.CDLL, args: type[ctypes.Structure]) -> None:
         )
 
 
-def _compiler() -> str | None:
-    return compiler()
-
-
 def available() -> bool:
     """Whether the kernel can be built here (its source ships and a C compiler is on the PATH)."""
-    return SOURCE.exists() and _compiler() is not None and platform.system() != "Windows"
+    return SOURCE.exists() and compiler() is not None and platform.system() != "Windows"
 
 
 def _build(real: str) -> Path:
@@ -190,7 +186,7 @@ def try_load(dtype: torch.dtype) -> str | None:
     A failure is remembered for this dtype, compiler and cache directory (no rebuild on every
     ``run``).
     """
-    key = (str(dtype), str(_compiler()), str(cache_dir()))
+    key = (str(dtype), str(compiler()), str(cache_dir()))
     if key in _FAILED:
         return _FAILED[key]
     try:
