@@ -1,10 +1,11 @@
 """Overhead of ``gradcomp.record`` against a plain training step and two baselines.
 
 For each configuration and T tasks, prints the median step time relative to a plain step
-(forward + backward of the summed loss) measured in the same run (every method runs on its own copy
-of the model, round-robin in an order rotated every round, and the ratio is taken within each
-round; on the CPU times are the thread's CPU time, so other processes on a shared machine disturb
-them little), for:
+(forward + backward of the summed loss) measured in the same run (every method runs on copies of
+its own of the model, ``--copies`` on the CPU, round-robin in an order rotated every round; a
+method's time in a round is the mean over its copies, and the ratio is taken within each round; on
+the CPU times are the thread's CPU time, so other processes on a shared machine disturb them
+little), for:
 
 - ``baseline loop``: one ``torch.autograd.grad`` per task, then ``.grad`` = the weighted sum and the
   Gram of the flattened per-task gradients (LibMTL / Recon style);
@@ -28,9 +29,9 @@ Peak memory: ``torch.cuda.max_memory_allocated`` on the GPU; not measurable on t
 CPU allocator is invisible to ``tracemalloc``).
 
 Run: ``python benchmarks/record_overhead.py [--reps 15] [--tasks 2 4 8] [--models d64 d256]
-[--strategies rows auto] [--cpu-only]``. Prints the 1-minute load average beside each table and
-writes the rounded ratios, the command, the machine and the load to ``--summary`` (default
-``benchmarks/summaries/record_overhead.json``).
+[--strategies rows auto] [--copies 3] [--cpu-only]``. Prints the 1-minute load average beside each
+table and writes the rounded ratios, the command, the machine and the load to ``--summary``
+(default ``benchmarks/summaries/record_overhead.json``).
 """
 
 from __future__ import annotations
@@ -256,25 +257,34 @@ def run_config(
     reps: int,
     strategies: tuple[str, ...] = STRATEGIES,
     baselines: bool = True,
+    copies: int = 1,
 ) -> list[tuple[str, float, float]]:
-    """Every method on its own copy of the model (same weights), timed round-robin so that load
-    changes hit all methods alike; ratios are taken within each round, then the median."""
+    """Every method on ``copies`` copies of its own of the model (same weights), timed
+    round-robin so that load changes hit all methods alike; a method's time in a round is the mean
+    over its copies (two copies of one model can differ by several per cent: where their
+    parameters and activations fall in memory), ratios are taken within each round, then the
+    median."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     # CPU: the CPU time of this thread (one intra-op thread; the autograd engine runs CPU work on
     # the calling thread), robust to other processes on a shared machine. GPU: wall clock.
     clock = time.perf_counter if device == "cuda" else time.thread_time
+
+    def each(make: Callable[[dict[str, Any]], Any]) -> list[Any]:
+        return [make(build(device, model, n_tasks)) for _ in range(copies)]
+
     with contextlib.ExitStack() as stack:
-        methods = {"plain": make_plain(build(device, model, n_tasks))}
+        methods = {"plain": each(make_plain)}
         if baselines:
-            methods["baseline loop"] = make_base_loop(build(device, model, n_tasks))
-            methods["baseline batched"] = make_base_batched(build(device, model, n_tasks))
-            autogram = make_base_autogram(build(device, model, n_tasks))
-            if autogram is not None:
+            methods["baseline loop"] = each(make_base_loop)
+            methods["baseline batched"] = each(make_base_batched)
+            autogram = each(make_base_autogram)
+            if all(f is not None for f in autogram):
                 methods["baseline autogram"] = autogram
         for strategy in strategies:
             for every, tag in ((1, "rec"), (10**9, "skip")):
-                b = build(device, model, n_tasks)
-                methods[f"{strategy}/{tag}"] = make_recorded(b, strategy, every, stack)
+                methods[f"{strategy}/{tag}"] = each(
+                    lambda b, s=strategy, e=every: make_recorded(b, s, e, stack)
+                )
         ratios: dict[str, list[float]] = {m: [] for m in methods}
         plain_s = []
         names = list(methods)
@@ -282,18 +292,20 @@ def run_config(
             times = {}
             shift = r % len(names)  # rotate the order: no method always runs first or last
             for name in names[shift:] + names[:shift]:
-                fn = methods[name]
-                sync()
-                t0 = clock()
-                fn()
-                sync()
-                times[name] = clock() - t0
+                total = 0.0
+                for fn in methods[name]:
+                    sync()
+                    t0 = clock()
+                    fn()
+                    sync()
+                    total += clock() - t0
+                times[name] = total / copies
             if r >= 2:  # warm-up rounds
                 plain_s.append(times["plain"])
                 for name in methods:
                     ratios[name].append(times[name] / times["plain"])
         med = {m: statistics.median(v) for m, v in ratios.items()}
-        mem = {m: peak(fn, device) for m, fn in methods.items()}
+        mem = {m: peak(fns[0], device) for m, fns in methods.items()}
     out = [("plain", statistics.median(plain_s), mem["plain"])]
     out += [(m, med[m], mem[m]) for m in methods if m.startswith("baseline")]
     for strategy in strategies:
@@ -332,6 +344,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--summary", type=Path, default=SUMMARY)
     ap.add_argument("--no-baselines", action="store_true", help="skip the three baselines")
+    ap.add_argument(
+        "--copies", type=int, default=3, help="model copies per method on the CPU (1 on the GPU)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     configs = [("cpu", m) for m in args.models]
@@ -344,12 +359,14 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "clock": "thread CPU time (CPU), wall clock (CUDA)",
-        "ratio": "median over rounds of (method time / plain step time in the same round)",
+        "ratio": "median over rounds of (method time / plain step time in the same round); "
+        "a method's time in a round is the mean over its model copies",
         "results": {},
     }
     if args.summary.exists():  # keep the other configurations' results (one entry per model)
         old = json.loads(args.summary.read_text())
         summary["results"] = old.get("values", old).get("results", {})
+    baselines = not args.no_baselines
     for device, model in configs:
         name = "BERT-base, bf16 autocast" if device == "cuda" else f"BERT-style {model}, fp32"
         if model in CNNS:
@@ -357,10 +374,9 @@ def main() -> None:
         card = torch.cuda.get_device_name() if device == "cuda" else "CPU"
         threads = torch.get_num_threads()
         load0 = os.getloadavg()[0]
+        copies = args.copies if device == "cpu" else 1
         results = {
-            t: run_config(
-                device, model, t, args.reps, tuple(args.strategies), not args.no_baselines
-            )
+            t: run_config(device, model, t, args.reps, tuple(args.strategies), baselines, copies)
             for t in args.tasks
         }
         load1 = os.getloadavg()[0]
@@ -385,6 +401,7 @@ def main() -> None:
         summary["results"][f"{device}/{model}"] = {
             "command": command,
             "reps": args.reps,
+            "copies": copies,
             "load_1min": [round(load0, 1), round(load1, 1)],
             "plain_ms": {str(t): round(results[t][0][1] * 1e3, 1) for t in args.tasks},
             "ratio": {

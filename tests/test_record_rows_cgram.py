@@ -16,7 +16,7 @@ import gradcomp
 from gradcomp.gram import gram
 from gradcomp.recorder.rows import cgram
 from gradcomp.recorder.rows import hooks as rows_hooks
-from gradcomp.recorder.rows.pool import BlockPool
+from gradcomp.recorder.rows.pool import MIN_BYTES, BlockPool
 from gradcomp.reference import gram_reference, per_task_gradients
 
 needs_kernel = pytest.mark.skipif(cgram.kernel() is None, reason="the Gram kernel cannot be built")
@@ -113,17 +113,32 @@ def test_gradcomp_gram_torch_turns_the_kernel_off(monkeypatch: pytest.MonkeyPatc
 
 def test_pool_takes_back_only_what_it_lent() -> None:
     pool = BlockPool()
-    a = pool.empty((3, 4, 5), torch.float32, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    shape = (4, 128, 128)  # 256 KiB in float32: pooled
+    a = pool.empty(shape, torch.float32, cpu)
     pool.give(a.transpose(1, 2))  # a view: its buffer goes back
-    assert pool.empty((3, 4, 5), torch.float32, torch.device("cpu")) is a
-    foreign = torch.empty(3, 4, 5)
+    assert pool.empty(shape, torch.float32, cpu) is a
+    foreign = torch.empty(shape)
     pool.give(foreign)  # never lent: ignored
-    assert pool.empty((3, 4, 5), torch.float32, torch.device("cpu")) is not foreign
-    b = pool.empty((3, 4, 5), torch.float64, torch.device("cpu"))
+    assert pool.empty(shape, torch.float32, cpu) is not foreign
+    b = pool.empty(shape, torch.float64, cpu)
     assert b.dtype == torch.float64 and b is not a
     pool.give(a)
     pool.clear()
-    assert pool.empty((3, 4, 5), torch.float32, torch.device("cpu")) is not a
+    assert pool.empty(shape, torch.float32, cpu) is not a
+
+
+def test_pool_leaves_small_buffers_to_torch() -> None:
+    pool = BlockPool()
+    cpu = torch.device("cpu")
+    small = (3, 4, 5)
+    a = pool.empty(small, torch.float32, cpu)
+    pool.give(a)
+    assert pool.empty(small, torch.float32, cpu) is not a
+    big = (1, MIN_BYTES // 4)
+    c = pool.empty(big, torch.float32, cpu)
+    pool.give(c)
+    assert pool.empty(big, torch.float32, cpu) is c
 
 
 def test_float32_recording_with_kernel_and_reused_buffers_equals_loop_over_steps() -> None:
@@ -178,15 +193,15 @@ def test_the_hooks_reuse_block_buffers_from_step_to_step(monkeypatch: pytest.Mon
             return out
 
     monkeypatch.setattr(rows_hooks, "BlockPool", Counting)
-    lin = nn.Linear(64, 256)
+    lin = nn.Linear(256, 256)  # blocks [2, 256, 256]: 512 KiB, pooled
     heads = nn.ModuleDict({t: nn.Linear(256, 1) for t in "ab"})
     m = nn.ModuleDict({"lin": lin, "heads": heads})
     rows = {"a": slice(0, 4), "b": slice(4, 8)}
     with gradcomp.record(m, ["a", "b"], strategy="rows", shared=lin) as rec:
         for step in range(3):
-            h = lin(torch.randn(8, 64))
+            h = lin(torch.randn(8, 256))
             rec.backward({t: heads[t](h[r]).sum() for t, r in rows.items()}, step=step, rows=rows)
-    assert seen == [((2, 64, 256), False), ((2, 64, 256), True), ((2, 64, 256), True)]
+    assert seen == [((2, 256, 256), False), ((2, 256, 256), True), ((2, 256, 256), True)]
 
 
 @needs_kernel

@@ -33,9 +33,11 @@ class Step:
     calls: dict[str, int]
     covered: set[str]
     even: int  # rows per task when rows are equal consecutive slices in task order, else 0
-    index: dict[str, int] = field(default_factory=dict)
     outer: Tensor | None = None  # scale[t] * scale[s] (float64), None when every scale is 1
     want: dict[int, frozenset[str]] = field(default_factory=dict)
+    splits: dict[tuple[frozenset[str], torch.dtype, torch.device], Split] = field(
+        default_factory=dict
+    )  # one Split per wanted parameters, dtype and device
     covers: dict[int, bool] = field(default_factory=dict)  # n_rows -> the rows cover the batch
     on: dict[torch.device, list[slice | Tensor]] = field(default_factory=dict)  # rows by device
     later: list[tuple[int, Tensor]] = field(default_factory=list)  # small blocks, one Gram pass

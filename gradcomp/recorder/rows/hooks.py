@@ -47,6 +47,8 @@ class RowsHooks:
         self._sizes: dict[str, set[int]] = {}
         self._step: Step | None = None
         self._pool = BlockPool()
+        self._target_cache: dict[str, dict[str, tuple[int, int]]] = {}
+        self._target_layout: Layout | None = None
         self.armed = False  # capture activations in forward (the next step is scheduled)
         self.only: set[str] | None = None  # modules that own shared parameters, once known
         self.batch_size = 0  # leading size of the first captured input
@@ -143,9 +145,8 @@ class RowsHooks:
         """
         scale = [1.0 / w for w in weights]
         self._step = Step(
-            list(rows), scale, layout, units, dict(self._calls), covered, even_rows(rows),
-            {n: i for i, n in enumerate(layout.names)},
-        )  # fmt: skip
+            list(rows), scale, layout, units, dict(self._calls), covered, even_rows(rows)
+        )
         if any(w != 1.0 for w in weights):
             sc = torch.tensor(scale, dtype=torch.float64)
             self._step.outer = sc[:, None] * sc[None, :]
@@ -156,7 +157,7 @@ class RowsHooks:
                 want = [p for p in layout.params if p.requires_grad]
                 torch.autograd.grad(total, want, retain_graph=True, allow_unused=True)
             for name in list(self._step.blocks):
-                self._finish(name)
+                self._finish(name, self._step.blocks.pop(name))
             self._flush()
             return self._step.done
         finally:
@@ -168,16 +169,22 @@ class RowsHooks:
     def split(self, name: str, module: nn.Module, g: Tensor) -> Split | None:
         """The tasks' rows (on ``g``'s device) for one call of module ``name`` in this step's
         backward, blocks accumulated in ``acc_dtype(g.dtype)``; ``None`` when the module is not
-        split this step."""
+        split this step. Modules with the same wanted parameters share one :class:`Split` per
+        step, device and dtype (this runs once per module call inside the backward)."""
         st = self._step
         if st is None or name not in st.covered:
             return None
         want = wanted(module, self._entries[name].params(module), st)
-        rows = st.on.get(g.device)
-        if rows is None:
-            rows = [r.to(g.device) if isinstance(r, Tensor) else r for r in st.rows]
-            st.on[g.device] = rows
-        return Split(rows, st.even, acc_dtype(g.dtype), want, st.covers, self._pool)
+        key = (want, g.dtype, g.device)
+        sp = st.splits.get(key)
+        if sp is None:
+            rows = st.on.get(g.device)
+            if rows is None:
+                rows = [r.to(g.device) if isinstance(r, Tensor) else r for r in st.rows]
+                st.on[g.device] = rows
+            sp = Split(rows, st.even, acc_dtype(g.dtype), want, st.covers, self._pool)
+            st.splits[key] = sp
+        return sp
 
     def _on_grad(self, name: str, module: nn.Module, x: Tensor, g: Tensor) -> None:
         sp = self.split(name, module, g)
@@ -189,27 +196,48 @@ class RowsHooks:
         """Record one call's per-task blocks of module ``name`` (summed over its calls)."""
         st = self._step
         assert st is not None
+        if st.calls.get(name, 0) <= 1 and name not in st.blocks:  # its only call: no sum
+            self._finish(name, new)
+            return
         have = st.blocks.setdefault(name, {})
         for k, v in new.items():
             have[k] = v if k not in have else have[k] + v
         st.arrived[name] = st.arrived.get(name, 0) + 1
         if st.arrived[name] >= st.calls.get(name, 0):
-            self._finish(name)
+            self._finish(name, st.blocks.pop(name))
 
-    def _finish(self, name: str) -> None:
+    def _targets(self, name: str) -> dict[str, tuple[int, int]]:
+        """Parameter name within module ``name`` -> (index in the layout, units or 0)."""
+        st = self._step
+        assert st is not None
+        out = self._target_cache.get(name)
+        if out is None or self._target_layout is not st.layout:
+            if self._target_layout is not st.layout:
+                self._target_cache.clear()
+                self._target_layout = st.layout
+            prefix = f"{name}." if name else ""
+            out = {}
+            for k, full in enumerate(st.layout.names):
+                if full.startswith(prefix):
+                    out[full[len(prefix) :]] = (k, st.layout.units[k])
+            self._target_cache[name] = out
+        return out
+
+    def _finish(self, name: str, blocks: dict[str, Any]) -> None:
         """Gram entries of module ``name``'s parameters from its blocks; small blocks wait for
         :meth:`_flush` (one batched product per size for the whole step)."""
         st = self._step
         assert st is not None
-        blocks = st.blocks.pop(name, {})
         finish = self._entries[name].finish
-        prefix = f"{name}." if name else ""
+        targets = self._targets(name)
         for local, value in blocks.items():
-            stack = finish(value) if finish is not None else value
-            i = st.index.get(prefix + local)
-            if i is None:
+            target = targets.get(local)
+            if target is None:
                 continue
-            n_units = st.layout.units[i] if st.units else 0
+            i, n_units = target
+            if not st.units:
+                n_units = 0
+            stack = finish(value) if finish is not None else value
             flat = flat_blocks(stack)
             if not n_units and flat.numel() <= SMALL:
                 st.later.append((i, flat))

@@ -13,12 +13,16 @@ CUDA tensors are not pooled: torch's caching allocator already reuses device mem
 
 from __future__ import annotations
 
+import math
 import weakref
 
 import torch
 from torch import Tensor
 
-__all__ = ["BlockPool"]
+__all__ = ["MIN_BYTES", "BlockPool"]
+
+#: Smaller buffers come from ``torch.empty`` (glibc serves them from the heap without page faults).
+MIN_BYTES = 1 << 18
 
 
 class BlockPool:
@@ -36,7 +40,7 @@ class BlockPool:
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
         """An uninitialised contiguous tensor: a free buffer of this shape and dtype on the CPU,
         else a new one."""
-        if device.type != "cpu":
+        if device.type != "cpu" or math.prod(shape) * dtype.itemsize < MIN_BYTES:
             return torch.empty(shape, dtype=dtype, device=device)
         free = self._free.get((shape, dtype))
         buf = free.pop() if free else torch.empty(shape, dtype=dtype)
@@ -46,6 +50,8 @@ class BlockPool:
     def give(self, t: Tensor) -> None:
         """Take back the buffer under ``t`` (``t`` or the tensor it is a view of) if this pool
         lent it; the caller must hold no other use of it. Other tensors are ignored."""
+        if not self._lent:
+            return
         base = t if t._base is None else t._base
         if self._lent.get(id(base)) is not base:
             return

@@ -27,15 +27,19 @@ __all__ = ["FusedLayerNorm", "layernorm_blocks"]
 
 def _sums(g: Tensor, gxhat: Tensor, shape: tuple[int, ...], sp: Split) -> tuple[Tensor, Tensor]:
     """Per-task ``Σ_rows G ⊙ X̂`` and ``Σ_rows G``, each ``[T, *shape]`` in ``sp.dtype``."""
-    d, dt = math.prod(shape), sp.dtype
-    g3, gx3 = sp.stacked(g), sp.stacked(gxhat)
-    if g3 is not None and gx3 is not None:
-        gw = gx3.reshape(sp.n_tasks, -1, d).sum(1, dtype=dt)
-        gb = g3.reshape(sp.n_tasks, -1, d).sum(1, dtype=dt)
+    d, dt, n = math.prod(shape), sp.dtype, sp.n_tasks
+    if sp.even:
+        cut = n * sp.even
+        if g.shape[0] != cut:
+            g, gxhat = g[:cut], gxhat[:cut]
+        gw = gxhat.reshape(n, -1, d).sum(1, dtype=dt)
+        gb = g.reshape(n, -1, d).sum(1, dtype=dt)
     else:
         gw = torch.stack([gxhat[r].reshape(-1, d).sum(0, dtype=dt) for r in sp.rows])
         gb = torch.stack([g[r].reshape(-1, d).sum(0, dtype=dt) for r in sp.rows])
-    return gw.reshape(sp.n_tasks, *shape), gb.reshape(sp.n_tasks, *shape)
+    if len(shape) == 1:
+        return gw, gb
+    return gw.reshape(n, *shape), gb.reshape(n, *shape)
 
 
 def _normalize(module: nn.LayerNorm, x: Tensor, dt: torch.dtype) -> Tensor:
@@ -91,7 +95,7 @@ class FusedLayerNorm(torch.autograd.Function):
             )[0]
         gw = gb = None
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            gxhat = g * ((x - mean) * rstd)
+            gxhat = g * torch.sub(x, mean).mul_(rstd)  # (g may be batched under vmap)
             sums = None
             sp = ctx.sink.split(ctx.name, ctx.module, g)
             if sp is not None:
