@@ -195,8 +195,10 @@ def test_killed_worker_loses_nothing(client, tmp_path) -> None:
 
 def test_sigint_to_the_cli_then_rerun(client, tmp_path) -> None:
     store = tmp_path / "s"
-    # The CLI as a user's shell starts it, with Ctrl-C delivered: a child inherits an ignored or
-    # blocked SIGINT from the test process (exec keeps both), which would make the test vacuous.
+    # The CLI as a user's shell starts it, with Ctrl-C delivered. A non-interactive shell starts
+    # its background jobs with SIGINT ignored (POSIX: no job control), `sh -c 'pytest ...' &`
+    # included; the CLI would inherit that (exec keeps ignored and blocked signals) and finish
+    # with 0, as it did in two full runs started that way.
     ctrl_c = (
         "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
         "signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT]); sys.argv[0] = 'gradcomp'; "
