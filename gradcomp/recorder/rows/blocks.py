@@ -77,15 +77,6 @@ class Split:
         """T."""
         return len(self.rows)
 
-    def stacked(self, t: Tensor) -> Tensor | None:
-        """``[T, even, *rest]`` view of the tasks' rows of ``t`` when :attr:`even`, else None."""
-        if not self.even:
-            return None
-        cut = len(self.rows) * self.even
-        return (t if t.shape[0] == cut else t[:cut]).reshape(
-            len(self.rows), self.even, *t.shape[1:]
-        )
-
     def full(self, n_rows: int) -> bool:
         """Whether the (disjoint) tasks' rows cover all ``n_rows`` batch rows, so that the sum of
         the blocks over tasks is the gradient of the whole batch."""
