@@ -77,6 +77,12 @@ class Split:
         """T."""
         return len(self.rows)
 
+    def by_task(self, t: Tensor, width: int) -> Tensor:
+        """``[T, -1, width]`` view of the tasks' rows of ``t`` (only when :attr:`even`): task t's
+        rows ``[t·even, (t+1)·even)``, rows past the tasks' dropped, flattened to ``width``."""
+        cut = len(self.rows) * self.even
+        return (t if t.shape[0] == cut else t[:cut]).reshape(len(self.rows), -1, width)
+
     def full(self, n_rows: int) -> bool:
         """Whether the (disjoint) tasks' rows cover all ``n_rows`` batch rows, so that the sum of
         the blocks over tasks is the gradient of the whole batch."""

@@ -29,11 +29,8 @@ def _sums(g: Tensor, gxhat: Tensor, shape: tuple[int, ...], sp: Split) -> tuple[
     """Per-task ``Σ_rows G ⊙ X̂`` and ``Σ_rows G``, each ``[T, *shape]`` in ``sp.dtype``."""
     d, dt, n = math.prod(shape), sp.dtype, sp.n_tasks
     if sp.even:
-        cut = n * sp.even
-        if g.shape[0] != cut:
-            g, gxhat = g[:cut], gxhat[:cut]
-        gw = gxhat.reshape(n, -1, d).sum(1, dtype=dt)
-        gb = g.reshape(n, -1, d).sum(1, dtype=dt)
+        gw = sp.by_task(gxhat, d).sum(1, dtype=dt)
+        gb = sp.by_task(g, d).sum(1, dtype=dt)
     else:
         gw = torch.stack([gxhat[r].reshape(-1, d).sum(0, dtype=dt) for r in sp.rows])
         gb = torch.stack([g[r].reshape(-1, d).sum(0, dtype=dt) for r in sp.rows])

@@ -32,11 +32,8 @@ def _split(x: Tensor, g: Tensor, sp: Split, dt: torch.dtype) -> tuple[Tensor, Te
     ``out > in`` the blocks are the transposed view of ``X_tᵀ G_t``)."""
     n_tasks = len(sp.rows)
     if sp.even:
-        cut = n_tasks * sp.even
-        if g.shape[0] != cut:
-            g, x = g[:cut], x[:cut]
-        g3 = _to(g, dt).reshape(n_tasks, -1, g.shape[-1])
-        x3 = _to(x, dt).reshape(n_tasks, -1, x.shape[-1])
+        g3 = _to(sp.by_task(g, g.shape[-1]), dt)
+        x3 = _to(sp.by_task(x, x.shape[-1]), dt)
         n_out, n_in = g3.shape[-1], x3.shape[-1]
         if n_out > n_in:  # the faster product has the narrower side first
             buf = sp.empty((n_tasks, n_in, n_out), dt, g.device)
