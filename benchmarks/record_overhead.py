@@ -250,6 +250,26 @@ def make_recorded(
     return step
 
 
+def time_round(
+    methods: dict[str, list[Callable[[], None]]],
+    order: list[str],
+    clock: Callable[[], float] = time.thread_time,
+    sync: Callable[[], None] = lambda: None,
+) -> dict[str, float]:
+    """One round: every method in ``order``, each of its copies once; its mean time."""
+    times = {}
+    for name in order:
+        total = 0.0
+        for fn in methods[name]:
+            sync()
+            t0 = clock()
+            fn()
+            sync()
+            total += clock() - t0
+        times[name] = total / len(methods[name])
+    return times
+
+
 def run_config(
     device: str,
     model: str,
@@ -289,17 +309,8 @@ def run_config(
         plain_s = []
         names = list(methods)
         for r in range(reps + 2):
-            times = {}
             shift = r % len(names)  # rotate the order: no method always runs first or last
-            for name in names[shift:] + names[:shift]:
-                total = 0.0
-                for fn in methods[name]:
-                    sync()
-                    t0 = clock()
-                    fn()
-                    sync()
-                    total += clock() - t0
-                times[name] = total / copies
+            times = time_round(methods, names[shift:] + names[:shift], clock, sync)
             if r >= 2:  # warm-up rounds
                 plain_s.append(times["plain"])
                 for name in methods:

@@ -25,7 +25,7 @@ import contextlib
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,7 @@ def _layernorm_plain(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ..
 
 def _plain_record(self: Any, step: int, ordered: list[torch.Tensor], weights: list[float],
                   *args: Any, **kw: Any) -> None:  # fmt: skip
-    sum(w * loss for w, loss in zip(weights, ordered, strict=True)).backward()
+    self._plain(ordered, weights)  # the recorder's own unrecorded step
 
 
 @contextlib.contextmanager
@@ -95,17 +95,10 @@ def phase(model: str, n_tasks: int, level: int, reps: int, copies: int) -> float
         for fn in rec:  # the first step checks rows= and finds the shared parameters
             fn()
         stack.enter_context(variant(level))
+        methods = {"plain": plain, "rows": rec}
         ratios = []
         for r in range(reps + 2):
-            times = {}
-            pair: list[tuple[str, list[Callable[[], None]]]] = [("plain", plain), ("rows", rec)]
-            for name, fns in pair if r % 2 else pair[::-1]:
-                total = 0.0
-                for fn in fns:
-                    t0 = time.thread_time()
-                    fn()
-                    total += time.thread_time() - t0
-                times[name] = total
+            times = ro.time_round(methods, ["plain", "rows"] if r % 2 else ["rows", "plain"])
             if r >= 2:
                 ratios.append(times["rows"] / times["plain"])
     return statistics.median(ratios)

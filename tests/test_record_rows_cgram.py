@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _scripts import load_script
 from torch import nn
 
 import gradcomp
@@ -208,13 +209,7 @@ def test_the_hooks_reuse_block_buffers_from_step_to_step(monkeypatch: pytest.Mon
 def test_the_gram_benchmark_runs_and_checks_both_products(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    import importlib.util
-
-    path = Path(__file__).parents[1] / "benchmarks" / "rows_gram.py"
-    spec = importlib.util.spec_from_file_location("rows_gram_bench", path)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmarks/rows_gram.py")
     assert bench.main(["--tasks", "4", "--reps", "5", "--no-save"]) == 0
     out = capsys.readouterr().out
     assert out.count("\n  4 ") == len(bench.SIZES) and "below MIN_WORK" in out
