@@ -194,6 +194,7 @@ def test_the_hooks_reuse_block_buffers_from_step_to_step(monkeypatch: pytest.Mon
             return out
 
     monkeypatch.setattr(rows_hooks, "BlockPool", Counting)
+    monkeypatch.setenv("GRADCOMP_ROWS_NATIVE", "0")  # the Python functions' pool
     lin = nn.Linear(256, 256)  # blocks [2, 256, 256]: 512 KiB, pooled
     heads = nn.ModuleDict({t: nn.Linear(256, 1) for t in "ab"})
     m = nn.ModuleDict({"lin": lin, "heads": heads})

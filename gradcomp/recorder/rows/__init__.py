@@ -26,9 +26,13 @@ or whose input is not batch-sized) fall back to one vmapped VJP. A new module ty
 loss weights, and shared parameters used only inside their module's forward (no tied weights used
 elsewhere).
 
+From the second recorded step on, the fused Linear and LayerNorm run as C++ autograd functions
+that do the same arithmetic (:mod:`.native`; the Python functions remain where those do not apply).
+
 Layout: :mod:`.spec` (``rows=`` validation), :mod:`.registry` (module types), :mod:`.blocks`
 (step state), :mod:`.hooks` (:class:`RowsHooks`), :mod:`.grams` (the Gram products),
-:mod:`.check` (``rows=`` against the graph), :mod:`.step` (one recorded step).
+:mod:`.native` (the C++ functions), :mod:`.check` (``rows=`` against the graph), :mod:`.step`
+(one recorded step).
 """
 
 from gradcomp.recorder.rows import modules  # registers the built-in module types

@@ -58,7 +58,7 @@ static void tile(const float *F, long T, long ld, long i0, long j0, long n, doub
 int gram_f32(const float *F, long T, long P, long ld, float *out, int threads) {
     long chunks = (P + CH - 1) / CH;
     long parts = chunks < PARTS ? chunks : PARTS;
-    double *part = calloc((size_t)((parts + 1) * T * T), sizeof(double));
+    double *part = (double *)calloc((size_t)((parts + 1) * T * T), sizeof(double));
     if (part == NULL) return -1;
     double *sum = part + parts * T * T;
 #pragma omp parallel for schedule(static) num_threads(threads)

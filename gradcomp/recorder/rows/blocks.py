@@ -44,6 +44,11 @@ class Step:
     arrived: dict[str, int] = field(default_factory=dict)
     blocks: dict[str, dict[str, Any]] = field(default_factory=dict)
     done: dict[int, tuple[Tensor, Tensor | None]] = field(default_factory=dict)
+    # the C++ calls' Grams: bank rows -> parameter indices, then (indices, grams [k, T, T])
+    bulk_src: list[int] = field(default_factory=list)
+    bulk_dst: list[int] = field(default_factory=list)
+    bulk: tuple[list[int], Tensor] | None = None
+    native_later: list[tuple[str, Any]] = field(default_factory=list)  # blocks or own slots
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,9 @@ from gradcomp.gram import acc_dtype, unit_gram
 from gradcomp.recorder.rows.blocks import Split, Step, wanted
 from gradcomp.recorder.rows.cgram import block_gram
 from gradcomp.recorder.rows.grams import SMALL, batched_grams, flat_blocks
-from gradcomp.recorder.rows.pool import BlockPool
+from gradcomp.recorder.rows.native import Holders
+from gradcomp.recorder.rows.native import ops as native_ops
+from gradcomp.recorder.rows.pool import MIN_BYTES, BlockPool
 from gradcomp.recorder.rows.registry import RowsModule, lookup
 from gradcomp.recorder.rows.spec import even_rows
 from gradcomp.recorder.shared import Layout
@@ -54,6 +56,19 @@ class RowsHooks:
         self.batch_size = 0  # leading size of the first captured input
         self.keep = False  # also keep the captured outputs (to verify rows=, first step only)
         self.outputs: dict[str, list[Tensor]] = {}
+        # the C++ path (:mod:`.native`): (T, rows per task, batch size) of the last recorded step
+        # when its rows were even; this step's holders per module and their shared state
+        self._plan: tuple[int, int, int] | None = None
+        self._native: dict[str, Holders] = {}
+        self._native_plan: tuple[int, int, int] | None = None
+        self._state: Tensor | None = None
+        self._ops: Any = None
+        self._bank: Tensor | None = None
+        self._n_native = 0  # modules that took the C++ path in the last step
+        self._holders: dict[str, Holders] = {}  # per module, reused step to step
+        self._param_cache: dict[str, tuple[tuple[str, ...], tuple[Tensor, ...]]] = {}
+        self._scratch: dict[tuple[int, torch.dtype], Tensor] = {}
+        self._empty = torch.empty(0)  # (a Linear's scratch when the call allocates: never resized)
 
     def install(self) -> None:
         """Install each module's fused instance ``forward`` where allowed, else a forward hook;
@@ -78,6 +93,11 @@ class RowsHooks:
         self._sizes.clear()
         self.outputs.clear()
         self._pool.clear()
+        self._native.clear()
+        self._state = self._plan = self._native_plan = self._bank = self._ops = None
+        self._holders.clear()
+        self._param_cache.clear()
+        self._scratch.clear()
 
     def _live(self, name: str) -> bool:
         return self.armed and torch.is_grad_enabled() and (self.only is None or name in self.only)
@@ -85,6 +105,119 @@ class RowsHooks:
     def _count(self, name: str, module: nn.Module, x: Tensor) -> None:
         self._calls[name] = self._calls.get(name, 0) + 1
         self._sizes.setdefault(name, set()).add(self._entries[name].batch_size(module, x))
+
+    def native(self, name: str, module: nn.Module, x: Tensor) -> Holders | None:
+        """The holders of a C++ call of module ``name`` in this forward (:mod:`.native`), or
+        ``None``: the module's Python function runs instead (first step, another batch size,
+        dtype or device, autocast, a frozen or unshared parameter, no compiled module)."""
+        plan = self._plan
+        if plan is None or self.keep or x.ndim < 2 or x.shape[0] != plan[2]:
+            return None
+        held = self._native.get(name)
+        if held is None:
+            held = self._hold(name, module, x, plan)
+            if held is None:
+                return None
+            self._native[name] = held
+        held.calls += 1
+        return held
+
+    def _hold(
+        self, name: str, module: nn.Module, x: Tensor, plan: tuple[int, int, int]
+    ) -> Holders | None:
+        dtype = x.dtype
+        if (dtype is not torch.float32 and dtype is not torch.float64) or autocast_on(x):
+            return None
+        params = self._native_params(name, module)
+        if params is None:
+            return None
+        where = x.get_device()  # (-1: the CPU; cheaper than comparing torch.device objects)
+        for p in params:
+            if not p.requires_grad or p.dtype is not dtype or p.get_device() != where:
+                return None
+        t = plan[0]
+        if self._state is None:  # the step's first C++ call
+            ops = native_ops()
+            if ops is None:
+                return None
+            self._ops = ops
+            self._state = torch.tensor([t, plan[1], 0], dtype=torch.int64)
+            self._native_plan = plan
+            self._bank = x.new_zeros((max(self._n_native, 1), 2, t, t))
+        bank, row = self._bank, len(self._native)
+        fits = bank is not None and row < bank.shape[0]
+        if fits and bank.dtype is dtype and bank.get_device() == where:  # type: ignore[union-attr]
+            slots = bank[row]  # type: ignore[index]  # one zeroed tensor per step for all modules
+        else:
+            slots, row = x.new_zeros((2, t, t)), -1
+        held = self._holders.get(name)
+        if held is None or held.acc_w.dtype is not dtype or held.acc_w.get_device() != where:
+            empty = x.new_empty(0), x.new_empty(0)
+            held = self._holders[name] = Holders(self._ops, slots, *empty, self._state)
+        held.ops, held.slots, held.state, held.calls, held.row = (
+            self._ops,
+            slots,
+            self._state,
+            0,
+            row,
+        )
+        if held.buf_for != (t, x.dtype):
+            held.buf, held.buf_for = self._scratch_for(module, x, t), (t, x.dtype)
+        return held
+
+    def _native_params(self, name: str, module: nn.Module) -> tuple[Tensor, ...] | None:
+        """The parameters a C++ call of module ``name`` splits (cached per module while they are
+        the same objects), or ``None`` when one is not shared or is parametrized."""
+        own = module._parameters  # (a parametrized weight is not there: the Python path)
+        cached = self._param_cache.get(name)
+        if cached is not None:
+            names, params = cached
+            same = own.get(names[0]) is params[0] if names else True
+            for k in range(1, len(names)):
+                same = same and own.get(names[k]) is params[k]
+            if same:
+                return params
+        targets = self._target_cache.get(name)  # known once a step went the Python way
+        if targets is None:
+            return None
+        found: list[str] = []
+        kept: list[Tensor] = []
+        for local in self._entries[name].params(module):
+            p = own.get(local)
+            if p is None:
+                if local in own or getattr(module, local, None) is None:
+                    continue  # no such parameter (a Linear without bias)
+                return None
+            if local not in targets:
+                return None
+            found.append(local)
+            kept.append(p)
+        self._param_cache[name] = (tuple(found), tuple(kept))
+        return tuple(kept)
+
+    def _scratch_for(self, module: nn.Module, x: Tensor, n_tasks: int) -> Tensor:
+        """A CPU buffer for a C++ Linear call's ``[T, out, in]`` blocks, shared by the modules
+        of one size and reused step to step (the blocks live only inside one backward call; see
+        :mod:`.pool`), or an empty tensor (not a Linear, another device, or small: the call
+        allocates)."""
+        weight = module._parameters.get("weight") if isinstance(module, nn.Linear) else None
+        numel = n_tasks * weight.numel() if weight is not None else 0
+        if not numel or x.device.type != "cpu" or numel * x.element_size() < MIN_BYTES:
+            return self._empty
+        key = (numel, x.dtype)
+        buf = self._scratch.get(key)
+        if buf is None:
+            buf = self._scratch[key] = torch.empty(numel, dtype=x.dtype)
+        return buf
+
+    def unsplit(self, rows: Sequence[slice | Tensor]) -> set[str]:
+        """Modules whose C++ calls in this forward cannot be split by ``rows`` (other tasks or
+        rows per task than the step before): their parameters take the fallback."""
+        if not self._native:
+            return set()
+        if self._native_plan is not None and self._native_plan[:2] == (len(rows), even_rows(rows)):
+            return set()
+        return set(self._native)
 
     def _fused(self, name: str, module: nn.Module, entry: RowsModule, *args: Any, **kw: Any) -> Any:
         cls_forward = type(module).forward
@@ -135,13 +268,15 @@ class RowsHooks:
         units: bool,
         covered: set[str],
         train: bool = True,
-    ) -> dict[int, tuple[Tensor, Tensor | None]]:
+    ) -> tuple[dict[int, tuple[Tensor, Tensor | None]], tuple[list[int], Tensor] | None]:
         """``total.backward()`` while the hooks of the ``covered`` modules reduce per-task blocks
         to Grams (``train=False``: ``torch.autograd.grad`` to the shared parameters instead, so
         no ``.grad`` changes and the graph is kept).
 
         Returns:
-            For each shared parameter index the hooks covered, ``(gram [T, T], unit | None)``.
+            For each shared parameter index the hooks covered, ``(gram [T, T], unit | None)``;
+            and the Grams the C++ functions wrote, ``(indices, grams [k, T, T])`` (or ``None``),
+            for the parameters not in the first.
         """
         scale = [1.0 / w for w in weights]
         self._step = Step(
@@ -151,20 +286,88 @@ class RowsHooks:
             sc = torch.tensor(scale, dtype=torch.float64)
             self._step.outer = sc[:, None] * sc[None, :]
         try:
+            self._settle(covered, units)
             if train:
                 total.backward()
             else:
                 want = [p for p in layout.params if p.requires_grad]
                 torch.autograd.grad(total, want, retain_graph=True, allow_unused=True)
+            if self._state is not None:
+                self._state[2] = 0
+            self._collect()
             for name in list(self._step.blocks):
                 self._finish(name, self._step.blocks.pop(name))
             self._flush()
-            return self._step.done
+            return self._step.done, self._step.bulk
         finally:
+            if self._state is not None:
+                self._state[2] = 0  # a retained graph's nodes give plain gradients from now on
+            self._plan = (len(rows), self._step.even, self.batch_size) if self._step.even else None
             self._step = None
+            for held in self._native.values():  # the holders serve the module's next step
+                if held.acc_w.numel() or held.acc_b.numel():
+                    held.acc_w.resize_(0)
+                    held.acc_b.resize_(0)
+            self._n_native = len(self._native)
+            self._native = {}
+            self._state = self._native_plan = self._bank = None
             self._calls.clear()
             self._sizes.clear()
             self.outputs.clear()
+
+    def _settle(self, covered: set[str], units: bool) -> None:
+        """Before the backward: tell each module's C++ calls what to do with their blocks, and
+        note where in the bank of slots each parameter's Gram will be."""
+        st = self._step
+        assert st is not None
+        st.native_later.clear()
+        src, dst = st.bulk_src, st.bulk_dst
+        for name, held in self._native.items():
+            if name not in covered:
+                held.slots.resize_(0)  # plain gradients only
+                continue
+            targets = self._targets(name)
+            if held.calls > 1 or (units and any(n for _, n in targets.values())):
+                module = self._modules[name]  # the Python side takes the summed blocks
+                for local, acc in (("weight", held.acc_w), ("bias", held.acc_b)):
+                    p = getattr(module, local, None)
+                    if p is not None:
+                        acc.resize_((len(st.rows), *p.shape)).zero_()
+                st.native_later.append((name, held))
+            elif held.row < 0:  # slots of its own
+                st.native_later.append((name, held))
+            else:
+                for j, local in enumerate(("weight", "bias")):
+                    target = targets.get(local)
+                    if target is not None:
+                        src.append(2 * held.row + j)
+                        dst.append(target[0])
+        if self._state is not None:
+            self._state[2] = 1
+
+    def _collect(self) -> None:
+        """After the backward: the Gram entries the C++ calls wrote (the bank's, all at once),
+        or their summed blocks."""
+        st = self._step
+        assert st is not None
+        for name, held in st.native_later:
+            if held.acc_w.numel() or held.acc_b.numel():
+                blocks = {"weight": held.acc_w, "bias": held.acc_b}
+                self._finish(name, {k: v for k, v in blocks.items() if v.numel()})
+                continue
+            targets = self._targets(name)
+            for j, local in enumerate(("weight", "bias")):
+                target = targets.get(local)
+                if target is not None:
+                    self._store(target[0], held.slots[j], None)
+        if st.bulk_src and self._bank is not None:
+            t = self._bank.shape[-1]
+            flat = self._bank.view(-1, t, t)
+            n = len(st.bulk_src)
+            grams = flat[:n] if st.bulk_src == list(range(n)) else flat[st.bulk_src]
+            if st.outer is not None:  # blocks of Σ_t w_t L_t: gram[t, s] / (w_t w_s)
+                grams = grams * st.outer.to(grams.device, grams.dtype)
+            st.bulk = (st.bulk_dst, grams)
 
     def split(self, name: str, module: nn.Module, g: Tensor) -> Split | None:
         """The tasks' rows (on ``g``'s device) for one call of module ``name`` in this step's
@@ -214,6 +417,7 @@ class RowsHooks:
         if out is None or self._target_layout is not st.layout:
             if self._target_layout is not st.layout:
                 self._target_cache.clear()
+                self._param_cache.clear()
                 self._target_layout = st.layout
             prefix = f"{name}." if name else ""
             out = {}

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from torch import Tensor, nn
 
 from gradcomp.recorder.rows.blocks import Split
+from gradcomp.recorder.rows.native import Holders
 
 __all__ = [
     "BlocksFn",
@@ -50,6 +51,11 @@ class Sink(Protocol):
 
     def add(self, name: str, new: dict[str, Any]) -> None:
         """Record one call's per-task blocks."""
+        ...
+
+    def native(self, name: str, module: nn.Module, x: Tensor) -> Holders | None:
+        """The holders of a C++ call of this module (:mod:`gradcomp.recorder.rows.native`), or
+        ``None`` when the Python function runs."""
         ...
 
 

@@ -71,6 +71,7 @@ def rows_stats(
     device = ordered[0].device
     captured = hooks.captured()
     idx = [as_row_index(rows[t], hooks.batch_size) for t in tasks]
+    captured -= hooks.unsplit(idx)
     if not even_rows(idx):  # equal consecutive slices in task order are disjoint
         check_disjoint(idx, hooks.batch_size)
     if verify:
@@ -93,27 +94,34 @@ def rows_stats(
         for k, i in enumerate(rest):
             extra[i] = (ps.gram[k], ps.units[k] if ps.units else None)
     total = weighted_total(ordered, weights)
-    done = hooks.run(total, idx, weights, layout, units, captured, train)
+    done, bulk = hooks.run(total, idx, weights, layout, units, captured, train)
     done.update(extra)
     t = len(ordered)
-    grams: list[Tensor] = []
+    dtype = torch.float32  # promoted over every Gram and every float64 parameter
+    for p in layout.params:
+        dtype = torch.promote_types(dtype, p.dtype) if p.dtype == torch.float64 else dtype
+    for g, _ in done.values():
+        dtype = torch.promote_types(dtype, g.dtype)
+    if bulk is not None:
+        dtype = torch.promote_types(dtype, bulk[1].dtype)
+    # parameters covered but reached by no gradient this step keep zeros
+    gram = torch.zeros(len(layout.params), t, t, dtype=dtype, device=device)
+    if bulk is not None:
+        gram[bulk[0]] = bulk[1].to(device, dtype)
+    if done:
+        keys = list(done)
+        gram[keys] = torch.stack([done[i][0].to(device, dtype) for i in keys])
+    if not units:
+        return ParamStats(gram, None)
     unit_list: list[Tensor | None] = []
     for i, p in enumerate(layout.params):
         if i in done:
-            grams.append(done[i][0])
             unit_list.append(done[i][1])
-        else:  # covered but no gradient reached it this step
+        else:
             dt = torch.float64 if p.dtype == torch.float64 else torch.float32
-            grams.append(torch.zeros(t, t, dtype=dt, device=device))
-            unit_list.append(
-                torch.zeros(layout.units[i], t, t, dtype=dt, device=device)
-                if units and layout.units[i]
-                else None
-            )
-    dtype = torch.promote_types(grams[0].dtype, torch.float32)
-    for g in grams:
-        dtype = torch.promote_types(dtype, g.dtype)
-    return ParamStats(torch.stack([g.to(dtype) for g in grams]), unit_list if units else None)
+            n = layout.units[i]
+            unit_list.append(torch.zeros(n, t, t, dtype=dt, device=device) if n else None)
+    return ParamStats(gram, unit_list)
 
 
 def _sub(layout: Layout, idx: Sequence[int]) -> Layout:

@@ -50,6 +50,11 @@ def _normalize(module: nn.LayerNorm, x: Tensor, dt: torch.dtype) -> Tensor:
 def _fused(sink: Sink, name: str, module: nn.LayerNorm, x: Tensor) -> Tensor | None:
     if module.weight is None or getattr(module, "bias", None) is None or autocast_on(x):
         return None
+    held = sink.native(name, module, x)
+    if held is not None:  # the C++ function (:mod:`gradcomp.recorder.rows.native`)
+        args = (held.slots, held.acc_w, held.acc_b, held.state)
+        native_out: Tensor = held.ops.layer_norm(x, module.weight, module.bias, module.eps, *args)
+        return native_out
     out: Tensor = FusedLayerNorm.apply(x, module.weight, module.bias, sink, name, module)
     return out
 
