@@ -496,8 +496,11 @@ class Recorder:
         ``gram[l, t, t] = ‖g_t‖²`` is (or the square sum overflowed); those tasks' rows and
         columns of that layer's ``gram`` (and ``unit_gram``) become NaN.
         """
-        layer_bad = ~torch.isfinite(gram.diagonal(dim1=-2, dim2=-1))  # [L + 1, T]
-        worst = layer_bad.any(0).cpu() & ~loss_bad  # one synchronisation per recorded step
+        diag = gram.diagonal(dim1=-2, dim2=-1)  # [L + 1, T]
+        if bool(torch.isfinite(diag).all()):  # the usual case: one synchronisation per step
+            return gram, unit
+        layer_bad = ~torch.isfinite(diag)
+        worst = layer_bad.any(0).cpu() & ~loss_bad
         if not worst.any():
             return gram, unit
         assert self.layout is not None
@@ -543,9 +546,13 @@ class Recorder:
         train: bool = True,
     ) -> None:
         assert self.layout is not None
-        values = torch.stack([x.detach().to(torch.float64) for x in ordered]).cpu()
+        with torch.no_grad():  # (the float64 of each loss, exactly)
+            same = all(x.dtype == ordered[0].dtype for x in ordered)
+            values = torch.stack(ordered if same else [x.double() for x in ordered])
+        values = values.to(torch.float64).cpu()
         bad = ~torch.isfinite(values)
-        if bad.any():
+        any_bad = bool(bad.any())
+        if any_bad:
             names = [t for t, b in zip(self.tasks, bad.tolist(), strict=True) if b]
             msg = f"non-finite loss for task(s) {names} at step {step}"
             if self.on_nonfinite == "raise":
@@ -573,7 +580,7 @@ class Recorder:
                 full = torch.cat([s.detach().reshape(len(ordered), -1).cpu() for s in stacks], 1)
         else:
             gram, unit = to_layers(result.stats, self.layout)
-        if bad.any():
+        if any_bad:
             b = bad.to(gram.device)
             gram[..., b, :] = float("nan")
             gram[..., :, b] = float("nan")

@@ -9,6 +9,7 @@ Statistics are accumulated in float32 at least (float64 for float64 parameters).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -90,6 +91,28 @@ def layer_stats(
     return to_layers(ParamStats(layers[:1], unit_grams), layout, gram=layers)
 
 
+@functools.lru_cache(maxsize=16)
+def _member_index(
+    members: tuple[tuple[int, ...], ...], device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Each member's layer and parameter index, for :func:`to_layers`'s ``index_add_`` (made once
+    per layout and device: a recorder calls it every recorded step)."""
+    rows = torch.tensor([k for k, idx in enumerate(members) for _ in idx], device=device)
+    cols = torch.tensor([i for idx in members for i in idx], device=device)
+    return rows, cols
+
+
+@functools.lru_cache(maxsize=16)
+def _uniform(members: tuple[tuple[int, ...], ...]) -> int:
+    """The common size of the layers when layer k holds exactly the parameters
+    ``[k·size, (k+1)·size)`` in order, else 0."""
+    size = len(members[0]) if members else 0
+    for k, idx in enumerate(members):
+        if idx != tuple(range(k * size, (k + 1) * size)):
+            return 0
+    return size
+
+
 def to_layers(
     stats: ParamStats, layout: Layout, gram: Tensor | None = None
 ) -> tuple[Tensor, Tensor | None]:
@@ -105,12 +128,15 @@ def to_layers(
         where U is the largest unit count; entries without units are NaN.
     """
     if gram is None:  # sums over each layer's members (a NaN stays in its own layers)
-        dev = stats.gram.device
-        rows = torch.tensor([k for k, idx in enumerate(layout.members) for _ in idx], device=dev)
-        cols = torch.tensor([i for idx in layout.members for i in idx], device=dev)
         t = stats.gram.shape[-1]
-        layers = stats.gram.new_zeros((len(layout.members), t, t))
-        layers.index_add_(0, rows, stats.gram[cols])
+        size = _uniform(layout.members)
+        if size and size * len(layout.members) == stats.gram.shape[0]:
+            # layer k holds parameters [k·size, (k+1)·size): one reduction
+            layers = stats.gram.reshape(len(layout.members), size, t, t).sum(1)
+        else:
+            rows, cols = _member_index(layout.members, stats.gram.device)
+            layers = stats.gram.new_zeros((len(layout.members), t, t))
+            layers.index_add_(0, rows, stats.gram[cols])
         gram = torch.cat([layers, stats.gram.sum(0, keepdim=True)])
     if stats.units is None:
         return gram, None
