@@ -333,6 +333,20 @@ def run_config(
     return out
 
 
+def merged(old: dict[str, Any] | None, new: dict[str, Any], tasks: list[int]) -> dict[str, Any]:
+    """A model's entry after a run of some of its methods (``--strategies``, ``--no-baselines``)
+    at the task counts of the entry before: the methods this run did not time keep their ratios,
+    and ``earlier`` names the command that timed each of them; otherwise the new entry alone."""
+    if not old or set(map(str, tasks)) != set(old.get("plain_ms", {})):
+        return new
+    kept = {k: v for k, v in old["ratio"].items() if k not in new["ratio"]}
+    if not kept:
+        return new
+    before = old.get("earlier", {})
+    earlier = {k: before.get(k, old["command"]) for k in sorted(kept)}
+    return {**new, "ratio": {**kept, **new["ratio"]}, "earlier": earlier}
+
+
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -409,7 +423,7 @@ def main() -> None:
                 else:
                     cells.append(f"{value:.2f}×{extra}")
             print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
-        summary["results"][f"{device}/{model}"] = {
+        entry = {
             "command": command,
             "reps": args.reps,
             "copies": copies,
@@ -421,6 +435,9 @@ def main() -> None:
                 if i
             },
         }
+        summary["results"][f"{device}/{model}"] = merged(
+            summary["results"].get(f"{device}/{model}"), entry, args.tasks
+        )
     timings = {"wall_s": time.perf_counter() - start}
     gsummary.write(
         args.summary, summary, run_id=gsummary.new_run_id(), timings=timings, load_start=load_start

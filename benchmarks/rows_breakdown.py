@@ -5,23 +5,28 @@ timed against a plain step on its own model copies, round-robin, ratio per round
 variant switches on one more part of the recorder, so the differences between consecutive rows are
 the parts' costs:
 
-1. ``functions``: the shared Linear and LayerNorm modules run through the recorder's autograd
-   functions, whose backward does the plain module's arithmetic only, and the step is a plain
-   ``backward`` (no statistics);
+1. ``functions``: the shared Linear and LayerNorm modules run through the recorder's Python
+   autograd functions, whose backward does the plain module's arithmetic only, and the step is a
+   plain ``backward`` (no statistics);
 2. ``+ step``: the recorder's step around it (losses, the choice, Gram bookkeeping, storage), no
    blocks;
 3. ``+ LayerNorm blocks``: LayerNorm's per-task blocks and Grams;
-4. ``+ Linear blocks`` (``rows`` as shipped): Linear's per-task blocks and Grams.
+4. ``+ Linear blocks``: Linear's per-task blocks and Grams (``rows`` with its Python functions,
+   ``GRADCOMP_ROWS_NATIVE=0``);
+5. ``C++ functions``: ``rows`` as shipped, the same work in the C++ functions of
+   :mod:`gradcomp.recorder.rows.native`.
 
-The variants replace the functions' ``backward`` methods for the duration of their phase (this is
-a measurement, not an API). Run: ``python benchmarks/rows_breakdown.py [--models d64] [--tasks 8]
-[--reps 30] [--copies 2]``; writes ``benchmarks/summaries/rows_breakdown.json``.
+Variants 1-4 switch the C++ functions off and replace the Python functions' ``backward`` methods
+for the duration of their phase (this is a measurement, not an API). Run:
+``python benchmarks/rows_breakdown.py [--models d64] [--tasks 8] [--reps 30] [--copies 2]``;
+writes ``benchmarks/summaries/rows_breakdown.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import sys
 import time
@@ -40,7 +45,7 @@ from gradcomp.recorder.rows.modules.layernorm import FusedLayerNorm
 from gradcomp.recorder.rows.modules.linear import FusedLinear
 
 SUMMARY = Path(__file__).parent / "summaries" / "rows_breakdown.json"
-VARIANTS = ("functions", "+ step", "+ LayerNorm blocks", "+ Linear blocks")
+VARIANTS = ("functions", "+ step", "+ LayerNorm blocks", "+ Linear blocks", "C++ functions")
 
 
 def _linear_plain(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -71,7 +76,10 @@ def variant(level: int) -> Iterator[None]:
         (FusedLayerNorm, "backward", FusedLayerNorm.__dict__["backward"]),
         (core.Recorder, "_record", core.Recorder.__dict__["_record"]),
     ]
+    env = os.environ.get("GRADCOMP_ROWS_NATIVE")
     try:
+        if level < 4:
+            os.environ["GRADCOMP_ROWS_NATIVE"] = "0"
         if level < 3:
             FusedLinear.backward = staticmethod(_linear_plain)  # type: ignore[method-assign]
         if level < 2:
@@ -82,6 +90,10 @@ def variant(level: int) -> Iterator[None]:
     finally:
         for owner, name, value in saved:
             setattr(owner, name, value)
+        if env is None:
+            os.environ.pop("GRADCOMP_ROWS_NATIVE", None)
+        else:
+            os.environ["GRADCOMP_ROWS_NATIVE"] = env
 
 
 def phase(model: str, n_tasks: int, level: int, reps: int, copies: int) -> float:
