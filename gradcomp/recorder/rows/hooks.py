@@ -154,13 +154,8 @@ class RowsHooks:
         if held is None or held.acc_w.dtype is not dtype or held.acc_w.get_device() != where:
             empty = x.new_empty(0), x.new_empty(0)
             held = self._holders[name] = Holders(self._ops, slots, *empty, self._state)
-        held.ops, held.slots, held.state, held.calls, held.row = (
-            self._ops,
-            slots,
-            self._state,
-            0,
-            row,
-        )
+        held.ops, held.slots, held.state = self._ops, slots, self._state
+        held.calls, held.row = 0, row
         if held.buf_for != (t, x.dtype):
             held.buf, held.buf_for = self._scratch_for(module, x, t), (t, x.dtype)
         return held
@@ -292,8 +287,6 @@ class RowsHooks:
             else:
                 want = [p for p in layout.params if p.requires_grad]
                 torch.autograd.grad(total, want, retain_graph=True, allow_unused=True)
-            if self._state is not None:
-                self._state[2] = 0
             self._collect()
             for name in list(self._step.blocks):
                 self._finish(name, self._step.blocks.pop(name))
@@ -320,7 +313,6 @@ class RowsHooks:
         note where in the bank of slots each parameter's Gram will be."""
         st = self._step
         assert st is not None
-        st.native_later.clear()
         src, dst = st.bulk_src, st.bulk_dst
         for name, held in self._native.items():
             if name not in covered:
